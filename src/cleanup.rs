@@ -1,0 +1,95 @@
+//! `mpiswarm cleanup`: removes what earlier runs of this user left on this host (after a node
+//! crash, or a scheduler that killed everything), and never touches a run that is still alive.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::guard;
+use crate::statedir;
+use crate::teardown;
+
+/// What one cleanup found and did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub removed_dirs: Vec<String>,
+    pub killed: Vec<String>,
+    pub skipped_live: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub fn run(base: &Path, dry_run: bool) -> Result<i32> {
+    let report = clean(base, dry_run);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for k in &report.killed {
+        println!("{verb} process {k}");
+    }
+    for d in &report.removed_dirs {
+        println!("{verb} {d}");
+    }
+    for s in &report.skipped_live {
+        println!("kept {s}: its run is still alive");
+    }
+    if report.removed_dirs.is_empty() && report.killed.is_empty() {
+        println!("nothing to clean on {}", crate::host::hostname());
+    }
+    if !report.errors.is_empty() {
+        bail!("could not clean everything:\n  {}", report.errors.join("\n  "));
+    }
+    Ok(0)
+}
+
+pub fn clean(base: &Path, dry_run: bool) -> Report {
+    let mut report = Report::default();
+    let root = statedir::user_root(base);
+    let me = nix::unistd::getuid().as_raw();
+    for dir in guard::state_dirs_under(&root) {
+        let shown = dir.display().to_string();
+        if let Some(record) = guard::read_record(&dir)
+            && guard::is_alive(&record)
+        {
+            report.skipped_live.push(shown);
+            continue;
+        }
+        // Whatever still runs from this directory is an orphan of a dead guard.
+        let needle = dir.to_string_lossy().into_owned();
+        for p in teardown::all_processes() {
+            if p.uid == me && !p.zombie && p.cmdline.contains(&needle) {
+                report.killed.push(format!("{} ({})", p.pid, short(&p.cmdline)));
+                if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
+                    report.errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        if !dry_run {
+            // Processes inside the daemon's PID namespace die with its init; give them a moment.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline
+                && teardown::all_processes()
+                    .iter()
+                    .any(|p| p.uid == me && !p.zombie && p.cmdline.contains(&needle))
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Err(e) = teardown::remove_state_dir(&dir, Duration::from_secs(30)) {
+                report.errors.push(format!("{e:#}"));
+                continue;
+            }
+        }
+        report.removed_dirs.push(shown);
+    }
+    if !dry_run {
+        // The user root itself goes once it is empty; a live run keeps it.
+        let _ = std::fs::remove_dir(&root);
+    }
+    report
+}
+
+fn short(cmdline: &str) -> String {
+    let mut s: String = cmdline.chars().take(80).collect();
+    if cmdline.chars().count() > 80 {
+        s.push('…');
+    }
+    s
+}

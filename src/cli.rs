@@ -1,0 +1,129 @@
+//! Command-line surface: raw flags only. `config` turns them into a validated plan before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mpiswarm",
+    version,
+    about = "A rootless Docker Swarm across the nodes of an MPI job, built in seconds and torn down without a trace",
+    after_help = "Run under a launcher, one or more ranks per node: mpirun -np N mpiswarm up -- ./workload.sh"
+)]
+pub struct Cli {
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the swarm on every node, run COMMAND on rank 0 (or wait for a signal), tear down.
+    Up(UpArgs),
+    /// Check every node's prerequisites for rootless Docker and print one table at rank 0.
+    Doctor(DoctorArgs),
+    /// Remove what earlier runs of this user left on this host (daemons, directories).
+    Cleanup(CleanupArgs),
+    /// Internal: the per-host guard that owns the daemon and cleans up even if the rank is killed.
+    #[command(hide = true)]
+    Guard(GuardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Address other nodes reach this node's swarm ports on [default: the address the hostname
+    /// resolves to, else that of the interface with the default route].
+    #[arg(long, value_name = "ADDR", conflicts_with = "iface")]
+    pub advertise_addr: Option<String>,
+
+    /// Take the advertise address from this network interface.
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+
+    /// Parent of the per-job state directories [default: ${TMPDIR:-/tmp}]; must be node-local.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// One deadline for bring-up, in seconds (or with a unit: 90s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    pub timeout: String,
+
+    /// Write a file a shell can source (DOCKER_HOST=...) once the swarm is ready; removed at teardown.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Address pool for overlay networks; must not overlap slirp4netns' 10.0.2.0/24.
+    #[arg(long, value_name = "CIDR", default_value = "10.128.0.0/12")]
+    pub address_pool: String,
+
+    /// How rootlesskit forwards the swarm ports (see README: why slirp4netns is the default).
+    #[arg(long, value_enum, default_value_t = PortDriver::Slirp4netns)]
+    pub port_driver: PortDriver,
+
+    /// Skip the prerequisite checks that normally run before anything starts.
+    #[arg(long)]
+    pub no_preflight: bool,
+
+    /// Command to run on rank 0 against the swarm; its exit code becomes mpiswarm's.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Parent of the per-job state directories [default: ${TMPDIR:-/tmp}].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The job's state directory on this host (created by the rank, empty).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub advertise_addr: String,
+    #[arg(long, value_enum)]
+    pub port_driver: PortDriver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PortDriver {
+    /// slirp4netns' own port forwarding: keeps the source address of incoming packets.
+    Slirp4netns,
+    /// rootlesskit's builtin forwarder: faster for TCP, but rewrites UDP source addresses.
+    Builtin,
+}
+
+impl PortDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortDriver::Slirp4netns => "slirp4netns",
+            PortDriver::Builtin => "builtin",
+        }
+    }
+}

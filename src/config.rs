@@ -1,0 +1,162 @@
+//! Validated configuration: raw flags become a checked plan before MPI starts or anything is created.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{CommonArgs, PortDriver, UpArgs};
+
+/// Where and how a host's daemon is reached by the others.
+#[derive(Debug, Clone)]
+pub enum AddrChoice {
+    Explicit(Ipv4Addr),
+    Iface(String),
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub addr: AddrChoice,
+    /// Parent of `mpiswarm-<uid>/`; node-local.
+    pub state_base: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub host: HostConfig,
+    pub timeout: Duration,
+    pub ready_file: Option<PathBuf>,
+    pub address_pool: (Ipv4Addr, u8),
+    pub port_driver: PortDriver,
+    pub preflight: bool,
+    pub command: Vec<String>,
+}
+
+impl HostConfig {
+    pub fn from_args(args: &CommonArgs) -> Result<Self> {
+        let addr = match (&args.advertise_addr, &args.iface) {
+            (Some(a), _) => AddrChoice::Explicit(a.parse().with_context(|| {
+                format!("--advertise-addr {a:?} is not an IPv4 address (e.g. 192.168.1.10)")
+            })?),
+            (None, Some(i)) if i.is_empty() => bail!("--iface needs an interface name, e.g. eth0"),
+            (None, Some(i)) => AddrChoice::Iface(i.clone()),
+            (None, None) => AddrChoice::Auto,
+        };
+        let state_base = match &args.state_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::var_os("TMPDIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp")),
+        };
+        if !state_base.is_absolute() {
+            bail!(
+                "--state-dir {} must be an absolute path (a node-local directory such as /tmp)",
+                state_base.display()
+            );
+        }
+        Ok(HostConfig { addr, state_base })
+    }
+}
+
+impl UpConfig {
+    pub fn from_args(args: &UpArgs) -> Result<Self> {
+        let timeout = parse_duration(&args.timeout)
+            .with_context(|| format!("--timeout {:?} is not a valid duration", args.timeout))?;
+        let address_pool = parse_cidr(&args.address_pool)
+            .with_context(|| format!("--address-pool {:?} is not usable", args.address_pool))?;
+        if let Some(path) = &args.ready_file
+            && path.as_os_str().is_empty()
+        {
+            bail!("--ready-file needs a path");
+        }
+        Ok(UpConfig {
+            host: HostConfig::from_args(&args.common)?,
+            timeout,
+            ready_file: args.ready_file.clone(),
+            address_pool,
+            port_driver: args.port_driver,
+            preflight: !args.no_preflight,
+            command: args.command.clone(),
+        })
+    }
+}
+
+/// Parses `90`, `90s`, `1500ms`, `2m`, `1h`: plain numbers are seconds. Zero is refused: a zero
+/// deadline could only fail.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("expected a number with an optional unit (ms, s, m, h), e.g. 120s"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => bail!("unknown unit {other:?}: use ms, s, m or h, e.g. 120s"),
+    };
+    let seconds = value * scale;
+    if !seconds.is_finite() || seconds <= 0.0 {
+        bail!("the duration must be greater than zero, e.g. 120s");
+    }
+    if seconds > 7.0 * 24.0 * 3600.0 {
+        bail!("the duration is longer than a week; use e.g. 120s");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses an IPv4 CIDR for the swarm's default address pool and refuses one that overlaps
+/// slirp4netns' 10.0.2.0/24, which every rootless daemon uses for its own network.
+pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("expected ADDRESS/LENGTH, e.g. 10.128.0.0/12"))?;
+    let addr: Ipv4Addr = addr.parse().context("the address part is not IPv4")?;
+    let len: u8 = len.parse().context("the prefix length is not a number")?;
+    if !(8..=24).contains(&len) {
+        bail!("the prefix length must be between 8 and 24 (overlay networks take /24s from it)");
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        bail!("{addr}/{len} has host bits set; use {}/{len}", Ipv4Addr::from(u32::from(addr) & mask));
+    }
+    let slirp = u32::from(Ipv4Addr::new(10, 0, 2, 0));
+    if slirp & mask == u32::from(addr) {
+        bail!("it overlaps slirp4netns' network 10.0.2.0/24; choose e.g. 10.128.0.0/12");
+    }
+    Ok((addr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        for bad in ["", "0", "-3", "abc", "10x", "1e9", "9999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.128.0.0/12").unwrap().1, 12);
+        assert!(parse_cidr("10.0.0.0/8").is_err(), "overlaps slirp4netns");
+        assert!(parse_cidr("10.0.2.0/24").is_err());
+        assert!(parse_cidr("10.128.0.1/12").is_err(), "host bits");
+        assert!(parse_cidr("10.128.0.0").is_err());
+        assert!(parse_cidr("10.128.0.0/30").is_err());
+    }
+}

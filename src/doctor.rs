@@ -1,0 +1,152 @@
+//! `mpiswarm doctor`: every host's prerequisites, gathered over MPI into one table at rank 0.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::config::HostConfig;
+use crate::preflight::{self, Check, Status};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostReport {
+    pub host: String,
+    pub leader: bool,
+    pub checks: Vec<Check>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn run(host_cfg: &HostConfig, json: bool) -> Result<i32> {
+    let host = crate::host::hostname();
+    let signals = crate::signals::Signals::install()?;
+    let mut cluster = Cluster::init(host.clone(), signals)?;
+    let result = gather(&mut cluster, host_cfg, &host);
+    let code = match result {
+        Ok(reports) => {
+            if cluster.is_root() {
+                print_reports(&reports, json)
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            eprintln!("mpiswarm doctor: error on {host} (rank {}): {e:#}", cluster.rank);
+            2
+        }
+    };
+    cluster.finish(code);
+    Ok(code)
+}
+
+fn gather(cluster: &mut Cluster, host_cfg: &HostConfig, host: &str) -> Result<Vec<HostReport>> {
+    let checks = if cluster.is_leader {
+        let addr = crate::host::advertise_addr(&host_cfg.addr);
+        let mut checks = vec![match &addr {
+            Ok(a) => Check {
+                name: "address".into(),
+                status: Status::Ok,
+                detail: a.to_string(),
+                fix: String::new(),
+            },
+            Err(e) => Check {
+                name: "address".into(),
+                status: Status::Fail,
+                detail: format!("{e:#}"),
+                fix: "pass --advertise-addr or --iface naming this host's cluster network".into(),
+            },
+        }];
+        checks.extend(preflight::run_checks(host_cfg, addr.ok(), true));
+        checks
+    } else {
+        Vec::new()
+    };
+    let report = HostReport {
+        host: host.to_owned(),
+        leader: cluster.is_leader,
+        checks,
+    };
+    let all = cluster.all_gather(&report, "run the checks", Instant::now() + DEADLINE)?;
+    let mut reports: Vec<HostReport> = all.into_iter().filter(|r| r.leader).collect();
+    add_version_consistency(&mut reports);
+    Ok(reports)
+}
+
+/// Warns on hosts whose dockerd version differs from rank 0's host.
+fn add_version_consistency(reports: &mut [HostReport]) {
+    let version_of = |r: &HostReport| {
+        r.checks
+            .iter()
+            .find(|c| c.name == "dockerd" && c.status == Status::Ok)
+            .and_then(|c| c.detail.split_once(' ').map(|(_, v)| v.to_owned()))
+    };
+    let Some(reference) = reports.first().and_then(version_of) else {
+        return;
+    };
+    let first_host = reports[0].host.clone();
+    for r in reports.iter_mut() {
+        let check = match version_of(r) {
+            Some(v) if v != reference => Check {
+                name: "docker-version".into(),
+                status: Status::Warn,
+                detail: format!("{v} differs from {first_host}'s {reference}"),
+                fix: "use the same Docker version on every node".into(),
+            },
+            _ => Check {
+                name: "docker-version".into(),
+                status: Status::Ok,
+                detail: "same as the other hosts".into(),
+                fix: String::new(),
+            },
+        };
+        r.checks.push(check);
+    }
+}
+
+fn print_reports(reports: &[HostReport], json: bool) -> i32 {
+    let failed = reports
+        .iter()
+        .any(|r| r.checks.iter().any(|c| c.status == Status::Fail));
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports).unwrap_or_default());
+        return i32::from(failed);
+    }
+    let names: Vec<&str> = reports
+        .first()
+        .map(|r| r.checks.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default();
+    let host_width = reports.iter().map(|r| r.host.len()).max().unwrap_or(4).max(4);
+    let mut header = format!("{:host_width$}", "host");
+    for n in &names {
+        header.push_str(&format!("  {n}"));
+    }
+    println!("{header}");
+    for r in reports {
+        let mut line = format!("{:host_width$}", r.host);
+        for n in &names {
+            let cell = r.checks.iter().find(|c| c.name == *n).map_or("-", |c| match c.status {
+                Status::Ok => "ok",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            });
+            line.push_str(&format!("  {cell:width$}", width = n.len()));
+        }
+        println!("{line}");
+    }
+    let mut problems = false;
+    for r in reports {
+        for c in r.checks.iter().filter(|c| c.status != Status::Ok) {
+            if !problems {
+                println!();
+                problems = true;
+            }
+            let tag = if c.status == Status::Fail { "FAIL" } else { "WARN" };
+            println!("{tag} {} {}: {}\n     fix: {}", r.host, c.name, c.detail, c.fix);
+        }
+    }
+    if !problems {
+        println!("\nall {} host(s) ready for mpiswarm", reports.len());
+    }
+    i32::from(failed)
+}

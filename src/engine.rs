@@ -1,0 +1,159 @@
+//! Docker Engine API over the daemon's Unix socket: no `docker` CLI processes on the hot path, and
+//! secrets such as the swarm join token travel in request bodies, never in any process's argv.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use curl::easy::{Easy, List, ReadError};
+use serde_json::Value;
+
+/// API version spoken by Docker 20.10 (the oldest engine mpiswarm supports).
+const API_VERSION: &str = "v1.41";
+
+/// A client for one daemon's Engine API.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    socket: PathBuf,
+}
+
+/// The status code and body of one API response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u32,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).context("failed to parse the Engine API's JSON reply")
+    }
+
+    /// The daemon's own error message, which is what a user needs to see.
+    pub fn message(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_owned())
+    }
+}
+
+impl Engine {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Engine {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn handle(&self, method: &str, path: &str, timeout: Duration) -> Result<Easy> {
+        let mut easy = Easy::new();
+        easy.unix_socket_path(Some(&self.socket))?;
+        easy.url(&format!("http://docker/{API_VERSION}{path}"))?;
+        easy.custom_request(method)?;
+        easy.timeout(timeout)?;
+        easy.connect_timeout(timeout.min(Duration::from_secs(2)))?;
+        Ok(easy)
+    }
+
+    fn perform(&self, mut easy: Easy, method: &str, path: &str) -> Result<Response> {
+        let mut body = Vec::new();
+        {
+            let mut transfer = easy.transfer();
+            transfer.write_function(|data| {
+                body.extend_from_slice(data);
+                Ok(data.len())
+            })?;
+            transfer.perform().with_context(|| {
+                format!(
+                    "failed to call {method} {path} on the Docker daemon at {}",
+                    self.socket.display()
+                )
+            })?;
+        }
+        let status = easy.response_code()?;
+        Ok(Response { status, body })
+    }
+
+    /// One request with an optional JSON body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let mut easy = self.handle(method, path, timeout)?;
+        if let Some(json) = json {
+            let mut headers = List::new();
+            headers.append("Content-Type: application/json")?;
+            easy.http_headers(headers)?;
+            easy.post_fields_copy(&serde_json::to_vec(json)?)?;
+        }
+        self.perform(easy, method, path)
+    }
+
+    /// A request that must succeed (2xx); the daemon's message becomes the error.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let response = self.request(method, path, json, timeout)?;
+        if !(200..300).contains(&response.status) {
+            bail!(
+                "the Docker daemon answered {method} {path} with {}: {}",
+                response.status,
+                response.message()
+            );
+        }
+        Ok(response)
+    }
+
+    pub fn get_json(&self, path: &str, timeout: Duration) -> Result<Value> {
+        self.call("GET", path, None, timeout)?.json()
+    }
+
+    /// True once the daemon answers `/_ping`.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        self.request("GET", "/_ping", None, timeout)
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    }
+
+    /// Streams a request body from `source` (e.g. an image archive), without holding it in memory.
+    pub fn post_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        source: &mut dyn Read,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let mut easy = self.handle("POST", path, timeout)?;
+        let mut headers = List::new();
+        headers.append(&format!("Content-Type: {content_type}"))?;
+        headers.append("Transfer-Encoding: chunked")?;
+        easy.http_headers(headers)?;
+        easy.post(true)?;
+        let mut body = Vec::new();
+        {
+            let mut transfer = easy.transfer();
+            transfer.read_function(|buf| source.read(buf).map_err(|_| ReadError::Abort))?;
+            transfer.write_function(|data| {
+                body.extend_from_slice(data);
+                Ok(data.len())
+            })?;
+            transfer
+                .perform()
+                .with_context(|| format!("failed to stream POST {path} to the Docker daemon"))?;
+        }
+        let status = easy.response_code()?;
+        Ok(Response { status, body })
+    }
+}

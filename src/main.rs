@@ -1,0 +1,96 @@
+//! mpiswarm: a rootless Docker Swarm across the nodes of an MPI job, built in seconds and torn
+//! down without a trace.
+
+mod cleanup;
+mod cli;
+mod cluster;
+mod config;
+mod daemon;
+mod doctor;
+mod engine;
+mod guard;
+mod host;
+mod preflight;
+mod signals;
+mod statedir;
+mod swarm;
+mod teardown;
+mod up;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under a launcher every rank sees the same bad flags: let one of them say so.
+            if launcher_rank() == 0 || e.kind() == clap::error::ErrorKind::DisplayHelp
+                || e.kind() == clap::error::ErrorKind::DisplayVersion
+            {
+                let _ = e.print();
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            if launcher_rank() == 0 {
+                eprintln!("mpiswarm: error on {}: {e:#}", host::hostname());
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Up(args) => {
+            let cfg = config::UpConfig::from_args(&args)?;
+            let signals = signals::Signals::install()?;
+            up::run(&cfg, signals)
+        }
+        Command::Doctor(args) => {
+            let host = config::HostConfig::from_args(&args.common)?;
+            doctor::run(&host, args.json)
+        }
+        Command::Cleanup(args) => {
+            let base = config::HostConfig::from_args(&cli::CommonArgs {
+                advertise_addr: None,
+                iface: None,
+                state_dir: args.state_dir.clone(),
+            })?
+            .state_base;
+            cleanup::run(&base, args.dry_run)
+        }
+        Command::Guard(args) => guard::run(&args),
+    }
+}
+
+/// This process's rank as the launcher set it, before MPI starts (0 when not under a launcher).
+fn launcher_rank() -> u32 {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,404 @@
+//! Prerequisite checks for rootless Docker on this host, each with the fix to ask for. `up` runs
+//! them before starting anything; `doctor` prints them for every host.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::HostConfig;
+use crate::daemon::SWARM_PORTS;
+use crate::statedir::{self, StateDir};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to do about a warning or failure.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub fix: String,
+}
+
+fn ok(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: Status::Ok,
+        detail: detail.into(),
+        fix: String::new(),
+    }
+}
+
+fn bad(name: &str, status: Status, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Filesystem magic numbers of network and parallel filesystems, on which overlayfs and Unix
+/// sockets of a per-node daemon do not work.
+const NETWORK_FILESYSTEMS: [(i64, &str); 7] = [
+    (0x6969, "NFS"),
+    (0x0BD0_0BD0, "Lustre"),
+    (0x4750_4653, "GPFS"),
+    (0xFF53_4D42, "CIFS"),
+    (0xFE53_4D42, "SMB2"),
+    (0x6573_5546, "FUSE"),
+    (0x0102_1997, "9P"),
+];
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Runs every check; `addr` is the resolved advertise address, if it could be resolved.
+pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool) -> Vec<Check> {
+    let mut checks = vec![check_not_root()];
+    for tool in ["rootlesskit", "slirp4netns", "dockerd", "containerd", "runc"] {
+        checks.push(check_tool(tool, with_versions));
+    }
+    for tool in ["newuidmap", "newgidmap"] {
+        checks.push(check_setid_tool(tool));
+    }
+    checks.push(check_subids("/etc/subuid", "subuid"));
+    checks.push(check_subids("/etc/subgid", "subgid"));
+    checks.push(check_userns());
+    checks.push(check_tun());
+    checks.push(check_kernel_fs("overlay"));
+    checks.push(check_module("vxlan", Status::Fail, "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)"));
+    checks.push(check_module("ip_vs", Status::Warn, "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files"));
+    checks.push(check_state_base(&host.state_base));
+    if let Some(addr) = addr {
+        checks.push(check_ports(addr));
+    }
+    checks.push(check_memory());
+    checks
+}
+
+/// The checks `up` needs to pass, as one error listing every failure with its fix.
+pub fn require(host: &HostConfig, addr: Ipv4Addr) -> Result<()> {
+    let failures: Vec<Check> = run_checks(host, Some(addr), false)
+        .into_iter()
+        .filter(|c| c.status == Status::Fail)
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|c| format!("{}: {} (fix: {})", c.name, c.detail, c.fix))
+        .collect();
+    bail!("prerequisites missing: {}", lines.join("; "));
+}
+
+fn check_not_root() -> Check {
+    if nix::unistd::geteuid().is_root() {
+        bad(
+            "user",
+            Status::Fail,
+            "running as root",
+            "mpiswarm runs Docker rootless, as an ordinary user; run the job as your own user \
+             (as root, use the system's Docker daemon instead)",
+        )
+    } else {
+        ok("user", format!("uid {}", nix::unistd::getuid()))
+    }
+}
+
+fn check_tool(name: &str, with_version: bool) -> Check {
+    match which(name) {
+        None => bad(
+            name,
+            Status::Fail,
+            "not found on PATH",
+            format!("install {name} (Debian/Ubuntu: apt install {}) or add it to PATH", debian_package(name)),
+        ),
+        Some(path) => {
+            let version = if with_version { tool_version(&path) } else { String::new() };
+            ok(name, format!("{} {version}", path.display()).trim().to_owned())
+        }
+    }
+}
+
+fn debian_package(tool: &str) -> &'static str {
+    match tool {
+        "rootlesskit" => "rootlesskit",
+        "slirp4netns" => "slirp4netns",
+        "newuidmap" | "newgidmap" => "uidmap",
+        "containerd" => "containerd",
+        "runc" => "runc",
+        _ => "docker.io",
+    }
+}
+
+fn tool_version(path: &Path) -> String {
+    let output = std::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output();
+    output
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines().next().map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+fn check_setid_tool(name: &str) -> Check {
+    let Some(path) = which(name) else {
+        return bad(name, Status::Fail, "not found on PATH", "ask your admin to install the uidmap package");
+    };
+    let meta = std::fs::metadata(&path);
+    let setuid = meta.as_ref().is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
+    let has_caps = xattr_present(&path, "security.capability");
+    if setuid || has_caps {
+        ok(name, path.display().to_string())
+    } else {
+        bad(
+            name,
+            Status::Fail,
+            format!("{} is neither setuid root nor has file capabilities", path.display()),
+            format!("ask your admin: chmod u+s {} (or setcap cap_setuid/cap_setgid)", path.display()),
+        )
+    }
+}
+
+fn xattr_present(path: &Path, name: &str) -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(p), Ok(n)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else {
+        return false;
+    };
+    // SAFETY: both strings are valid NUL-terminated C strings; a null buffer of size 0 asks only
+    // for the attribute's size and writes nothing.
+    let size = unsafe { nix::libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    size > 0
+}
+
+/// Counts the ids /etc/subuid (or subgid) grants this user, by name or uid.
+pub fn subid_count(text: &str, user: &str, uid: u32) -> u64 {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(':');
+            let who = parts.next()?;
+            let _start: u64 = parts.next()?.parse().ok()?;
+            let count: u64 = parts.next()?.parse().ok()?;
+            (who == user || who == uid.to_string()).then_some(count)
+        })
+        .sum()
+}
+
+fn check_subids(file: &str, name: &str) -> Check {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let count = subid_count(&text, &user, uid.as_raw());
+    if count >= 65536 {
+        ok(name, format!("{count} ids for {user}"))
+    } else {
+        bad(
+            name,
+            Status::Fail,
+            format!("{file} grants {user} {count} ids; rootless Docker needs 65536"),
+            format!("ask your admin: usermod --add-{name}s 100000-165535 {user} (on every node)"),
+        )
+    }
+}
+
+fn check_userns() -> Check {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let clone = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    if max == Some(0) {
+        return bad(
+            "userns",
+            Status::Fail,
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+            "ask your admin: sysctl user.max_user_namespaces=28633",
+        );
+    }
+    if clone.as_deref() == Some("0") {
+        return bad(
+            "userns",
+            Status::Fail,
+            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)",
+            "ask your admin: sysctl kernel.unprivileged_userns_clone=1",
+        );
+    }
+    ok("userns", format!("max_user_namespaces {}", max.map_or("?".into(), |m| m.to_string())))
+}
+
+fn check_tun() -> Check {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+        Ok(_) => ok("tun", "/dev/net/tun usable"),
+        Err(e) => bad(
+            "tun",
+            Status::Fail,
+            format!("cannot open /dev/net/tun: {e}"),
+            "ask your admin: chmod 0666 /dev/net/tun (and modprobe tun); slirp4netns needs it",
+        ),
+    }
+}
+
+fn check_kernel_fs(fs: &str) -> Check {
+    let known = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(fs)));
+    if known || module_available(fs) {
+        ok(fs, "supported by the kernel")
+    } else {
+        bad(fs, Status::Fail, format!("the kernel has no {fs} filesystem"), format!("ask your admin: modprobe {fs}"))
+    }
+}
+
+fn module_available(name: &str) -> bool {
+    if Path::new("/sys/module").join(name).exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dep = std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).unwrap_or_default();
+    let needle = format!("/{name}.ko");
+    dep.lines().chain(builtin.lines()).any(|l| l.split(':').next().is_some_and(|m| m.contains(&needle)))
+}
+
+fn check_module(name: &str, missing: Status, fix: &str) -> Check {
+    if module_available(name) {
+        ok(name, "available")
+    } else {
+        bad(name, missing, format!("kernel module {name} is not available"), fix)
+    }
+}
+
+fn check_state_base(base: &Path) -> Check {
+    let name = "state-dir";
+    let probe_path = StateDir::path_for(base, "jXXXXXXXXXXXXXX", &crate::host::hostname());
+    if let Err(e) = StateDir::check_socket_length(&probe_path) {
+        return bad(name, Status::Fail, format!("{e:#}"), "use a short node-local --state-dir such as /tmp");
+    }
+    let stat = match nix::sys::statfs::statfs(base) {
+        Ok(s) => s,
+        Err(e) => {
+            return bad(
+                name,
+                Status::Fail,
+                format!("{} is not usable: {e}", base.display()),
+                "create it, or pass a node-local --state-dir such as /tmp",
+            );
+        }
+    };
+    let magic = stat.filesystem_type().0 as i64;
+    if let Some((_, fs)) = NETWORK_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
+        return bad(
+            name,
+            Status::Fail,
+            format!("{} is on {fs}, which does not support overlayfs", base.display()),
+            "pass a node-local --state-dir (e.g. /tmp or local scratch)",
+        );
+    }
+    if let Err(e) = statedir::ensure_user_root(base)
+        .and_then(|root| nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into))
+    {
+        return bad(
+            name,
+            Status::Fail,
+            format!("{} is not writable: {e:#}", base.display()),
+            "pass a writable node-local --state-dir such as /tmp",
+        );
+    }
+    let free = stat.blocks_available() as u64 * stat.block_size() as u64;
+    if free < 2 << 30 {
+        return bad(
+            name,
+            Status::Warn,
+            format!("only {} MiB free on {}", free >> 20, base.display()),
+            "images and containers need space: free some, or pass another --state-dir",
+        );
+    }
+    ok(name, format!("{} ({} GiB free)", base.display(), free >> 30))
+}
+
+fn check_ports(addr: Ipv4Addr) -> Check {
+    let mut busy = Vec::new();
+    for (port, proto) in SWARM_PORTS {
+        let sa = SocketAddrV4::new(addr, port);
+        let free = match proto {
+            "tcp" => TcpListener::bind(sa).is_ok(),
+            _ => UdpSocket::bind(sa).is_ok(),
+        };
+        if !free {
+            busy.push(format!("{port}/{proto}"));
+        }
+    }
+    if busy.is_empty() {
+        ok("ports", format!("2377/tcp 7946/tcp+udp 4789/udp free on {addr}"))
+    } else {
+        bad(
+            "ports",
+            Status::Fail,
+            format!("{} already in use on {addr} (another swarm on this node?)", busy.join(", ")),
+            "stop the other swarm (mpiswarm cleanup, if it is yours), or choose another --advertise-addr",
+        )
+    }
+}
+
+fn check_memory() -> Check {
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if available_kib < 512 * 1024 {
+        bad(
+            "memory",
+            Status::Warn,
+            format!("only {} MiB available", available_kib / 1024),
+            "a daemon needs a few hundred MiB; request more memory for the job",
+        )
+    } else {
+        ok("memory", format!("{} MiB available", available_kib / 1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subids_by_name_or_uid() {
+        let text = "alice:100000:65536\nbob:165536:65536\n1002:231072:1000\n";
+        assert_eq!(subid_count(text, "alice", 1000), 65536);
+        assert_eq!(subid_count(text, "carol", 1002), 1000);
+        assert_eq!(subid_count(text, "dave", 1003), 0);
+        assert_eq!(subid_count("garbage\n", "alice", 1000), 0);
+    }
+}

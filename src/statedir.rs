@@ -1,0 +1,176 @@
+//! The per-host state directory: where it lives, what is in it, and who may see it.
+//!
+//! Layout (all private to the user; documented in README.md):
+//!
+//! ```text
+//! $BASE/mpiswarm-<uid>/              0700, owned by the user, never a symlink
+//!   <job>-<host>/                    0700: one per job and host (hosts may share /tmp)
+//!     guard.json                     the guard's pid and start time: `cleanup` skips live jobs
+//!     daemon.log                     rootlesskit and dockerd output (its tail is shown on failure)
+//!     daemon.json                    the dockerd configuration mpiswarm wrote
+//!     docker.sock                    the Engine API
+//!     rk/                            rootlesskit's state (its API and slirp4netns sockets)
+//!     data/  run/                    dockerd's data root and exec root
+//! ```
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Longest Unix socket path below the state directory (containerd's ttrpc socket), so that
+/// `sun_path`'s 108 bytes are never exceeded.
+const LONGEST_SOCKET_SUFFIX: &str = "/run/containerd/containerd.sock.ttrpc";
+const SUN_PATH_MAX: usize = 107;
+
+/// What `guard.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuardRecord {
+    pub pid: i32,
+    pub start_time: u64,
+    pub host: String,
+    pub job: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+/// `$BASE/mpiswarm-<uid>`: every run of this user on this host lives below it.
+pub fn user_root(base: &Path) -> PathBuf {
+    base.join(format!("mpiswarm-{}", nix::unistd::getuid()))
+}
+
+/// Job directories are named `<job>-<host>`; job keys never contain '-'.
+pub fn job_dir_name(job: &str, host: &str) -> String {
+    format!("{job}-{host}")
+}
+
+/// Makes `$BASE/mpiswarm-<uid>` private, refusing one that another user could have planted.
+pub fn ensure_user_root(base: &Path) -> Result<PathBuf> {
+    let root = user_root(base);
+    match DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "failed to create {} (is {} writable and node-local? set --state-dir)",
+                    root.display(),
+                    base.display()
+                )
+            });
+        }
+    }
+    let meta = std::fs::symlink_metadata(&root)
+        .with_context(|| format!("failed to inspect {}", root.display()))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
+        bail!(
+            "{} exists but is not a directory owned by you (uid {}): remove it or use --state-dir",
+            root.display(),
+            nix::unistd::getuid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private", root.display()))?;
+    }
+    Ok(root)
+}
+
+impl StateDir {
+    pub fn path_for(base: &Path, job: &str, host: &str) -> PathBuf {
+        user_root(base).join(job_dir_name(job, host))
+    }
+
+    /// Checks that the socket paths below `path` fit in a Unix socket address.
+    pub fn check_socket_length(path: &Path) -> Result<()> {
+        let longest = path.as_os_str().len() + LONGEST_SOCKET_SUFFIX.len();
+        if longest > SUN_PATH_MAX {
+            bail!(
+                "the state directory {} is too long for Unix socket paths ({longest} > {SUN_PATH_MAX} bytes): \
+                 use a shorter --state-dir such as /tmp",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the job's directory, empty and private. An existing one means another run of the
+    /// same job on this host, which must not be touched.
+    pub fn create(base: &Path, job: &str, host: &str) -> Result<Self> {
+        ensure_user_root(base)?;
+        let path = Self::path_for(base, job, host);
+        Self::check_socket_length(&path)?;
+        DirBuilder::new().mode(0o700).create(&path).with_context(|| {
+            format!(
+                "failed to create the state directory {} (a leftover of an earlier run? `mpiswarm cleanup` removes it)",
+                path.display()
+            )
+        })?;
+        Ok(StateDir { path })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path.join("docker.sock")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path.join("daemon.log")
+    }
+
+    pub fn guard_record(&self) -> PathBuf {
+        self.path.join("guard.json")
+    }
+
+    /// Writes a small private file in one step (no reader sees half of it).
+    pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        file.write_all(contents)
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+    }
+
+    /// The last lines of the daemon log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_length_is_checked() {
+        assert!(StateDir::check_socket_length(Path::new("/tmp/mpiswarm-1000/j1234-host1")).is_ok());
+        let long = format!("/scratch/{}/mpiswarm-1000/j1-h", "x".repeat(70));
+        assert!(StateDir::check_socket_length(Path::new(&long)).is_err());
+    }
+
+    #[test]
+    fn job_dir_is_keyed_by_job_and_host() {
+        let a = StateDir::path_for(Path::new("/tmp"), "j1", "h1");
+        let b = StateDir::path_for(Path::new("/tmp"), "j2", "h1");
+        let c = StateDir::path_for(Path::new("/tmp"), "j1", "h2");
+        assert!(a != b && a != c && b != c);
+        assert!(a.starts_with(user_root(Path::new("/tmp"))));
+    }
+}

@@ -1,0 +1,167 @@
+//! Tearing down a host fast and completely: kill a whole process tree with SIGKILL (the data is
+//! discarded anyway), then delete the state directory, including files owned by sub-uids.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use wait_timeout::ChildExt;
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, identifies a process across pid reuse.
+    pub start_time: u64,
+    pub cmdline: String,
+}
+
+/// Reads one process's entry; `None` when it is gone.
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start_time = fields.get(19)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid,
+        uid,
+        zombie: *state == "Z" || *state == "X",
+        start_time,
+        cmdline,
+    })
+}
+
+pub fn all_processes() -> Vec<ProcInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .collect()
+}
+
+/// Every live (non-zombie) descendant of `root`.
+pub fn descendants(root: i32) -> Vec<ProcInfo> {
+    let procs = all_processes();
+    let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child.pid) {
+                stack.push(child.pid);
+                if !child.zombie {
+                    found.push((*child).clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Sends SIGKILL; a process already gone counts as killed.
+pub fn kill_hard(pid: i32) -> Result<()> {
+    match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("failed to kill pid {pid}")),
+    }
+}
+
+/// Reaps any exited children of this process without blocking.
+pub fn reap_children() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == nix::sys::wait::WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Kills every descendant of this process (which should be a child subreaper, so that orphans
+/// stay in its tree) until none is left, or fails at the deadline naming the survivors.
+pub fn kill_own_tree(deadline: Instant) -> Result<()> {
+    let me = std::process::id() as i32;
+    loop {
+        let alive = descendants(me);
+        if alive.is_empty() {
+            reap_children();
+            return Ok(());
+        }
+        for p in &alive {
+            kill_hard(p.pid)?;
+        }
+        reap_children();
+        if Instant::now() >= deadline {
+            let list: Vec<String> = alive.iter().map(|p| format!("{} ({})", p.pid, p.cmdline)).collect();
+            bail!("failed to kill these processes before the deadline: {}", list.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Deletes a state directory. Files written by containers belong to sub-uids the user cannot
+/// delete directly, so the removal runs inside a fresh user namespace with the same mapping.
+pub fn remove_state_dir(dir: &Path, timeout: Duration) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    // Plain removal first: it suffices when no container ever wrote files.
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return Ok(());
+    }
+    let mut child = Command::new("rootlesskit")
+        .args(["--net=host", "--copy-up-mode=tmpfs+symlink", "rm", "-rf", "--"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start rootlesskit to remove {}", dir.display()))?;
+    let status = match child.wait_timeout(timeout)? {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("failed to remove {} within {:?}: rm inside the user namespace hung", dir.display(), timeout);
+        }
+    };
+    if dir.exists() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!(
+            "failed to remove {} ({status}): {}",
+            dir.display(),
+            err.trim().lines().last().unwrap_or("no message")
+        );
+    }
+    Ok(())
+}

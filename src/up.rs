@@ -1,0 +1,347 @@
+//! `mpiswarm up`: the whole lifecycle, phase by phase, each phase agreed by every rank: daemons
+//! up, swarm init, joins, membership confirmed, the user's command (or a wait for a signal),
+//! teardown everywhere.
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::cluster::{Cluster, PhaseFailed};
+use crate::config::UpConfig;
+use crate::engine::Engine;
+use crate::guard::GuardHandle;
+use crate::signals::{self, Signals};
+use crate::statedir::StateDir;
+use crate::{host, swarm};
+
+/// How long the whole teardown (every host, agreed) may take before ranks give up waiting.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// Grace for the user's command between SIGTERM and SIGKILL.
+const COMMAND_GRACE: Duration = Duration::from_millis(500);
+
+/// One host's running daemon; dropping it tears the host down.
+pub struct HostDaemon {
+    pub guard: GuardHandle,
+    pub engine: Engine,
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Member {
+    host: String,
+    leader: bool,
+}
+
+/// Runs `up` on this rank; prints its errors (rank 0 prints the cluster-wide ones) and returns
+/// the exit code.
+pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
+    let host = host::hostname();
+    let mut cluster = Cluster::init(host.clone(), signals.clone())?;
+    let span = tracing::info_span!("", host = %host, rank = cluster.rank);
+    let _entered = span.enter();
+    let result = lifecycle(&mut cluster, cfg, &signals);
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            // Every rank learns a phase failure; rank 0 reports it once for all hosts.
+            if cluster.is_root() || e.downcast_ref::<PhaseFailed>().is_none() {
+                eprintln!("mpiswarm: error on {host} (rank {}): {e:#}", cluster.rank);
+            }
+            1
+        }
+    };
+    cluster.finish(code);
+    Ok(code)
+}
+
+fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> {
+    let start = Instant::now();
+    let deadline = start + cfg.timeout;
+
+    let job = job_key(c, deadline)?;
+    let me = Member {
+        host: c.host.clone(),
+        leader: c.is_leader,
+    };
+    let members = c.all_gather(&me, "start", deadline)?;
+    let hosts = leader_hosts(&members)?;
+    debug!("job {job}: {} rank(s) on {} host(s)", c.size, hosts.len());
+
+    // Phase: a daemon on every host.
+    let mut daemon = None;
+    let local = if c.is_leader {
+        start_daemon(cfg, &job, &c.host, signals, deadline).map(|d| {
+            daemon = Some(d);
+            start.elapsed().as_secs_f64()
+        })
+    } else {
+        Ok(0.0)
+    };
+    c.agree("start the rootless Docker daemon", local, deadline)?;
+    if c.is_root() {
+        info!("daemons up on {} host(s) in {:.2} s", hosts.len(), start.elapsed().as_secs_f64());
+    }
+
+    // Phase: rank 0 initializes the swarm and hands out the join token.
+    let mut join_info = None;
+    let local = if c.is_root() {
+        let d = daemon.as_ref().expect("rank 0 leads its host");
+        swarm::init(&d.engine, d.addr, cfg.address_pool).map(|info| {
+            join_info = Some(info);
+            0.0
+        })
+    } else {
+        Ok(0.0)
+    };
+    c.agree("initialize the swarm", local, deadline)?;
+    let payload = join_info.map(|i| format!("{}\n{}", i.manager, i.worker_token).into_bytes());
+    let payload = c.broadcast(payload, "receive the join token", deadline)?;
+    let payload = String::from_utf8(payload).context("the join token is not text")?;
+    let (manager, worker_token) = payload
+        .split_once('\n')
+        .ok_or_else(|| anyhow!("malformed join information from rank 0"))?;
+    let info = swarm::JoinInfo {
+        manager: manager.to_owned(),
+        worker_token: worker_token.to_owned(),
+    };
+
+    // Phase: every other host joins.
+    let local = match &daemon {
+        Some(d) if !c.is_root() => swarm::join(&d.engine, d.addr, &info, deadline).map(|()| 0.0),
+        _ => Ok(0.0),
+    };
+    drop(info);
+    c.agree("join the swarm", local, deadline)?;
+
+    // Phase: rank 0 sees every host as a Ready node.
+    let local = if c.is_root() {
+        let d = daemon.as_ref().expect("rank 0 leads its host");
+        swarm::wait_members(&d.engine, &hosts, deadline).map(|_| 0.0)
+    } else {
+        Ok(0.0)
+    };
+    c.agree("confirm swarm membership", local, deadline)?;
+
+    let mut ready_file = None;
+    if c.is_root() {
+        let d = daemon.as_ref().expect("rank 0 leads its host");
+        eprintln!(
+            "mpiswarm: swarm ready: {} node(s) ({}) in {:.2} s",
+            hosts.len(),
+            hosts.join(", "),
+            start.elapsed().as_secs_f64()
+        );
+        if let Some(path) = &cfg.ready_file {
+            write_ready_file(path, d.engine.socket(), hosts.len())?;
+            ready_file = Some(ReadyFile(path.clone()));
+        }
+    }
+
+    // Phase: the user's command on rank 0, or a wait for a signal anywhere.
+    let code = if c.is_root() {
+        let d = daemon.as_ref().expect("rank 0 leads its host");
+        let code = run_or_wait(c, &cfg.command, d.engine.socket(), signals)?;
+        c.announce_stop(code);
+        code
+    } else {
+        wait_for_stop(c, signals);
+        0
+    };
+
+    // Teardown: every host at once, then agree that every host is clean.
+    let teardown_start = Instant::now();
+    drop(ready_file);
+    let local = match daemon.take() {
+        Some(mut d) => d
+            .guard
+            .teardown(TEARDOWN_DEADLINE)
+            .map(|()| teardown_start.elapsed().as_secs_f64()),
+        None => Ok(0.0),
+    };
+    let outcomes = c.agree_uninterruptible("tear down", local, Instant::now() + TEARDOWN_DEADLINE)?;
+    c.drain_stops();
+    if c.is_root() {
+        let slowest = outcomes.iter().map(|o| o.value).fold(0.0, f64::max);
+        eprintln!(
+            "mpiswarm: torn down: {} host(s) clean, slowest {:.0} ms",
+            hosts.len(),
+            slowest * 1000.0
+        );
+    }
+    Ok(code)
+}
+
+/// A key shared by all ranks that names this run's state directories: the batch job id when
+/// there is one (so admins can match them), plus rank 0's pid and time so two runs never collide.
+fn job_key(c: &mut Cluster, deadline: Instant) -> Result<String> {
+    let key = c.is_root().then(|| {
+        let batch = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+            .map(|id| id.chars().filter(|ch| ch.is_ascii_alphanumeric()).take(12).collect::<String>())
+            .unwrap_or_default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff)
+            .into_bytes()
+    });
+    let key = c.broadcast(key, "agree on a job key", deadline)?;
+    Ok(String::from_utf8_lossy(&key).into_owned())
+}
+
+/// The host of each host leader; two leaders claiming one name would share a state directory.
+fn leader_hosts(members: &[Member]) -> Result<Vec<String>> {
+    let mut hosts: Vec<String> = Vec::new();
+    for m in members.iter().filter(|m| m.leader) {
+        if hosts.contains(&m.host) {
+            bail!(
+                "two ranks that do not share memory both report host name {:?}: every node needs a distinct host name",
+                m.host
+            );
+        }
+        hosts.push(m.host.clone());
+    }
+    Ok(hosts)
+}
+
+fn start_daemon(
+    cfg: &UpConfig,
+    job: &str,
+    host: &str,
+    signals: &Signals,
+    deadline: Instant,
+) -> Result<HostDaemon> {
+    let addr = host::advertise_addr(&cfg.host.addr)?;
+    if cfg.preflight {
+        crate::preflight::require(&cfg.host, addr)?;
+    }
+    let dir = StateDir::create(&cfg.host.state_base, job, host)?;
+    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;
+    let engine = Engine::new(guard.dir.socket());
+    let fail = |what: String, guard: &GuardHandle| {
+        anyhow!(
+            "{what}; last lines of {}:\n{}",
+            guard.dir.log().display(),
+            guard.dir.log_tail(12)
+        )
+    };
+    loop {
+        if let Some(event) = guard.next_event(Duration::from_millis(10))
+            && let Some(status) = event.strip_prefix("exited ")
+        {
+            return Err(fail(format!("the rootless daemon exited during start-up ({status})"), &guard));
+        }
+        if engine.ping(Duration::from_millis(500)) {
+            break;
+        }
+        if let Some(sig) = signals.received() {
+            bail!("interrupted by {} while the daemon was starting", signals::name(sig));
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(
+                format!("the daemon's API at {} did not answer before the deadline", engine.socket().display()),
+                &guard,
+            ));
+        }
+    }
+    swarm::create_gwbridge(&engine)?;
+    debug!("daemon up at {} (guard pid {})", engine.socket().display(), guard.pid());
+    Ok(HostDaemon { guard, engine, addr })
+}
+
+/// Rank 0: runs the command (or waits), and returns the exit code mpiswarm should end with.
+fn run_or_wait(c: &Cluster, command: &[String], socket: &Path, signals: &Signals) -> Result<i32> {
+    let mut child = match command.split_first() {
+        Some((program, args)) => Some(
+            Command::new(program)
+                .args(args)
+                .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+                // Its own group, so that stopping it stops everything it started.
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("failed to run {program:?} on rank 0"))?,
+        ),
+        None => {
+            info!("swarm up; waiting for SIGINT, SIGTERM or SIGUSR1 to tear it down");
+            None
+        }
+    };
+    loop {
+        if let Some(ch) = child.as_mut()
+            && let Some(status) = ch.try_wait()?
+        {
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            debug!("command exited with {code}");
+            return Ok(code);
+        }
+        let stop = signals
+            .received()
+            .map(|sig| format!("{} received", signals::name(sig)))
+            .or_else(|| c.poll_stop().map(|sig| format!("{} received by another rank", signals::name(sig))));
+        if let Some(why) = stop {
+            info!("{why}: tearing down");
+            if let Some(ch) = child.as_mut() {
+                stop_command(ch, signals);
+            }
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.
+fn stop_command(child: &mut Child, signals: &Signals) {
+    let group = Pid::from_raw(child.id() as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + COMMAND_GRACE;
+    while Instant::now() < deadline && !signals.urgent() {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// Ranks other than 0: wait until rank 0 says stop, or a signal arrives here (then tell rank 0).
+fn wait_for_stop(c: &Cluster, signals: &Signals) {
+    loop {
+        if c.poll_stop().is_some() {
+            return;
+        }
+        if let Some(sig) = signals.received() {
+            c.request_stop(sig);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The ready file; removed when dropped (at teardown or on any error path).
+struct ReadyFile(PathBuf);
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_ready_file(path: &Path, socket: &Path, nodes: usize) -> Result<()> {
+    let text = format!(
+        "DOCKER_HOST=unix://{}\nMPISWARM_NODES={nodes}\nexport DOCKER_HOST MPISWARM_NODES\n",
+        socket.display()
+    );
+    StateDir::write_private(path, text.as_bytes())
+        .with_context(|| format!("failed to write the ready file {}", path.display()))
+}
