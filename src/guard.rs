@@ -118,6 +118,10 @@ fn teardown_host(dir: &StateDir) -> Result<()> {
     let deadline = Instant::now() + TEARDOWN_BUDGET;
     let killed = teardown::kill_own_tree(deadline);
     let removed = teardown::remove_state_dir(&dir.path, deadline.saturating_duration_since(Instant::now()));
+    // The per-user parent goes too once no other run of this user is left on the host.
+    if let Some(parent) = dir.path.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
     match (killed, removed) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),

@@ -103,10 +103,18 @@ impl StateDir {
     /// Creates the job's directory, empty and private. An existing one means another run of the
     /// same job on this host, which must not be touched.
     pub fn create(base: &Path, job: &str, host: &str) -> Result<Self> {
-        ensure_user_root(base)?;
         let path = Self::path_for(base, job, host);
         Self::check_socket_length(&path)?;
-        DirBuilder::new().mode(0o700).create(&path).with_context(|| {
+        // Another run's teardown may remove an empty parent between the two steps: retry once.
+        let mut created = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        for _ in 0..2 {
+            ensure_user_root(base)?;
+            created = DirBuilder::new().mode(0o700).create(&path);
+            if !matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                break;
+            }
+        }
+        created.with_context(|| {
             format!(
                 "failed to create the state directory {} (a leftover of an earlier run? `mpiswarm cleanup` removes it)",
                 path.display()

@@ -45,15 +45,14 @@ struct Member {
 pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     let host = host::hostname();
     let mut cluster = Cluster::init(host.clone(), signals.clone())?;
-    let span = tracing::info_span!("", host = %host, rank = cluster.rank);
-    let _entered = span.enter();
+    crate::report::set_origin(&host, cluster.rank);
     let result = lifecycle(&mut cluster, cfg, &signals);
     let code = match result {
         Ok(code) => code,
         Err(e) => {
             // Every rank learns a phase failure; rank 0 reports it once for all hosts.
             if cluster.is_root() || e.downcast_ref::<PhaseFailed>().is_none() {
-                eprintln!("mpiswarm: error on {host} (rank {}): {e:#}", cluster.rank);
+                tracing::error!("{e:#}");
             }
             1
         }
@@ -133,8 +132,8 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     let mut ready_file = None;
     if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
-        eprintln!(
-            "mpiswarm: swarm ready: {} node(s) ({}) in {:.2} s",
+        info!(
+            "swarm ready: {} node(s) ({}) in {:.2} s",
             hosts.len(),
             hosts.join(", "),
             start.elapsed().as_secs_f64()
@@ -170,8 +169,8 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     c.drain_stops();
     if c.is_root() {
         let slowest = outcomes.iter().map(|o| o.value).fold(0.0, f64::max);
-        eprintln!(
-            "mpiswarm: torn down: {} host(s) clean, slowest {:.0} ms",
+        info!(
+            "torn down: {} host(s) clean, slowest {:.0} ms",
             hosts.len(),
             slowest * 1000.0
         );

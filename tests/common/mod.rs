@@ -1,0 +1,295 @@
+//! Test harness for the multi-host tests: the simulated cluster made by scripts/simcluster,
+//! mpirun through its rsh agent, and checks of what is left on each host.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Hosts the tests may use (scripts/test makes this many).
+pub const MAX_HOSTS: usize = 4;
+pub const SUBNET: &str = "10.77.0.0/24";
+pub const USER: &str = "mpiswarm-test";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn script(name: &str) -> PathBuf {
+    root().join("scripts").join(name)
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mpiswarm"))
+}
+
+/// One simulated cluster for the whole test binary; tests take turns (2 cores, shared hosts).
+pub fn cluster() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static READY: OnceLock<()> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    READY.get_or_init(|| {
+        assert!(
+            nix_is_root(),
+            "the multi-host tests make network namespaces and must run as root: use scripts/test"
+        );
+        let status = Command::new(script("simcluster"))
+            .args(["up", &MAX_HOSTS.to_string()])
+            .status()
+            .expect("run scripts/simcluster");
+        assert!(status.success(), "scripts/simcluster up failed");
+    });
+    // Each test starts from clean hosts, and fails loudly if an earlier one left something.
+    if let Err(left) = wait_clean(Duration::from_secs(5)) {
+        let _ = Command::new(script("simcluster")).args(["up", &MAX_HOSTS.to_string()]).status();
+        panic!("hosts not clean before the test: {left}");
+    }
+    guard
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn host(i: usize) -> String {
+    format!("msh{i}")
+}
+
+pub fn hosts(n: usize) -> Vec<String> {
+    (1..=n).map(host).collect()
+}
+
+/// An mpirun command over the first `nhosts` simulated hosts, ranks placed round-robin by node.
+pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
+    let hostfile = std::env::temp_dir().join(format!("mpiswarm-test-hosts.{nhosts}"));
+    let lines: String = hosts(nhosts).iter().map(|h| format!("{h} slots=8\n")).collect();
+    std::fs::write(&hostfile, lines).expect("write hostfile");
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--hostfile"])
+        .arg(&hostfile)
+        .args(["-np", &np.to_string(), "--map-by", "node"])
+        .args(["--mca", "plm_rsh_agent"])
+        .arg(format!("{} exec", script("simcluster").display()))
+        .args(["--mca", "oob_tcp_if_include", SUBNET, "--mca", "btl_tcp_if_include", SUBNET])
+        .args(["--mca", "btl", "self,tcp"])
+        .arg(binary())
+        .args(args);
+    cmd
+}
+
+/// Runs to completion with a deadline; a hang is a test failure, never a hung suite.
+pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let child = cmd.spawn().expect("spawn");
+    wait_output(child, limit)
+}
+
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "command did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `scripts/residue` on every test host: Ok when nothing is left, else what is.
+pub fn residue() -> Result<(), String> {
+    let out = Command::new(script("residue")).args(hosts(MAX_HOSTS)).output().expect("run residue");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Polls the residue check until the hosts are clean or `limit` passes.
+pub fn wait_clean(limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match residue() {
+            Ok(()) => return Ok(()),
+            Err(left) if Instant::now() >= deadline => return Err(left),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub fn assert_clean(limit: Duration) {
+    if let Err(left) = wait_clean(limit) {
+        panic!("hosts not clean {limit:?} after the run:\n{left}");
+    }
+}
+
+/// Runs a shell command on a simulated host as the test user.
+pub fn on_host(host: &str, shell: &str) -> Output {
+    let out = Command::new(script("simcluster"))
+        .args(["exec", host, shell])
+        .output()
+        .expect("simcluster exec");
+    out
+}
+
+/// Runs a shell command on a simulated host as root (inside its namespaces).
+pub fn on_host_as_root(host: &str, shell: &str) -> Output {
+    Command::new(script("simcluster"))
+        .args(["root", host, "sh", "-c", shell])
+        .output()
+        .expect("simcluster root")
+}
+
+/// Network namespace (simulated host) a pid runs in.
+pub fn host_of(pid: u32) -> Option<String> {
+    let out = Command::new("ip").args(["netns", "identify", &pid.to_string()]).output().ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The simulated host a process belongs to: its own network namespace's, or that of its nearest
+/// ancestor in one (a daemon runs in rootlesskit's private namespace below its host).
+pub fn host_of_tree(pid: u32) -> Option<String> {
+    let mut pid = pid;
+    for _ in 0..64 {
+        if let Some(h) = host_of(pid) {
+            return Some(h);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        pid = rest.split(' ').nth(1)?.parse().ok()?;
+        if pid <= 1 {
+            return None;
+        }
+    }
+    None
+}
+
+/// Pids of processes of the test user whose command line matches `pattern` (pgrep -f).
+pub fn pids_matching(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-u", USER, "-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `mpiswarm up` ranks: (pid, host), ordered by rank (lowest pid first per host is not rank
+/// order, so ranks come from the environment).
+pub fn ranks() -> Vec<(u32, String, u32)> {
+    let mut found = Vec::new();
+    for pid in pids_matching("mpiswarm up") {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let env = String::from_utf8_lossy(&env);
+        let rank = env
+            .split('\0')
+            .find_map(|kv| kv.strip_prefix("OMPI_COMM_WORLD_RANK="))
+            .and_then(|r| r.parse().ok());
+        if let (Some(rank), Some(host)) = (rank, host_of(pid)) {
+            found.push((pid, host, rank));
+        }
+    }
+    found.sort_by_key(|r| r.2);
+    found
+}
+
+/// A swarm started in the background, waiting for a signal, with a ready file.
+pub struct Background {
+    pub child: Option<Child>,
+    pub ready_file: PathBuf,
+}
+
+impl Background {
+    pub fn start(np: usize, nhosts: usize, extra: &[&str]) -> Background {
+        let ready_file = PathBuf::from(format!("/tmp/mpiswarm-test-ready.{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready_file);
+        let ready = ready_file.display().to_string();
+        let mut args = vec!["up", "--ready-file", ready.as_str()];
+        args.extend_from_slice(extra);
+        let mut cmd = mpirun(np, nhosts, &args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn mpirun");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready_file.exists() {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().unwrap();
+                panic!("mpiswarm ended before it was ready:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("swarm not ready within 60 s:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Background {
+            child: Some(child),
+            ready_file,
+        }
+    }
+
+    pub fn mpirun_pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// DOCKER_HOST of rank 0's daemon, from the ready file.
+    pub fn docker_host(&self) -> String {
+        let text = std::fs::read_to_string(&self.ready_file).expect("ready file");
+        text.lines()
+            .find_map(|l| l.strip_prefix("DOCKER_HOST="))
+            .expect("DOCKER_HOST in ready file")
+            .to_owned()
+    }
+
+    /// Runs a docker CLI command against rank 0's daemon, on rank 0's host, as the test user.
+    pub fn docker(&self, args: &str) -> Output {
+        on_host(&host(1), &format!("DOCKER_HOST={} docker {args}", self.docker_host()))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.mpirun_pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait(mut self, limit: Duration) -> Output {
+        wait_output(self.child.take().unwrap(), limit)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
