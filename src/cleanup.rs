@@ -35,7 +35,10 @@ pub fn run(base: &Path, dry_run: bool) -> Result<i32> {
         println!("nothing to clean on {}", crate::host::hostname());
     }
     if !report.errors.is_empty() {
-        bail!("could not clean everything:\n  {}", report.errors.join("\n  "));
+        bail!(
+            "could not clean everything:\n  {}",
+            report.errors.join("\n  ")
+        );
     }
     Ok(0)
 }
@@ -56,7 +59,9 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
         let needle = dir.to_string_lossy().into_owned();
         for p in teardown::all_processes() {
             if p.uid == me && !p.zombie && p.cmdline.contains(&needle) {
-                report.killed.push(format!("{} ({})", p.pid, short(&p.cmdline)));
+                report
+                    .killed
+                    .push(format!("{} ({})", p.pid, short(&p.cmdline)));
                 if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
                     report.errors.push(format!("{e:#}"));
                 }

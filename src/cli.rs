@@ -70,6 +70,24 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = PortDriver::Slirp4netns)]
     pub port_driver: PortDriver,
 
+    /// Image archive (as `docker save` writes it) to load on every node; repeatable. Read once on
+    /// rank 0 and broadcast over MPI: no registry or shared filesystem needed.
+    #[arg(long = "load", value_name = "FILE.tar")]
+    pub load: Vec<PathBuf>,
+
+    /// Compose file to deploy as a stack once the swarm is ready and the images are loaded.
+    #[arg(long, value_name = "FILE")]
+    pub stack: Option<PathBuf>,
+
+    /// Name of the deployed stack.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "mpiswarm",
+        requires = "stack"
+    )]
+    pub stack_name: String,
+
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]
     pub no_preflight: bool,

@@ -14,6 +14,8 @@ use crate::signals::{self, Signals};
 
 /// Size of one rank's record in an agreement: enough for a host name and a readable error.
 const RECORD: usize = 8192;
+/// Chunk size of streamed broadcasts (image archives).
+const CHUNK: usize = 4 << 20;
 const TAG_STOP_REQUEST: i32 = 101;
 const TAG_STOP: i32 = 102;
 
@@ -47,7 +49,13 @@ impl fmt::Display for PhaseFailed {
         )?;
         for o in &self.failures {
             let msg = o.error.as_deref().unwrap_or("");
-            write!(f, "\n  {} (rank {}): {}", o.host, o.rank, msg.replace('\n', "\n    "))?;
+            write!(
+                f,
+                "\n  {} (rank {}): {}",
+                o.host,
+                o.rank,
+                msg.replace('\n', "\n    ")
+            )?;
         }
         Ok(())
     }
@@ -67,6 +75,8 @@ pub struct Cluster {
     signals: Signals,
     /// Set when a collective was abandoned: MPI can then only be aborted, not finalized.
     poisoned: bool,
+    /// The reusable buffer of `broadcast_stream`, allocated on first use.
+    chunk: Option<*mut u8>,
     universe: Option<mpi::environment::Universe>,
 }
 
@@ -85,6 +95,7 @@ impl Cluster {
             host,
             signals,
             poisoned: false,
+            chunk: None,
             universe: Some(universe),
         })
     }
@@ -94,7 +105,12 @@ impl Cluster {
     }
 
     /// Polls a request until it completes, the deadline passes, or a teardown signal arrives.
-    fn wait<D: ?Sized>(&mut self, request: Request<'static, D>, what: &str, deadline: Instant) -> Result<()> {
+    fn wait<D: ?Sized>(
+        &mut self,
+        request: Request<'static, D>,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<()> {
         self.wait_for(request, what, deadline, true)
     }
 
@@ -114,7 +130,10 @@ impl Cluster {
             }
             let signal = self.signals.received().filter(|_| interruptible);
             let abandon = if let Some(sig) = signal {
-                Some(format!("interrupted by {} while waiting for all ranks to {what}", signals::name(sig)))
+                Some(format!(
+                    "interrupted by {} while waiting for all ranks to {what}",
+                    signals::name(sig)
+                ))
             } else if Instant::now() >= deadline {
                 Some(format!(
                     "timed out waiting for all ranks to {what}: at least one rank did not arrive \
@@ -136,7 +155,12 @@ impl Cluster {
 
     /// Every rank contributes its outcome of `phase`; every rank gets all of them, and an error
     /// naming every failing host if any failed.
-    pub fn agree(&mut self, phase: &str, local: Result<f64>, deadline: Instant) -> Result<Vec<Outcome>> {
+    pub fn agree(
+        &mut self,
+        phase: &str,
+        local: Result<f64>,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>> {
         self.agree_with(phase, local, deadline, true)
     }
 
@@ -199,13 +223,19 @@ impl Cluster {
     ) -> Result<Vec<T>> {
         let mut record = serde_json::to_vec(value)?;
         if record.len() > RECORD {
-            bail!("internal: a record for {what} is {} bytes, more than {RECORD}", record.len());
+            bail!(
+                "internal: a record for {what} is {} bytes, more than {RECORD}",
+                record.len()
+            );
         }
         record.resize(RECORD, 0);
         let send: &'static [u8] = Box::leak(record.into_boxed_slice());
-        let recv: &'static mut [u8] = Box::leak(vec![0u8; RECORD * self.size as usize].into_boxed_slice());
+        let recv: &'static mut [u8] =
+            Box::leak(vec![0u8; RECORD * self.size as usize].into_boxed_slice());
         let recv_ptr = recv.as_ptr();
-        let request = self.world.immediate_all_gather_into(StaticScope, send, recv);
+        let request = self
+            .world
+            .immediate_all_gather_into(StaticScope, send, recv);
         self.wait_for(request, what, deadline, interruptible)?;
         // SAFETY: the request completed, so MPI no longer writes the buffer; it was leaked and lives forever.
         let received = unsafe { std::slice::from_raw_parts(recv_ptr, RECORD * self.size as usize) };
@@ -219,44 +249,108 @@ impl Cluster {
     }
 
     /// Rank 0's bytes, on every rank.
-    pub fn broadcast(&mut self, data: Option<Vec<u8>>, what: &str, deadline: Instant) -> Result<Vec<u8>> {
-        let len: &'static mut u64 = Box::leak(Box::new(data.as_ref().map_or(0, |d| d.len() as u64)));
+    pub fn broadcast(
+        &mut self,
+        data: Option<Vec<u8>>,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        let len: &'static mut u64 =
+            Box::leak(Box::new(data.as_ref().map_or(0, |d| d.len() as u64)));
         let len_ptr: *const u64 = len;
-        let request = self.world.process_at_rank(0).immediate_broadcast_into(StaticScope, len);
+        let request = self
+            .world
+            .process_at_rank(0)
+            .immediate_broadcast_into(StaticScope, len);
         self.wait(request, what, deadline)?;
         // SAFETY: the broadcast completed; the leaked value is no longer written by MPI.
         let len = unsafe { *len_ptr } as usize;
-        let buf: &'static mut [u8] = Box::leak(data.unwrap_or_else(|| vec![0; len]).into_boxed_slice());
+        let buf: &'static mut [u8] =
+            Box::leak(data.unwrap_or_else(|| vec![0; len]).into_boxed_slice());
         let buf_ptr = buf.as_ptr();
-        let request = self.world.process_at_rank(0).immediate_broadcast_into(StaticScope, buf);
+        let request = self
+            .world
+            .process_at_rank(0)
+            .immediate_broadcast_into(StaticScope, buf);
         self.wait(request, what, deadline)?;
         // SAFETY: as above.
         Ok(unsafe { std::slice::from_raw_parts(buf_ptr, len) }.to_vec())
     }
 
-    /// Waits until every rank gets here.
-    pub fn barrier(&mut self, what: &str, deadline: Instant) -> Result<()> {
-        let request = self.world.immediate_barrier();
-        self.wait(request, what, deadline)
+    /// Streams rank 0's `source` to every rank's `sink` in fixed-size chunks: memory stays
+    /// bounded whatever the size. Returns the number of bytes streamed.
+    pub fn broadcast_stream(
+        &mut self,
+        mut source: Option<&mut dyn std::io::Read>,
+        mut sink: impl FnMut(&[u8]),
+        what: &str,
+        deadline: Instant,
+    ) -> Result<u64> {
+        let buf_ptr = self.chunk_buffer();
+        let mut total = 0u64;
+        loop {
+            // SAFETY: the buffer was leaked for the life of the process and no MPI request is
+            // using it now (each broadcast below completes before the next starts).
+            let buf: &'static mut [u8] =
+                unsafe { std::slice::from_raw_parts_mut(buf_ptr, CHUNK + 8) };
+            if let Some(src) = source.as_mut() {
+                let header = match read_full(*src, &mut buf[8..]) {
+                    Ok(n) => n as u64,
+                    Err(_) => u64::MAX,
+                };
+                buf[..8].copy_from_slice(&header.to_le_bytes());
+            }
+            let request = self
+                .world
+                .process_at_rank(0)
+                .immediate_broadcast_into(StaticScope, buf);
+            self.wait(request, what, deadline)?;
+            // SAFETY: as above; the broadcast has completed.
+            let buf: &[u8] = unsafe { std::slice::from_raw_parts(buf_ptr, CHUNK + 8) };
+            let header = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+            match header {
+                0 => return Ok(total),
+                u64::MAX => bail!("rank 0 failed to read the data to {what}"),
+                n => {
+                    let n = n as usize;
+                    sink(&buf[8..8 + n]);
+                    total += n as u64;
+                }
+            }
+        }
+    }
+
+    fn chunk_buffer(&mut self) -> *mut u8 {
+        *self
+            .chunk
+            .get_or_insert_with(|| Box::leak(vec![0u8; CHUNK + 8].into_boxed_slice()).as_mut_ptr())
     }
 
     /// A rank other than 0 asks rank 0 to stop the whole job (it received a signal).
     pub fn request_stop(&self, sig: i32) {
         if !self.is_root() {
-            self.world.process_at_rank(0).send_with_tag(&sig, TAG_STOP_REQUEST);
+            self.world
+                .process_at_rank(0)
+                .send_with_tag(&sig, TAG_STOP_REQUEST);
         }
     }
 
     /// Rank 0 tells every other rank to tear down.
     pub fn announce_stop(&self, code: i32) {
         for rank in 1..self.size {
-            self.world.process_at_rank(rank).send_with_tag(&code, TAG_STOP);
+            self.world
+                .process_at_rank(rank)
+                .send_with_tag(&code, TAG_STOP);
         }
     }
 
     /// A stop message that arrived, if any: a stop request at rank 0, a stop elsewhere.
     pub fn poll_stop(&self) -> Option<i32> {
-        let tag = if self.is_root() { TAG_STOP_REQUEST } else { TAG_STOP };
+        let tag = if self.is_root() {
+            TAG_STOP_REQUEST
+        } else {
+            TAG_STOP
+        };
         let status = self.world.any_process().immediate_probe_with_tag(tag)?;
         let (value, _) = self
             .world
@@ -288,4 +382,18 @@ impl Cluster {
         }
         drop(self.universe.take());
     }
+}
+
+/// Reads until `buf` is full or the source ends.
+fn read_full(source: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }

@@ -31,6 +31,8 @@ pub struct UpConfig {
     pub address_pool: (Ipv4Addr, u8),
     pub port_driver: PortDriver,
     pub preflight: bool,
+    pub load: Vec<PathBuf>,
+    pub stack: Option<(PathBuf, String)>,
     pub command: Vec<String>,
 }
 
@@ -79,6 +81,14 @@ impl UpConfig {
             address_pool,
             port_driver: args.port_driver,
             preflight: !args.no_preflight,
+            load: args.load.clone(),
+            stack: match &args.stack {
+                Some(file) => {
+                    crate::stack::check_name(&args.stack_name)?;
+                    Some((file.clone(), args.stack_name.clone()))
+                }
+                None => None,
+            },
             command: args.command.clone(),
         })
     }
@@ -92,9 +102,9 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("expected a number with an optional unit (ms, s, m, h), e.g. 120s"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        anyhow::anyhow!("expected a number with an optional unit (ms, s, m, h), e.g. 120s")
+    })?;
     let scale = match unit {
         "" | "s" => 1.0,
         "ms" => 0.001,
@@ -125,7 +135,10 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
     }
     let mask = u32::MAX << (32 - u32::from(len));
     if u32::from(addr) & !mask != 0 {
-        bail!("{addr}/{len} has host bits set; use {}/{len}", Ipv4Addr::from(u32::from(addr) & mask));
+        bail!(
+            "{addr}/{len} has host bits set; use {}/{len}",
+            Ipv4Addr::from(u32::from(addr) & mask)
+        );
     }
     let slirp = u32::from(Ipv4Addr::new(10, 0, 2, 0));
     if slirp & mask == u32::from(addr) {
@@ -143,7 +156,10 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         for bad in ["", "0", "-3", "abc", "10x", "1e9", "9999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");

@@ -12,11 +12,13 @@ use crate::cli::PortDriver;
 use crate::statedir::StateDir;
 
 /// Swarm's ports: cluster management, gossip (both protocols) and VXLAN data.
-pub const SWARM_PORTS: [(u16, &str); 4] = [(2377, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp")];
+pub const SWARM_PORTS: [(u16, &str); 4] =
+    [(2377, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp")];
 
 /// Inside the namespaces: drop the symlinks copy-up left to the host's runtime files (so the
 /// daemon makes its own), then become dockerd. The same steps as Docker's dockerd-rootless.sh.
-const CHILD_SCRIPT: &str = "rm -f /run/docker /run/containerd /run/xtables.lock && exec dockerd \"$@\"";
+const CHILD_SCRIPT: &str =
+    "rm -f /run/docker /run/containerd /run/xtables.lock && exec dockerd \"$@\"";
 
 /// Writes daemon.json and returns the rootlesskit command that runs dockerd for this host.
 pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Result<Command> {
@@ -32,7 +34,8 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     let config_path = p.join("daemon.json");
     StateDir::write_private(&config_path, &serde_json::to_vec_pretty(&config)?)?;
 
-    let log = File::create(dir.log()).with_context(|| format!("failed to create {}", dir.log().display()))?;
+    let log = File::create(dir.log())
+        .with_context(|| format!("failed to create {}", dir.log().display()))?;
     let mut cmd = Command::new("rootlesskit");
     cmd.args([
         "--net=slirp4netns",
@@ -56,6 +59,9 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     cmd.args(["sh", "-c", CHILD_SCRIPT, "dockerd", "--config-file"]);
     cmd.arg(&config_path);
     cmd.env("XDG_RUNTIME_DIR", p)
+        // Swarm tasks use an image already present (loaded with --load) instead of first asking
+        // a registry, which compute nodes often cannot reach: each such attempt costs a timeout.
+        .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
         .env_remove("DOCKER_HOST")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())

@@ -32,7 +32,10 @@ pub fn run(host_cfg: &HostConfig, json: bool) -> Result<i32> {
             }
         }
         Err(e) => {
-            eprintln!("mpiswarm doctor: error on {host} (rank {}): {e:#}", cluster.rank);
+            eprintln!(
+                "mpiswarm doctor: error on {host} (rank {}): {e:#}",
+                cluster.rank
+            );
             2
         }
     };
@@ -109,14 +112,22 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
         .iter()
         .any(|r| r.checks.iter().any(|c| c.status == Status::Fail));
     if json {
-        println!("{}", serde_json::to_string_pretty(reports).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(reports).unwrap_or_default()
+        );
         return i32::from(failed);
     }
     let names: Vec<&str> = reports
         .first()
         .map(|r| r.checks.iter().map(|c| c.name.as_str()).collect())
         .unwrap_or_default();
-    let host_width = reports.iter().map(|r| r.host.len()).max().unwrap_or(4).max(4);
+    let host_width = reports
+        .iter()
+        .map(|r| r.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let mut header = format!("{:host_width$}", "host");
     for n in &names {
         header.push_str(&format!("  {n}"));
@@ -125,11 +136,15 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
     for r in reports {
         let mut line = format!("{:host_width$}", r.host);
         for n in &names {
-            let cell = r.checks.iter().find(|c| c.name == *n).map_or("-", |c| match c.status {
-                Status::Ok => "ok",
-                Status::Warn => "WARN",
-                Status::Fail => "FAIL",
-            });
+            let cell = r
+                .checks
+                .iter()
+                .find(|c| c.name == *n)
+                .map_or("-", |c| match c.status {
+                    Status::Ok => "ok",
+                    Status::Warn => "WARN",
+                    Status::Fail => "FAIL",
+                });
             line.push_str(&format!("  {cell:width$}", width = n.len()));
         }
         println!("{line}");
@@ -141,8 +156,15 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
                 println!();
                 problems = true;
             }
-            let tag = if c.status == Status::Fail { "FAIL" } else { "WARN" };
-            println!("{tag} {} {}: {}\n     fix: {}", r.host, c.name, c.detail, c.fix);
+            let tag = if c.status == Status::Fail {
+                "FAIL"
+            } else {
+                "WARN"
+            };
+            println!(
+                "{tag} {} {}: {}\n     fix: {}",
+                r.host, c.name, c.detail, c.fix
+            );
         }
     }
     if !problems {

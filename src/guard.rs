@@ -44,18 +44,24 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         .advertise_addr
         .parse()
         .with_context(|| format!("invalid advertise address {:?}", args.advertise_addr))?;
-    let me = teardown::proc_info(std::process::id() as i32).ok_or_else(|| anyhow!("cannot read /proc/self"))?;
+    let me = teardown::proc_info(std::process::id() as i32)
+        .ok_or_else(|| anyhow!("cannot read /proc/self"))?;
     let record = GuardRecord {
         pid: me.pid,
         start_time: me.start_time,
         host: crate::host::hostname(),
-        job: args.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        job: args
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
     let mut daemon = match daemon::command(&dir, addr, args.port_driver).and_then(|mut c| {
-        c.spawn().context("failed to start rootlesskit (is it installed and on PATH?)")
+        c.spawn()
+            .context("failed to start rootlesskit (is it installed and on PATH?)")
     }) {
         Ok(child) => Some(child),
         Err(e) => {
@@ -117,7 +123,10 @@ fn wait_for_teardown(daemon: &mut Option<Child>, sig_read: &UnixStream, out: &mu
 fn teardown_host(dir: &StateDir) -> Result<()> {
     let deadline = Instant::now() + TEARDOWN_BUDGET;
     let killed = teardown::kill_own_tree(deadline);
-    let removed = teardown::remove_state_dir(&dir.path, deadline.saturating_duration_since(Instant::now()));
+    let removed = teardown::remove_state_dir(
+        &dir.path,
+        deadline.saturating_duration_since(Instant::now()),
+    );
     // The per-user parent goes too once no other run of this user is left on the host.
     if let Some(parent) = dir.path.parent() {
         let _ = std::fs::remove_dir(parent);
@@ -215,7 +224,10 @@ impl GuardHandle {
                 }
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    verdict = Some(Err(anyhow!("the guard (pid {}) ended without a verdict", self.child.id())));
+                    verdict = Some(Err(anyhow!(
+                        "the guard (pid {}) ended without a verdict",
+                        self.child.id()
+                    )));
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
@@ -229,7 +241,9 @@ impl GuardHandle {
                 }
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
         if self.child.wait_timeout(left)?.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -249,7 +263,10 @@ impl Drop for GuardHandle {
 /// Reads a guard record, for `cleanup`.
 pub fn read_record(dir: &Path) -> Option<GuardRecord> {
     let mut text = String::new();
-    std::fs::File::open(dir.join("guard.json")).ok()?.read_to_string(&mut text).ok()?;
+    std::fs::File::open(dir.join("guard.json"))
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -260,6 +277,11 @@ pub fn is_alive(record: &GuardRecord) -> bool {
 
 pub fn state_dirs_under(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default()
 }

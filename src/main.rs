@@ -10,9 +10,11 @@ mod doctor;
 mod engine;
 mod guard;
 mod host;
+mod images;
 mod preflight;
 mod report;
 mod signals;
+mod stack;
 mod statedir;
 mod swarm;
 mod teardown;
@@ -30,7 +32,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // Under a launcher every rank sees the same bad flags: let one of them say so.
-            if launcher_rank() == 0 || e.kind() == clap::error::ErrorKind::DisplayHelp
+            if launcher_rank() == 0
+                || e.kind() == clap::error::ErrorKind::DisplayHelp
                 || e.kind() == clap::error::ErrorKind::DisplayVersion
             {
                 let _ = e.print();
@@ -76,8 +79,13 @@ fn run(cli: Cli) -> Result<i32> {
 
 /// This process's rank as the launcher set it, before MPI starts (0 when not under a launcher).
 fn launcher_rank() -> u32 {
-    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(0)
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
 }

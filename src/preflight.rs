@@ -65,13 +65,22 @@ pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Runs every check; `addr` is the resolved advertise address, if it could be resolved.
 pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool) -> Vec<Check> {
     let mut checks = vec![check_not_root()];
-    for tool in ["rootlesskit", "slirp4netns", "dockerd", "containerd", "runc"] {
+    for tool in [
+        "rootlesskit",
+        "slirp4netns",
+        "dockerd",
+        "containerd",
+        "runc",
+    ] {
         checks.push(check_tool(tool, with_versions));
     }
     for tool in ["newuidmap", "newgidmap"] {
@@ -82,8 +91,16 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
     checks.push(check_userns());
     checks.push(check_tun());
     checks.push(check_kernel_fs("overlay"));
-    checks.push(check_module("vxlan", Status::Fail, "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)"));
-    checks.push(check_module("ip_vs", Status::Warn, "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files"));
+    checks.push(check_module(
+        "vxlan",
+        Status::Fail,
+        "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)",
+    ));
+    checks.push(check_module(
+        "ip_vs",
+        Status::Warn,
+        "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
+    ));
     checks.push(check_state_base(&host.state_base));
     if let Some(addr) = addr {
         checks.push(check_ports(addr));
@@ -128,11 +145,21 @@ fn check_tool(name: &str, with_version: bool) -> Check {
             name,
             Status::Fail,
             "not found on PATH",
-            format!("install {name} (Debian/Ubuntu: apt install {}) or add it to PATH", debian_package(name)),
+            format!(
+                "install {name} (Debian/Ubuntu: apt install {}) or add it to PATH",
+                debian_package(name)
+            ),
         ),
         Some(path) => {
-            let version = if with_version { tool_version(&path) } else { String::new() };
-            ok(name, format!("{} {version}", path.display()).trim().to_owned())
+            let version = if with_version {
+                tool_version(&path)
+            } else {
+                String::new()
+            };
+            ok(
+                name,
+                format!("{} {version}", path.display()).trim().to_owned(),
+            )
         }
     }
 }
@@ -164,10 +191,17 @@ fn tool_version(path: &Path) -> String {
 
 fn check_setid_tool(name: &str) -> Check {
     let Some(path) = which(name) else {
-        return bad(name, Status::Fail, "not found on PATH", "ask your admin to install the uidmap package");
+        return bad(
+            name,
+            Status::Fail,
+            "not found on PATH",
+            "ask your admin to install the uidmap package",
+        );
     };
     let meta = std::fs::metadata(&path);
-    let setuid = meta.as_ref().is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
+    let setuid = meta
+        .as_ref()
+        .is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
     let has_caps = xattr_present(&path, "security.capability");
     if setuid || has_caps {
         ok(name, path.display().to_string())
@@ -175,8 +209,14 @@ fn check_setid_tool(name: &str) -> Check {
         bad(
             name,
             Status::Fail,
-            format!("{} is neither setuid root nor has file capabilities", path.display()),
-            format!("ask your admin: chmod u+s {} (or setcap cap_setuid/cap_setgid)", path.display()),
+            format!(
+                "{} is neither setuid root nor has file capabilities",
+                path.display()
+            ),
+            format!(
+                "ask your admin: chmod u+s {} (or setcap cap_setuid/cap_setgid)",
+                path.display()
+            ),
         )
     }
 }
@@ -184,7 +224,10 @@ fn check_setid_tool(name: &str) -> Check {
 fn xattr_present(path: &Path, name: &str) -> bool {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let (Ok(p), Ok(n)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else {
+    let (Ok(p), Ok(n)) = (
+        CString::new(path.as_os_str().as_bytes()),
+        CString::new(name),
+    ) else {
         return false;
     };
     // SAFETY: both strings are valid NUL-terminated C strings; a null buffer of size 0 asks only
@@ -250,11 +293,21 @@ fn check_userns() -> Check {
             "ask your admin: sysctl kernel.unprivileged_userns_clone=1",
         );
     }
-    ok("userns", format!("max_user_namespaces {}", max.map_or("?".into(), |m| m.to_string())))
+    ok(
+        "userns",
+        format!(
+            "max_user_namespaces {}",
+            max.map_or("?".into(), |m| m.to_string())
+        ),
+    )
 }
 
 fn check_tun() -> Check {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
         Ok(_) => ok("tun", "/dev/net/tun usable"),
         Err(e) => bad(
             "tun",
@@ -271,7 +324,12 @@ fn check_kernel_fs(fs: &str) -> Check {
     if known || module_available(fs) {
         ok(fs, "supported by the kernel")
     } else {
-        bad(fs, Status::Fail, format!("the kernel has no {fs} filesystem"), format!("ask your admin: modprobe {fs}"))
+        bad(
+            fs,
+            Status::Fail,
+            format!("the kernel has no {fs} filesystem"),
+            format!("ask your admin: modprobe {fs}"),
+        )
     }
 }
 
@@ -282,17 +340,26 @@ fn module_available(name: &str) -> bool {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let dep = std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
-    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).unwrap_or_default();
+    let dep =
+        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin"))
+        .unwrap_or_default();
     let needle = format!("/{name}.ko");
-    dep.lines().chain(builtin.lines()).any(|l| l.split(':').next().is_some_and(|m| m.contains(&needle)))
+    dep.lines()
+        .chain(builtin.lines())
+        .any(|l| l.split(':').next().is_some_and(|m| m.contains(&needle)))
 }
 
 fn check_module(name: &str, missing: Status, fix: &str) -> Check {
     if module_available(name) {
         ok(name, "available")
     } else {
-        bad(name, missing, format!("kernel module {name} is not available"), fix)
+        bad(
+            name,
+            missing,
+            format!("kernel module {name} is not available"),
+            fix,
+        )
     }
 }
 
@@ -300,7 +367,12 @@ fn check_state_base(base: &Path) -> Check {
     let name = "state-dir";
     let probe_path = StateDir::path_for(base, "jXXXXXXXXXXXXXX", &crate::host::hostname());
     if let Err(e) = StateDir::check_socket_length(&probe_path) {
-        return bad(name, Status::Fail, format!("{e:#}"), "use a short node-local --state-dir such as /tmp");
+        return bad(
+            name,
+            Status::Fail,
+            format!("{e:#}"),
+            "use a short node-local --state-dir such as /tmp",
+        );
     }
     let stat = match nix::sys::statfs::statfs(base) {
         Ok(s) => s,
@@ -318,13 +390,16 @@ fn check_state_base(base: &Path) -> Check {
         return bad(
             name,
             Status::Fail,
-            format!("{} is on {fs}, which does not support overlayfs", base.display()),
+            format!(
+                "{} is on {fs}, which does not support overlayfs",
+                base.display()
+            ),
             "pass a node-local --state-dir (e.g. /tmp or local scratch)",
         );
     }
-    if let Err(e) = statedir::ensure_user_root(base)
-        .and_then(|root| nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into))
-    {
+    if let Err(e) = statedir::ensure_user_root(base).and_then(|root| {
+        nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into)
+    }) {
         return bad(
             name,
             Status::Fail,
@@ -341,7 +416,10 @@ fn check_state_base(base: &Path) -> Check {
             "images and containers need space: free some, or pass another --state-dir",
         );
     }
-    ok(name, format!("{} ({} GiB free)", base.display(), free >> 30))
+    ok(
+        name,
+        format!("{} ({} GiB free)", base.display(), free >> 30),
+    )
 }
 
 fn check_ports(addr: Ipv4Addr) -> Check {
@@ -357,12 +435,18 @@ fn check_ports(addr: Ipv4Addr) -> Check {
         }
     }
     if busy.is_empty() {
-        ok("ports", format!("2377/tcp 7946/tcp+udp 4789/udp free on {addr}"))
+        ok(
+            "ports",
+            format!("2377/tcp 7946/tcp+udp 4789/udp free on {addr}"),
+        )
     } else {
         bad(
             "ports",
             Status::Fail,
-            format!("{} already in use on {addr} (another swarm on this node?)", busy.join(", ")),
+            format!(
+                "{} already in use on {addr} (another swarm on this node?)",
+                busy.join(", ")
+            ),
             "stop the other swarm (mpiswarm cleanup, if it is yours), or choose another --advertise-addr",
         )
     }

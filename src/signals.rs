@@ -27,9 +27,10 @@ impl Signals {
             .name("signals".into())
             .spawn(move || {
                 for sig in iter.forever() {
-                    let _ = recorder
-                        .first
-                        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                    let _ =
+                        recorder
+                            .first
+                            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
                     recorder.count.fetch_add(1, Ordering::SeqCst);
                 }
             })

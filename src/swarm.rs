@@ -26,7 +26,10 @@ pub fn create_gwbridge(engine: &Engine) -> Result<()> {
     let response = engine.request("POST", "/networks/create", Some(&body), CALL_TIMEOUT)?;
     match response.status {
         200 | 201 | 409 => Ok(()),
-        code => bail!("failed to create docker_gwbridge ({code}): {}", response.message()),
+        code => bail!(
+            "failed to create docker_gwbridge ({code}): {}",
+            response.message()
+        ),
     }
 }
 
@@ -71,16 +74,26 @@ pub fn join(engine: &Engine, addr: Ipv4Addr, info: &JoinInfo, deadline: Instant)
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = engine.request("POST", "/swarm/join", Some(&body), left.max(Duration::from_secs(1)));
+        let result = engine.request(
+            "POST",
+            "/swarm/join",
+            Some(&body),
+            left.max(Duration::from_secs(1)),
+        );
         let error = match result {
             Ok(r) if (200..300).contains(&r.status) => return Ok(()),
             // Already part of this swarm (a retried request that did succeed).
-            Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => return Ok(()),
+            Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => {
+                return Ok(());
+            }
             Ok(r) => format!("{} {}", r.status, r.message()),
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() + pause >= deadline {
-            bail!("failed to join the swarm at {} after {attempts} attempt(s): {error}", info.manager);
+            bail!(
+                "failed to join the swarm at {} after {attempts} attempt(s): {error}",
+                info.manager
+            );
         }
         tracing::debug!("join attempt {attempts} failed: {error}; retrying");
         std::thread::sleep(pause);
@@ -108,7 +121,11 @@ pub fn wait_members(engine: &Engine, hosts: &[String], deadline: Instant) -> Res
         if Instant::now() >= deadline {
             bail!(
                 "failed to see every host as a Ready swarm node before the deadline; missing: {}",
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -41,7 +41,12 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|u| u.parse().ok())?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default();
     Some(ProcInfo {
         pid,
@@ -118,8 +123,14 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
         }
         reap_children();
         if Instant::now() >= deadline {
-            let list: Vec<String> = alive.iter().map(|p| format!("{} ({})", p.pid, p.cmdline)).collect();
-            bail!("failed to kill these processes before the deadline: {}", list.join(", "));
+            let list: Vec<String> = alive
+                .iter()
+                .map(|p| format!("{} ({})", p.pid, p.cmdline))
+                .collect();
+            bail!(
+                "failed to kill these processes before the deadline: {}",
+                list.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -136,7 +147,13 @@ pub fn remove_state_dir(dir: &Path, timeout: Duration) -> Result<()> {
         return Ok(());
     }
     let mut child = Command::new("rootlesskit")
-        .args(["--net=host", "--copy-up-mode=tmpfs+symlink", "rm", "-rf", "--"])
+        .args([
+            "--net=host",
+            "--copy-up-mode=tmpfs+symlink",
+            "rm",
+            "-rf",
+            "--",
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -148,7 +165,11 @@ pub fn remove_state_dir(dir: &Path, timeout: Duration) -> Result<()> {
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("failed to remove {} within {:?}: rm inside the user namespace hung", dir.display(), timeout);
+            bail!(
+                "failed to remove {} within {:?}: rm inside the user namespace hung",
+                dir.display(),
+                timeout
+            );
         }
     };
     if dir.exists() {

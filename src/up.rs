@@ -86,7 +86,11 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     };
     c.agree("start the rootless Docker daemon", local, deadline)?;
     if c.is_root() {
-        info!("daemons up on {} host(s) in {:.2} s", hosts.len(), start.elapsed().as_secs_f64());
+        info!(
+            "daemons up on {} host(s) in {:.2} s",
+            hosts.len(),
+            start.elapsed().as_secs_f64()
+        );
     }
 
     // Phase: rank 0 initializes the swarm and hands out the join token.
@@ -129,6 +133,30 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     };
     c.agree("confirm swarm membership", local, deadline)?;
 
+    if !cfg.load.is_empty() {
+        let t = Instant::now();
+        let engine = daemon.as_ref().map(|d| &d.engine);
+        let names = crate::images::distribute(c, &cfg.load, engine, deadline)?;
+        if c.is_root() {
+            info!(
+                "loaded {} on {} host(s) in {:.2} s",
+                names.join(", "),
+                hosts.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if let Some((file, name)) = &cfg.stack {
+        let t = Instant::now();
+        let local = if c.is_root() {
+            let d = daemon.as_ref().expect("rank 0 leads its host");
+            deploy_stack(&d.engine, file, name, deadline).map(|()| t.elapsed().as_secs_f64())
+        } else {
+            Ok(0.0)
+        };
+        c.agree(&format!("deploy the stack {name}"), local, deadline)?;
+    }
+
     let mut ready_file = None;
     if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
@@ -165,7 +193,8 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
             .map(|()| teardown_start.elapsed().as_secs_f64()),
         None => Ok(0.0),
     };
-    let outcomes = c.agree_uninterruptible("tear down", local, Instant::now() + TEARDOWN_DEADLINE)?;
+    let outcomes =
+        c.agree_uninterruptible("tear down", local, Instant::now() + TEARDOWN_DEADLINE)?;
     c.drain_stops();
     if c.is_root() {
         let slowest = outcomes.iter().map(|o| o.value).fold(0.0, f64::max);
@@ -185,14 +214,18 @@ fn job_key(c: &mut Cluster, deadline: Instant) -> Result<String> {
         let batch = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"]
             .iter()
             .find_map(|v| std::env::var(v).ok())
-            .map(|id| id.chars().filter(|ch| ch.is_ascii_alphanumeric()).take(12).collect::<String>())
+            .map(|id| {
+                id.chars()
+                    .filter(|ch| ch.is_ascii_alphanumeric())
+                    .take(12)
+                    .collect::<String>()
+            })
             .unwrap_or_default();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff)
-            .into_bytes()
+        format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff).into_bytes()
     });
     let key = c.broadcast(key, "agree on a job key", deadline)?;
     Ok(String::from_utf8_lossy(&key).into_owned())
@@ -238,24 +271,48 @@ fn start_daemon(
         if let Some(event) = guard.next_event(Duration::from_millis(10))
             && let Some(status) = event.strip_prefix("exited ")
         {
-            return Err(fail(format!("the rootless daemon exited during start-up ({status})"), &guard));
+            return Err(fail(
+                format!("the rootless daemon exited during start-up ({status})"),
+                &guard,
+            ));
         }
         if engine.ping(Duration::from_millis(500)) {
             break;
         }
         if let Some(sig) = signals.received() {
-            bail!("interrupted by {} while the daemon was starting", signals::name(sig));
+            bail!(
+                "interrupted by {} while the daemon was starting",
+                signals::name(sig)
+            );
         }
         if Instant::now() >= deadline {
             return Err(fail(
-                format!("the daemon's API at {} did not answer before the deadline", engine.socket().display()),
+                format!(
+                    "the daemon's API at {} did not answer before the deadline",
+                    engine.socket().display()
+                ),
                 &guard,
             ));
         }
     }
     swarm::create_gwbridge(&engine)?;
-    debug!("daemon up at {} (guard pid {})", engine.socket().display(), guard.pid());
-    Ok(HostDaemon { guard, engine, addr })
+    debug!(
+        "daemon up at {} (guard pid {})",
+        engine.socket().display(),
+        guard.pid()
+    );
+    Ok(HostDaemon {
+        guard,
+        engine,
+        addr,
+    })
+}
+
+fn deploy_stack(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Result<()> {
+    crate::stack::deploy(engine, file, name, deadline)?;
+    crate::stack::wait_converged(engine, name, deadline, |p| {
+        info!("stack {name}: {}/{} replicas running", p.running, p.desired);
+    })
 }
 
 /// Rank 0: runs the command (or waits), and returns the exit code mpiswarm should end with.
@@ -279,14 +336,19 @@ fn run_or_wait(c: &Cluster, command: &[String], socket: &Path, signals: &Signals
         if let Some(ch) = child.as_mut()
             && let Some(status) = ch.try_wait()?
         {
-            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             debug!("command exited with {code}");
             return Ok(code);
         }
         let stop = signals
             .received()
             .map(|sig| format!("{} received", signals::name(sig)))
-            .or_else(|| c.poll_stop().map(|sig| format!("{} received by another rank", signals::name(sig))));
+            .or_else(|| {
+                c.poll_stop()
+                    .map(|sig| format!("{} received by another rank", signals::name(sig)))
+            });
         if let Some(why) = stop {
             info!("{why}: tearing down");
             if let Some(ch) = child.as_mut() {

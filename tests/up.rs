@@ -14,7 +14,15 @@ fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
     let cmd = mpirun(
         3,
         3,
-        &["up", "--", "docker", "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}} {{.Self}}"],
+        &[
+            "up",
+            "--",
+            "docker",
+            "node",
+            "ls",
+            "--format",
+            "{{.Hostname}} {{.Status}} {{.ManagerStatus}} {{.Self}}",
+        ],
     );
     let out = run_with_deadline(cmd, RUN_LIMIT);
     let (stdout, stderr) = text(&out);
@@ -28,7 +36,10 @@ fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
         assert_eq!(fields[1], "Ready", "node list: {stdout}");
     }
     // Rank 0 runs on msh1 and its daemon is the leader: `Self` is true there.
-    assert!(lines[0].contains("Leader") && lines[0].ends_with("true"), "msh1 is not the leader seen from rank 0:\n{stdout}");
+    assert!(
+        lines[0].contains("Leader") && lines[0].ends_with("true"),
+        "msh1 is not the leader seen from rank 0:\n{stdout}"
+    );
     assert!(stderr.contains("swarm ready: 3 node(s)"), "{stderr}");
     assert_clean(Duration::from_secs(3));
 }
@@ -36,10 +47,20 @@ fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
 #[test]
 fn command_exit_code_comes_back() {
     let _c = cluster();
-    let out = run_with_deadline(mpirun(2, 2, &["up", "--", "sh", "-c", "docker info >/dev/null && exit 7"]), RUN_LIMIT);
+    let out = run_with_deadline(
+        mpirun(
+            2,
+            2,
+            &["up", "--", "sh", "-c", "docker info >/dev/null && exit 7"],
+        ),
+        RUN_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(7), "{}", text(&out).1);
     assert_clean(Duration::from_secs(3));
-    let out = run_with_deadline(mpirun(2, 2, &["up", "--", "sh", "-c", "docker info >/dev/null"]), RUN_LIMIT);
+    let out = run_with_deadline(
+        mpirun(2, 2, &["up", "--", "sh", "-c", "docker info >/dev/null"]),
+        RUN_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     assert_clean(Duration::from_secs(3));
 }
@@ -53,11 +74,23 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     for h in hosts(3) {
         let on_host = ranks.iter().filter(|r| r.1 == h).count();
         assert_eq!(on_host, 2, "expected 2 ranks on {h}: {ranks:?}");
-        let daemons: Vec<u32> = pids_matching("^dockerd").into_iter().filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str())).collect();
-        assert_eq!(daemons.len(), 1, "expected one dockerd on {h}, found {daemons:?}");
+        let daemons: Vec<u32> = pids_matching("^dockerd")
+            .into_iter()
+            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
+            .collect();
+        assert_eq!(
+            daemons.len(),
+            1,
+            "expected one dockerd on {h}, found {daemons:?}"
+        );
     }
     let nodes = bg.docker("node ls -q");
-    assert_eq!(String::from_utf8_lossy(&nodes.stdout).lines().count(), 3, "{:?}", nodes);
+    assert_eq!(
+        String::from_utf8_lossy(&nodes.stdout).lines().count(),
+        3,
+        "{:?}",
+        nodes
+    );
     bg.signal("INT");
     let out = bg.wait(Duration::from_secs(30));
     assert!(text(&out).1.contains("torn down"), "{}", text(&out).1);
@@ -67,7 +100,10 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
 #[test]
 fn a_single_rank_makes_a_one_node_swarm() {
     let _c = cluster();
-    let out = run_with_deadline(mpirun(1, 1, &["up", "--", "docker", "node", "ls", "-q"]), RUN_LIMIT);
+    let out = run_with_deadline(
+        mpirun(1, 1, &["up", "--", "docker", "node", "ls", "-q"]),
+        RUN_LIMIT,
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -78,7 +114,10 @@ fn a_single_rank_makes_a_one_node_swarm() {
 fn sigint_to_mpirun_leaves_nothing_on_any_host() {
     let _c = cluster();
     let bg = Background::start(3, 3, &[]);
-    assert!(residue().is_err(), "the residue check must see the running swarm");
+    assert!(
+        residue().is_err(),
+        "the residue check must see the running swarm"
+    );
     let ready = bg.ready_file.clone();
     bg.signal("INT");
     let _ = bg.wait(Duration::from_secs(30));
@@ -103,7 +142,11 @@ fn join_token_is_in_no_process_arguments_or_environment() {
             if let Ok(bytes) = std::fs::read(entry.path().join(file)) {
                 scanned += 1;
                 let content = String::from_utf8_lossy(&bytes);
-                assert!(!content.contains(&token), "token found in /proc/{}/{file}", name.to_string_lossy());
+                assert!(
+                    !content.contains(&token),
+                    "token found in /proc/{}/{file}",
+                    name.to_string_lossy()
+                );
             }
         }
     }
@@ -118,7 +161,10 @@ fn ready_file_can_be_sourced_for_docker_host() {
     let _c = cluster();
     let bg = Background::start(2, 2, &[]);
     let ready = bg.ready_file.display().to_string();
-    let out = on_host(&host(1), &format!(". {ready} && docker info --format '{{{{.Swarm.Nodes}}}}'"));
+    let out = on_host(
+        &host(1),
+        &format!(". {ready} && docker info --format '{{{{.Swarm.Nodes}}}}'"),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
     bg.signal("USR1");
     let _ = bg.wait(Duration::from_secs(30));

@@ -42,7 +42,9 @@ pub fn cluster() -> MutexGuard<'static, ()> {
     });
     // Each test starts from clean hosts, and fails loudly if an earlier one left something.
     if let Err(left) = wait_clean(Duration::from_secs(5)) {
-        let _ = Command::new(script("simcluster")).args(["up", &MAX_HOSTS.to_string()]).status();
+        let _ = Command::new(script("simcluster"))
+            .args(["up", &MAX_HOSTS.to_string()])
+            .status();
         panic!("hosts not clean before the test: {left}");
     }
     guard
@@ -51,7 +53,11 @@ pub fn cluster() -> MutexGuard<'static, ()> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -66,7 +72,10 @@ pub fn hosts(n: usize) -> Vec<String> {
 /// An mpirun command over the first `nhosts` simulated hosts, ranks placed round-robin by node.
 pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
     let hostfile = std::env::temp_dir().join(format!("mpiswarm-test-hosts.{nhosts}"));
-    let lines: String = hosts(nhosts).iter().map(|h| format!("{h} slots=8\n")).collect();
+    let lines: String = hosts(nhosts)
+        .iter()
+        .map(|h| format!("{h} slots=8\n"))
+        .collect();
     std::fs::write(&hostfile, lines).expect("write hostfile");
     let mut cmd = Command::new("mpirun");
     cmd.args(["--allow-run-as-root", "--hostfile"])
@@ -74,7 +83,14 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
         .args(["-np", &np.to_string(), "--map-by", "node"])
         .args(["--mca", "plm_rsh_agent"])
         .arg(format!("{} exec", script("simcluster").display()))
-        .args(["--mca", "oob_tcp_if_include", SUBNET, "--mca", "btl_tcp_if_include", SUBNET])
+        .args([
+            "--mca",
+            "oob_tcp_if_include",
+            SUBNET,
+            "--mca",
+            "btl_tcp_if_include",
+            SUBNET,
+        ])
         .args(["--mca", "btl", "self,tcp"])
         .arg(binary())
         .args(args);
@@ -83,7 +99,9 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
 
 /// Runs to completion with a deadline; a hang is a test failure, never a hung suite.
 pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
     let child = cmd.spawn().expect("spawn");
     wait_output(child, limit)
 }
@@ -116,7 +134,10 @@ pub fn text(out: &Output) -> (String, String) {
 
 /// `scripts/residue` on every test host: Ok when nothing is left, else what is.
 pub fn residue() -> Result<(), String> {
-    let out = Command::new(script("residue")).args(hosts(MAX_HOSTS)).output().expect("run residue");
+    let out = Command::new(script("residue"))
+        .args(hosts(MAX_HOSTS))
+        .output()
+        .expect("run residue");
     if out.status.success() {
         Ok(())
     } else {
@@ -144,11 +165,10 @@ pub fn assert_clean(limit: Duration) {
 
 /// Runs a shell command on a simulated host as the test user.
 pub fn on_host(host: &str, shell: &str) -> Output {
-    let out = Command::new(script("simcluster"))
+    Command::new(script("simcluster"))
         .args(["exec", host, shell])
         .output()
-        .expect("simcluster exec");
-    out
+        .expect("simcluster exec")
 }
 
 /// Runs a shell command on a simulated host as root (inside its namespaces).
@@ -161,7 +181,10 @@ pub fn on_host_as_root(host: &str, shell: &str) -> Output {
 
 /// Network namespace (simulated host) a pid runs in.
 pub fn host_of(pid: u32) -> Option<String> {
-    let out = Command::new("ip").args(["netns", "identify", &pid.to_string()]).output().ok()?;
+    let out = Command::new("ip")
+        .args(["netns", "identify", &pid.to_string()])
+        .output()
+        .ok()?;
     let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!name.is_empty()).then_some(name)
 }
@@ -201,7 +224,9 @@ pub fn pids_matching(pattern: &str) -> Vec<u32> {
 pub fn ranks() -> Vec<(u32, String, u32)> {
     let mut found = Vec::new();
     for pid in pids_matching("mpiswarm up") {
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         let env = String::from_utf8_lossy(&env);
         let rank = env
             .split('\0')
@@ -229,18 +254,26 @@ impl Background {
         let mut args = vec!["up", "--ready-file", ready.as_str()];
         args.extend_from_slice(extra);
         let mut cmd = mpirun(np, nhosts, &args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn mpirun");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready_file.exists() {
             if let Ok(Some(_)) = child.try_wait() {
                 let out = child.wait_with_output().unwrap();
-                panic!("mpiswarm ended before it was ready:\n{}", String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "mpiswarm ended before it was ready:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let out = child.wait_with_output().unwrap();
-                panic!("swarm not ready within 60 s:\n{}", String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "swarm not ready within 60 s:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -265,7 +298,10 @@ impl Background {
 
     /// Runs a docker CLI command against rank 0's daemon, on rank 0's host, as the test user.
     pub fn docker(&self, args: &str) -> Output {
-        on_host(&host(1), &format!("DOCKER_HOST={} docker {args}", self.docker_host()))
+        on_host(
+            &host(1),
+            &format!("DOCKER_HOST={} docker {args}", self.docker_host()),
+        )
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,0 +1,224 @@
+//! Images without a registry: rank 0 reads each `docker save` archive once and broadcasts it
+//! over MPI in chunks; every host streams it into its own daemon as it arrives.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use crate::engine::Engine;
+
+/// Chunks in flight between MPI and the daemon on each host (bounds memory).
+const QUEUE: usize = 2;
+
+/// Loads every archive on every host; returns what the daemons reported loading.
+pub fn distribute(
+    c: &mut Cluster,
+    archives: &[PathBuf],
+    engine: Option<&Engine>,
+    deadline: Instant,
+) -> Result<Vec<String>> {
+    let mut loaded = Vec::new();
+    for archive in archives {
+        let shown = archive.display().to_string();
+        let mut file = None;
+        let local = if c.is_root() {
+            check_archive(archive)
+                .and_then(|()| {
+                    File::open(archive).with_context(|| {
+                        format!("failed to open the image archive {shown} (--load)")
+                    })
+                })
+                .map(|f| {
+                    file = Some(f);
+                    0.0
+                })
+        } else {
+            Ok(0.0)
+        };
+        c.agree(&format!("read the image archive {shown}"), local, deadline)?;
+
+        let start = Instant::now();
+        let mut loader = engine.map(|e| Loader::start(e.clone(), deadline));
+        let source = file.as_mut().map(|f| f as &mut dyn Read);
+        let streamed = c.broadcast_stream(
+            source,
+            |chunk| {
+                if let Some(l) = loader.as_mut() {
+                    l.feed(chunk);
+                }
+            },
+            &format!("receive the image archive {shown}"),
+            deadline,
+        );
+        let local = match (streamed, loader) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(l)) => l.finish().map(|names| {
+                if c.is_root() {
+                    loaded.extend(names);
+                }
+                start.elapsed().as_secs_f64()
+            }),
+            (Ok(_), None) => Ok(0.0),
+        };
+        c.agree(&format!("load the image archive {shown}"), local, deadline)?;
+    }
+    Ok(loaded)
+}
+
+/// Streams one archive into one daemon from a background thread.
+struct Loader {
+    chunks: Option<SyncSender<Vec<u8>>>,
+    thread: JoinHandle<Result<Vec<String>>>,
+}
+
+impl Loader {
+    fn start(engine: Engine, deadline: Instant) -> Self {
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::spawn(move || {
+            let mut reader = ChunkReader {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+            };
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            let response = engine.post_stream(
+                "/images/load?quiet=1",
+                "application/x-tar",
+                &mut reader,
+                timeout,
+            )?;
+            parse_load_response(response.status, &response.body)
+        });
+        Loader {
+            chunks: Some(tx),
+            thread,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        // A daemon that gave up stops reading: drop the rest, the error comes from `finish`.
+        if let Some(tx) = &self.chunks
+            && tx.send(chunk.to_vec()).is_err()
+        {
+            self.chunks = None;
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<String>> {
+        self.chunks = None;
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the image loader thread panicked"))?
+    }
+}
+
+struct ChunkReader {
+    rx: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.current = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The daemon answers a load with a stream of JSON messages; any error among them fails it.
+pub fn parse_load_response(status: u32, body: &[u8]) -> Result<Vec<String>> {
+    let text = String::from_utf8_lossy(body);
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| text.trim().to_owned());
+        bail!("the daemon refused the archive ({status}): {message}");
+    }
+    let mut names = Vec::new();
+    for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+        let v = v.context("the daemon's answer to the image load is not JSON")?;
+        if let Some(err) = v
+            .pointer("/errorDetail/message")
+            .or_else(|| v.get("error"))
+            .and_then(Value::as_str)
+        {
+            bail!("the daemon could not load the archive: {err}");
+        }
+        if let Some(stream) = v.get("stream").and_then(Value::as_str) {
+            for line in stream.lines() {
+                if let Some(name) = line
+                    .strip_prefix("Loaded image: ")
+                    .or_else(|| line.strip_prefix("Loaded image ID: "))
+                {
+                    names.push(name.trim().to_owned());
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!("the daemon loaded no image from the archive (is it a `docker save` archive?)");
+    }
+    Ok(names)
+}
+
+/// Checks an archive path before anything starts: it must be a readable file.
+pub fn check_archive(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("failed to read --load {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "--load {} is not a file (give an archive written by `docker save`)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_responses() {
+        let ok = br#"{"stream":"Loaded image: mpiswarm/busybox:latest\n"}"#;
+        assert_eq!(
+            parse_load_response(200, ok).unwrap(),
+            vec!["mpiswarm/busybox:latest"]
+        );
+        let err = br#"{"errorDetail":{"message":"unexpected EOF"},"error":"unexpected EOF"}"#;
+        assert!(
+            parse_load_response(200, err)
+                .unwrap_err()
+                .to_string()
+                .contains("unexpected EOF")
+        );
+        assert!(
+            parse_load_response(500, br#"{"message":"boom"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("boom")
+        );
+        assert!(parse_load_response(200, b"").is_err());
+    }
+}
