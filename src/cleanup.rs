@@ -47,7 +47,15 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     let mut report = Report::default();
     let root = statedir::user_root(base);
     let me = nix::unistd::getuid().as_raw();
+    let suffix = format!("-{}", crate::host::hostname());
     for dir in guard::state_dirs_under(&root) {
+        // Only this host's runs: a state base shared between hosts must not be cleaned blindly.
+        if !dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        {
+            continue;
+        }
         let shown = dir.display().to_string();
         if let Some(record) = guard::read_record(&dir)
             && guard::is_alive(&record)

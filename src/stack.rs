@@ -87,6 +87,16 @@ pub fn wait_converged(
         if progress.desired > 0 && progress.running >= progress.desired {
             return Ok(());
         }
+        // No registry will ever supply an image that is not on the node: waiting cannot help.
+        if let Some(missing) = progress
+            .failures
+            .iter()
+            .find(|f| f.contains("No such image"))
+        {
+            bail!(
+                "failed to start stack {name}: an image is not on the node (load it with --load):\n{missing}"
+            );
+        }
         if Instant::now() >= deadline {
             let detail = if progress.failures.is_empty() {
                 "no task reported an error yet (slow image pulls or scheduling?)".to_owned()

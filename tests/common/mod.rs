@@ -20,8 +20,97 @@ pub fn script(name: &str) -> PathBuf {
     root().join("scripts").join(name)
 }
 
+/// A root-owned, world-readable directory with what the test user's ranks need: the binary
+/// (the checkout itself may sit in a directory the test user cannot enter), images, fixtures.
+pub fn shared_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from("/tmp/mpiswarm-test-files");
+        std::fs::create_dir_all(&dir).expect("create shared test dir");
+        chmod(&dir, 0o755);
+        let bin = dir.join("mpiswarm");
+        let tmp = dir.join("mpiswarm.tmp");
+        std::fs::copy(env!("CARGO_BIN_EXE_mpiswarm"), &tmp).expect("copy binary");
+        chmod(&tmp, 0o755);
+        std::fs::rename(&tmp, &bin).expect("install binary");
+        for f in std::fs::read_dir(root().join("tests/fixtures"))
+            .expect("fixtures")
+            .flatten()
+        {
+            let to = dir.join(f.file_name());
+            std::fs::copy(f.path(), &to).expect("copy fixture");
+            chmod(&to, 0o644);
+        }
+        dir
+    })
+    .clone()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mpiswarm"))
+    shared_dir().join("mpiswarm")
+}
+
+pub fn fixture(name: &str) -> String {
+    shared_dir().join(name).display().to_string()
+}
+
+/// An image archive in `docker save` format (busybox; `pad_mib` MiB of random data added), built
+/// once per test run. Returns its path and the image id it must load as.
+pub fn image_archive(tag: &str, pad_mib: u32) -> (String, String) {
+    static BUILT: Mutex<Vec<(String, u32, String, String)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, path, id)) = built.iter().find(|b| b.0 == tag && b.1 == pad_mib) {
+        return (path.clone(), id.clone());
+    }
+    let path = shared_dir().join(format!("image-{}.tar", built.len()));
+    let out = Command::new(script("make-test-image"))
+        .arg(&path)
+        .arg(tag)
+        .arg(pad_mib.to_string())
+        .output()
+        .expect("make-test-image");
+    assert!(
+        out.status.success(),
+        "make-test-image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let path = path.display().to_string();
+    built.push((tag.to_owned(), pad_mib, path.clone(), id.clone()));
+    (path, id)
+}
+
+/// The Engine API socket of the running daemon on `host` (there is one run at a time).
+pub fn host_socket(host: &str) -> Option<String> {
+    let base = PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{host}")))
+        })
+        .map(|p| p.join("docker.sock").display().to_string())
+}
+
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().expect("id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("uid")
+}
+
+/// Runs a docker CLI command against the daemon on `host`, on that host, as the test user.
+pub fn docker_on(host: &str, args: &str) -> Output {
+    let socket = host_socket(host).unwrap_or_else(|| panic!("no daemon socket for {host}"));
+    on_host(host, &format!("DOCKER_HOST=unix://{socket} docker {args}"))
 }
 
 /// One simulated cluster for the whole test binary; tests take turns (2 cores, shared hosts).
@@ -134,8 +223,13 @@ pub fn text(out: &Output) -> (String, String) {
 
 /// `scripts/residue` on every test host: Ok when nothing is left, else what is.
 pub fn residue() -> Result<(), String> {
+    residue_on(&hosts(MAX_HOSTS))
+}
+
+/// `scripts/residue` on some hosts.
+pub fn residue_on(hosts: &[String]) -> Result<(), String> {
     let out = Command::new(script("residue"))
-        .args(hosts(MAX_HOSTS))
+        .args(hosts)
         .output()
         .expect("run residue");
     if out.status.success() {

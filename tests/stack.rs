@@ -1,0 +1,153 @@
+//! Images without a registry, stacks, and names that resolve and connect across hosts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// The paper's check: 4 clients and 1 httpd; HTTP to `httpd` by name from a client on every
+/// host, and at least two of the clients that got the page are on another host than httpd.
+#[test]
+fn paper_stack_serves_http_by_name_across_hosts() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("paper-stack.yml");
+    let bg = Background::start(
+        3,
+        3,
+        &["--load", &image, "--stack", &stack, "--stack-name", "paper"],
+    );
+
+    let tasks =
+        bg.docker("service ps paper_httpd --filter desired-state=running --format '{{.Node}}'");
+    let httpd_host = String::from_utf8_lossy(&tasks.stdout).trim().to_owned();
+    assert!(
+        httpd_host.starts_with("msh"),
+        "no running httpd task: {tasks:?}"
+    );
+
+    let mut served_cross_host = 0;
+    let mut hosts_with_clients = 0;
+    for h in hosts(3) {
+        let ps = docker_on(&h, "ps -q --filter name=paper_client");
+        let ids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        hosts_with_clients += 1;
+        for id in ids {
+            let out = docker_on(
+                &h,
+                &format!(
+                    "exec {id} sh -c 'printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 httpd 80'"
+                ),
+            );
+            let body = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                body.contains("hello from mpiswarm httpd"),
+                "client {id} on {h} did not get the page from httpd on {httpd_host}: {out:?}"
+            );
+            if h != httpd_host {
+                served_cross_host += 1;
+            }
+        }
+    }
+    assert!(
+        hosts_with_clients >= 2,
+        "clients ran on only {hosts_with_clients} host(s)"
+    );
+    assert!(
+        served_cross_host >= 2,
+        "only {served_cross_host} client(s) off httpd's host {httpd_host}"
+    );
+    bg.signal("INT");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn a_large_archive_reaches_every_host_intact() {
+    let _c = cluster();
+    let (image, id) = image_archive("mpiswarm/big:latest", 70);
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(size > 64 << 20, "archive only {size} bytes");
+    let bg = Background::start(3, 3, &["--load", &image]);
+    for h in hosts(3) {
+        let out = docker_on(&h, "image inspect --format '{{.Id}}' mpiswarm/big:latest");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            id,
+            "image on {h}: {out:?}"
+        );
+    }
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
+
+fn assert_fails_cleanly(args: &[&str], expect: &[&str]) {
+    let mut all = vec!["up", "--timeout", "60s"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", "true"]);
+    let out = run_with_deadline(mpirun(3, 3, &all), RUN_LIMIT);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "error should mention {e:?}:\n{stderr}");
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn a_broken_compose_file_fails_cleanly() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let broken = shared_dir().join("broken.yml");
+    std::fs::write(
+        &broken,
+        "version: \"3.3\"\nservices:\n  web: [this is not a service\n",
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &["--load", &image, "--stack", &broken.display().to_string()],
+        &["failed to deploy the stack", "msh1", "broken.yml"],
+    );
+}
+
+#[test]
+fn a_missing_image_fails_cleanly_and_names_the_task() {
+    let _c = cluster();
+    let stack = shared_dir().join("missing-image.yml");
+    std::fs::write(
+        &stack,
+        "version: \"3.3\"\nservices:\n  ghost:\n    image: mpiswarm/nonexistent:1\n    command: [\"sleep\", \"60\"]\n",
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &["--stack", &stack.display().to_string()],
+        &["ghost", "No such image"],
+    );
+}
+
+#[test]
+fn a_corrupt_archive_fails_cleanly() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let bytes = std::fs::read(&image).unwrap();
+    let corrupt = shared_dir().join("corrupt.tar");
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
+    assert_fails_cleanly(
+        &["--load", &corrupt.display().to_string()],
+        &["corrupt.tar", "load"],
+    );
+    assert_fails_cleanly(
+        &["--load", "/nonexistent/image.tar"],
+        &["/nonexistent/image.tar"],
+    );
+}
