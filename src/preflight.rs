@@ -60,6 +60,21 @@ const NETWORK_FILESYSTEMS: [(i64, &str); 7] = [
     (0x0102_1997, "9P"),
 ];
 
+/// Names a filesystem type that cannot hold a state directory: the network filesystems, plus
+/// any a site lists in `MPISWARM_UNSUPPORTED_FS` (hex magic numbers as `stat -f -c %t` prints
+/// them, comma-separated), e.g. for a parallel filesystem mpiswarm does not know.
+fn unsupported_fs(magic: i64) -> Option<String> {
+    if let Some((_, name)) = NETWORK_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
+        return Some((*name).to_owned());
+    }
+    let extra = std::env::var("MPISWARM_UNSUPPORTED_FS").unwrap_or_default();
+    extra
+        .split(',')
+        .filter_map(|hex| i64::from_str_radix(hex.trim().trim_start_matches("0x"), 16).ok())
+        .find(|m| *m == magic)
+        .map(|m| format!("a filesystem of type {m:#x} (listed in MPISWARM_UNSUPPORTED_FS)"))
+}
+
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -386,7 +401,7 @@ fn check_state_base(base: &Path) -> Check {
         }
     };
     let magic = stat.filesystem_type().0 as i64;
-    if let Some((_, fs)) = NETWORK_FILESYSTEMS.iter().find(|(m, _)| *m == magic) {
+    if let Some(fs) = unsupported_fs(magic) {
         return bad(
             name,
             Status::Fail,

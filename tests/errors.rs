@@ -1,0 +1,218 @@
+//! Bad input and broken hosts: a clear error naming the host and the cause, a non-zero exit,
+//! nothing left on any host, and never a hang.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs `up` over 3 hosts and checks that it fails, saying all of `expect`, and leaves nothing.
+fn fails(args: &[&str], expect: &[&str]) -> Output {
+    let mut all = vec!["up", "--timeout", "40s"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", "true"]);
+    let out = run_with_deadline(mpirun(3, 3, &all), LIMIT);
+    check_failure(&out, expect);
+    out
+}
+
+fn check_failure(out: &Output, expect: &[&str]) {
+    let (_, stderr) = text(out);
+    assert!(!out.status.success(), "should have failed:\n{stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "the error should mention {e:?}:\n{stderr}");
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
+/// Breaks one host for the duration of a test.
+struct Broken(String);
+
+impl Broken {
+    fn new(host: &str, kind: &str) -> Broken {
+        let status = Command::new(script("simcluster")).args(["break", host, kind]).status().unwrap();
+        assert!(status.success());
+        Broken(host.to_owned())
+    }
+}
+
+impl Drop for Broken {
+    fn drop(&mut self) {
+        let _ = Command::new(script("simcluster")).args(["fix", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_host_without_subuids() {
+    let _c = cluster();
+    let _b = Broken::new("msh2", "no-subuid");
+    fails(&[], &["msh2", "subuid", "usermod --add-subuids"]);
+}
+
+#[test]
+fn a_host_without_slirp4netns() {
+    let _c = cluster();
+    let _b = Broken::new("msh3", "no-slirp4netns");
+    fails(&[], &["msh3", "slirp4netns", "not found"]);
+}
+
+#[test]
+fn a_host_without_usable_tun() {
+    let _c = cluster();
+    let _b = Broken::new("msh2", "no-tun");
+    fails(&[], &["msh2", "/dev/net/tun", "chmod 0666"]);
+}
+
+#[test]
+fn a_swarm_port_taken_on_one_host() {
+    let _c = cluster();
+    // Another user's listener on msh3's gossip port.
+    let mut squatter = Command::new(script("simcluster"))
+        .args(["root", "msh3", "busybox", "nc", "-l", "-p", "7946", "-s", "10.77.0.13"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fails(&[], &["msh3", "7946/tcp", "already in use"]);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
+#[test]
+fn a_state_dir_that_is_not_writable() {
+    let _c = cluster();
+    let dir = "/tmp/mpiswarm-test-readonly";
+    std::fs::create_dir_all(dir).unwrap();
+    fails(&["--state-dir", dir], &["msh1", "not writable", dir]);
+}
+
+#[test]
+fn a_state_dir_on_a_filesystem_without_overlay() {
+    let _c = cluster();
+    // Network filesystems are recognised by type; this machine has none, so the site knob that
+    // adds types marks the local filesystem of /tmp as unsupported, the same code path.
+    let out = Command::new("stat").args(["-f", "-c", "%t", "/tmp"]).output().unwrap();
+    let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let cmd = {
+        let mut c = mpirun(3, 3, &["up", "--timeout", "40s", "--", "true"]);
+        c.env("SIM_EXTRA_ENV", format!("MPISWARM_UNSUPPORTED_FS={fs}"));
+        c
+    };
+    let out = run_with_deadline(cmd, LIMIT);
+    check_failure(&out, &["does not support overlayfs", "node-local --state-dir"]);
+}
+
+#[test]
+fn an_interface_that_does_not_exist() {
+    let _c = cluster();
+    fails(&["--iface", "ib7"], &["--iface ib7", "msh1", "msh2", "msh3", "eth0 10.77.0."]);
+}
+
+#[test]
+fn an_advertise_address_not_on_the_host() {
+    let _c = cluster();
+    fails(&["--advertise-addr", "10.77.0.99"], &["10.77.0.99 is not an address of host msh"]);
+}
+
+#[test]
+fn running_as_root() {
+    let _c = cluster();
+    let mut cmd = mpirun(2, 2, &["up", "--timeout", "40s", "--", "true"]);
+    cmd.env("SIM_USER", "root");
+    let out = run_with_deadline(cmd, LIMIT);
+    check_failure(&out, &["running as root", "ordinary user"]);
+}
+
+#[test]
+fn dockerd_dies_during_start_on_one_host() {
+    let _c = cluster();
+    let _b = Broken::new("msh2", "dockerd-dies");
+    fails(&["--no-preflight"], &["msh2", "exited during start-up", "out of cheese"]);
+}
+
+#[test]
+fn a_rank_killed_during_bring_up_does_not_hang_the_others() {
+    let _c = cluster();
+    let mut child = mpirun(3, 3, &["up", "--timeout", "40s", "--", "sleep", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill rank 2 as soon as its host's daemon exists: during the join.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        if host_socket("msh3").is_some()
+            && let Some(r) = ranks().into_iter().find(|r| r.2 == 2)
+        {
+            break r.0;
+        }
+        assert!(Instant::now() < deadline, "rank 2 never started its daemon");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap().success());
+    let out = wait_output(child_take(&mut child), Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(40), "the others waited past the deadline");
+    assert_clean(Duration::from_secs(3));
+}
+
+fn child_take(child: &mut std::process::Child) -> std::process::Child {
+    std::mem::replace(child, Command::new("true").spawn().unwrap())
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_starts() {
+    let _c = cluster();
+    for (args, expect) in [
+        (vec!["up", "--timeout", "soon"], "--timeout \"soon\" is not a valid duration"),
+        (vec!["up", "--timeout", "0"], "greater than zero"),
+        (vec!["up", "--frobnicate"], "unexpected argument '--frobnicate'"),
+        (vec!["up", "--address-pool", "10.0.0.0/8"], "overlaps slirp4netns"),
+    ] {
+        let out = run_with_deadline(mpirun(3, 3, &args), LIMIT);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in:\n{stderr}");
+        // Said once, by rank 0, not once per rank.
+        assert_eq!(stderr.matches(expect).count(), 1, "{args:?}: repeated:\n{stderr}");
+        assert!(host_socket("msh1").is_none(), "nothing may start");
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn doctor_reports_all_green_on_a_healthy_cluster() {
+    let _c = cluster();
+    let out = run_with_deadline(mpirun(3, 3, &["doctor"]), LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for h in hosts(3) {
+        let row = stdout.lines().find(|l| l.starts_with(&h)).unwrap_or_else(|| panic!("no row for {h}:\n{stdout}"));
+        assert!(!row.contains("FAIL"), "{row}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    let out = run_with_deadline(mpirun(3, 3, &["doctor", "--json"]), LIMIT);
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    assert_eq!(reports.as_array().map(Vec::len), Some(3));
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn doctor_fails_exactly_the_broken_hosts_row() {
+    let _c = cluster();
+    let _b = Broken::new("msh2", "no-tun");
+    let out = run_with_deadline(mpirun(3, 3, &["doctor"]), LIMIT);
+    let (stdout, _) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    for h in hosts(3) {
+        let row = stdout.lines().find(|l| l.starts_with(&h)).unwrap();
+        assert_eq!(row.contains("FAIL"), h == "msh2", "row of {h}: {row}\n{stdout}");
+    }
+    assert!(stdout.contains("FAIL msh2 tun"), "{stdout}");
+    assert!(stdout.contains("chmod 0666 /dev/net/tun"), "{stdout}");
+    assert_clean(Duration::from_secs(3));
+}
