@@ -129,10 +129,11 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
         .unwrap_or(4)
         .max(4);
     let mut header = format!("{:host_width$}", "host");
+    let width = |n: &str| n.len().max(4);
     for n in &names {
-        header.push_str(&format!("  {n}"));
+        header.push_str(&format!("  {n:w$}", w = width(n)));
     }
-    println!("{header}");
+    println!("{}", header.trim_end());
     for r in reports {
         let mut line = format!("{:host_width$}", r.host);
         for n in &names {
@@ -145,9 +146,9 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
                     Status::Warn => "WARN",
                     Status::Fail => "FAIL",
                 });
-            line.push_str(&format!("  {cell:width$}", width = n.len()));
+            line.push_str(&format!("  {cell:w$}", w = width(n)));
         }
-        println!("{line}");
+        println!("{}", line.trim_end());
     }
     let mut problems = false;
     for r in reports {

@@ -72,13 +72,15 @@ fn a_swarm_port_taken_on_one_host() {
     let _c = cluster();
     // Another user's listener on msh3's gossip port.
     let mut squatter = Command::new(script("simcluster"))
-        .args(["root", "msh3", "busybox", "nc", "-l", "-p", "7946", "-s", "10.77.0.13"])
+        .args(["root", "msh3", "python3", "-c"])
+        .arg("import socket, time; s = socket.socket(); s.bind(('10.77.0.13', 7946)); s.listen(); time.sleep(120)")
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    fails(&[], &["msh3", "7946/tcp", "already in use"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_with_deadline(mpirun(3, 3, &["up", "--timeout", "40s", "--", "true"]), LIMIT);
     let _ = squatter.kill();
     let _ = squatter.wait();
+    check_failure(&out, &["msh3", "7946/tcp", "already in use"]);
 }
 
 #[test]
