@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Build the swarm on every node, run COMMAND on rank 0 (or wait for a signal), tear down.
     Up(UpArgs),
+    /// Build the swarm, prove that every host reaches every other by name over an overlay
+    /// network, print the N×N result, tear down (the same as `up --verify` with no command).
+    Verify(UpArgs),
     /// Check every node's prerequisites for rootless Docker and print one table at rank 0.
     Doctor(DoctorArgs),
     /// Remove what earlier runs of this user left on this host (daemons, directories).
@@ -87,6 +90,14 @@ pub struct UpArgs {
         requires = "stack"
     )]
     pub stack_name: String,
+
+    /// After bring-up, prove the overlay network connects every pair of hosts (needs --probe-image).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Image for the overlay probe (must have sh and a busybox-compatible nc); load it with --load.
+    #[arg(long, value_name = "IMAGE")]
+    pub probe_image: Option<String>,
 
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]

@@ -33,6 +33,8 @@ pub struct UpConfig {
     pub preflight: bool,
     pub load: Vec<PathBuf>,
     pub stack: Option<(PathBuf, String)>,
+    /// The overlay probe's image, when the overlay is to be verified.
+    pub verify: Option<String>,
     pub command: Vec<String>,
 }
 
@@ -88,6 +90,14 @@ impl UpConfig {
                     Some((file.clone(), args.stack_name.clone()))
                 }
                 None => None,
+            },
+            verify: match (args.verify, &args.probe_image) {
+                (false, _) => None,
+                (true, Some(image)) => Some(image.clone()),
+                (true, None) => bail!(
+                    "--verify needs --probe-image IMAGE: an image with sh and nc, loaded with --load \
+                     (e.g. a busybox image saved with `docker save`)"
+                ),
             },
             command: args.command.clone(),
         })

@@ -19,6 +19,7 @@ mod statedir;
 mod swarm;
 mod teardown;
 mod up;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => {
+            let cfg = config::UpConfig::from_args(&args)?;
+            let signals = signals::Signals::install()?;
+            up::run(&cfg, signals)
+        }
+        Command::Verify(mut args) => {
+            args.verify = true;
+            if !args.command.is_empty() {
+                anyhow::bail!(
+                    "verify runs no command: use `up --verify -- COMMAND` to run one after the check"
+                );
+            }
+            args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)

@@ -125,13 +125,14 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
 }
 
 /// The checks `up` needs to pass, as one error listing every failure with its fix.
-pub fn require(host: &HostConfig, addr: Ipv4Addr) -> Result<()> {
-    let failures: Vec<Check> = run_checks(host, Some(addr), false)
+/// Returns the warnings when nothing failed.
+pub fn require(host: &HostConfig, addr: Ipv4Addr) -> Result<Vec<Check>> {
+    let (failures, warnings): (Vec<Check>, Vec<Check>) = run_checks(host, Some(addr), false)
         .into_iter()
-        .filter(|c| c.status == Status::Fail)
-        .collect();
+        .filter(|c| c.status != Status::Ok)
+        .partition(|c| c.status == Status::Fail);
     if failures.is_empty() {
-        return Ok(());
+        return Ok(warnings);
     }
     let lines: Vec<String> = failures
         .iter()

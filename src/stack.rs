@@ -182,7 +182,7 @@ pub fn progress(engine: &Engine, name: &str) -> Result<Progress> {
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

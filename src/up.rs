@@ -157,8 +157,20 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         c.agree(&format!("deploy the stack {name}"), local, deadline)?;
     }
 
+    if let Some(image) = &cfg.verify {
+        crate::verify::run(
+            c,
+            daemon.as_ref().map(|d| &d.engine),
+            &hosts,
+            image,
+            deadline,
+        )?;
+    }
+
+    // Phase: the user's command on rank 0, or a wait for a signal anywhere. Whatever happens on
+    // rank 0, the others are told to stop: they wait for nothing else.
     let mut ready_file = None;
-    if c.is_root() {
+    let ran = if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
         info!(
             "swarm ready: {} node(s) ({}) in {:.2} s",
@@ -166,21 +178,18 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
             hosts.join(", "),
             start.elapsed().as_secs_f64()
         );
-        if let Some(path) = &cfg.ready_file {
-            write_ready_file(path, d.engine.socket(), hosts.len())?;
-            ready_file = Some(ReadyFile(path.clone()));
+        let ran = match &cfg.ready_file {
+            Some(path) => write_ready_file(path, d.engine.socket(), hosts.len()).map(|()| {
+                ready_file = Some(ReadyFile(path.clone()));
+            }),
+            None => Ok(()),
         }
-    }
-
-    // Phase: the user's command on rank 0, or a wait for a signal anywhere.
-    let code = if c.is_root() {
-        let d = daemon.as_ref().expect("rank 0 leads its host");
-        let code = run_or_wait(c, &cfg.command, d.engine.socket(), signals)?;
-        c.announce_stop(code);
-        code
+        .and_then(|()| run_or_wait(c, &cfg.command, d.engine.socket(), signals));
+        c.announce_stop(*ran.as_ref().unwrap_or(&1));
+        ran
     } else {
         wait_for_stop(c, signals);
-        0
+        Ok(0)
     };
 
     // Teardown: every host at once, then agree that every host is clean.
@@ -204,7 +213,7 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
             slowest * 1000.0
         );
     }
-    Ok(code)
+    ran
 }
 
 /// A key shared by all ranks that names this run's state directories: the batch job id when
@@ -255,7 +264,9 @@ fn start_daemon(
 ) -> Result<HostDaemon> {
     let addr = host::advertise_addr(&cfg.host.addr)?;
     if cfg.preflight {
-        crate::preflight::require(&cfg.host, addr)?;
+        for w in crate::preflight::require(&cfg.host, addr)? {
+            tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+        }
     }
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
     let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;

@@ -24,7 +24,10 @@ fn check_failure(out: &Output, expect: &[&str]) {
     let (_, stderr) = text(out);
     assert!(!out.status.success(), "should have failed:\n{stderr}");
     for e in expect {
-        assert!(stderr.contains(e), "the error should mention {e:?}:\n{stderr}");
+        assert!(
+            stderr.contains(e),
+            "the error should mention {e:?}:\n{stderr}"
+        );
     }
     assert_clean(Duration::from_secs(3));
 }
@@ -34,7 +37,10 @@ struct Broken(String);
 
 impl Broken {
     fn new(host: &str, kind: &str) -> Broken {
-        let status = Command::new(script("simcluster")).args(["break", host, kind]).status().unwrap();
+        let status = Command::new(script("simcluster"))
+            .args(["break", host, kind])
+            .status()
+            .unwrap();
         assert!(status.success());
         Broken(host.to_owned())
     }
@@ -42,7 +48,9 @@ impl Broken {
 
 impl Drop for Broken {
     fn drop(&mut self) {
-        let _ = Command::new(script("simcluster")).args(["fix", &self.0]).status();
+        let _ = Command::new(script("simcluster"))
+            .args(["fix", &self.0])
+            .status();
     }
 }
 
@@ -77,7 +85,10 @@ fn a_swarm_port_taken_on_one_host() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let out = run_with_deadline(mpirun(3, 3, &["up", "--timeout", "40s", "--", "true"]), LIMIT);
+    let out = run_with_deadline(
+        mpirun(3, 3, &["up", "--timeout", "40s", "--", "true"]),
+        LIMIT,
+    );
     let _ = squatter.kill();
     let _ = squatter.wait();
     check_failure(&out, &["msh3", "7946/tcp", "already in use"]);
@@ -96,7 +107,10 @@ fn a_state_dir_on_a_filesystem_without_overlay() {
     let _c = cluster();
     // Network filesystems are recognised by type; this machine has none, so the site knob that
     // adds types marks the local filesystem of /tmp as unsupported, the same code path.
-    let out = Command::new("stat").args(["-f", "-c", "%t", "/tmp"]).output().unwrap();
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%t", "/tmp"])
+        .output()
+        .unwrap();
     let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let cmd = {
         let mut c = mpirun(3, 3, &["up", "--timeout", "40s", "--", "true"]);
@@ -104,19 +118,28 @@ fn a_state_dir_on_a_filesystem_without_overlay() {
         c
     };
     let out = run_with_deadline(cmd, LIMIT);
-    check_failure(&out, &["does not support overlayfs", "node-local --state-dir"]);
+    check_failure(
+        &out,
+        &["does not support overlayfs", "node-local --state-dir"],
+    );
 }
 
 #[test]
 fn an_interface_that_does_not_exist() {
     let _c = cluster();
-    fails(&["--iface", "ib7"], &["--iface ib7", "msh1", "msh2", "msh3", "eth0 10.77.0."]);
+    fails(
+        &["--iface", "ib7"],
+        &["--iface ib7", "msh1", "msh2", "msh3", "eth0 10.77.0."],
+    );
 }
 
 #[test]
 fn an_advertise_address_not_on_the_host() {
     let _c = cluster();
-    fails(&["--advertise-addr", "10.77.0.99"], &["10.77.0.99 is not an address of host msh"]);
+    fails(
+        &["--advertise-addr", "10.77.0.99"],
+        &["10.77.0.99 is not an address of host msh"],
+    );
 }
 
 #[test]
@@ -132,7 +155,10 @@ fn running_as_root() {
 fn dockerd_dies_during_start_on_one_host() {
     let _c = cluster();
     let _b = Broken::new("msh2", "dockerd-dies");
-    fails(&["--no-preflight"], &["msh2", "exited during start-up", "out of cheese"]);
+    fails(
+        &["--no-preflight"],
+        &["msh2", "exited during start-up", "out of cheese"],
+    );
 }
 
 #[test]
@@ -155,10 +181,19 @@ fn a_rank_killed_during_bring_up_does_not_hang_the_others() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let started = Instant::now();
-    assert!(Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = wait_output(child_take(&mut child), Duration::from_secs(60));
     assert!(!out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(40), "the others waited past the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the others waited past the deadline"
+    );
     assert_clean(Duration::from_secs(3));
 }
 
@@ -170,17 +205,33 @@ fn child_take(child: &mut std::process::Child) -> std::process::Child {
 fn bad_flags_are_refused_before_anything_starts() {
     let _c = cluster();
     for (args, expect) in [
-        (vec!["up", "--timeout", "soon"], "--timeout \"soon\" is not a valid duration"),
+        (
+            vec!["up", "--timeout", "soon"],
+            "--timeout \"soon\" is not a valid duration",
+        ),
         (vec!["up", "--timeout", "0"], "greater than zero"),
-        (vec!["up", "--frobnicate"], "unexpected argument '--frobnicate'"),
-        (vec!["up", "--address-pool", "10.0.0.0/8"], "overlaps slirp4netns"),
+        (
+            vec!["up", "--frobnicate"],
+            "unexpected argument '--frobnicate'",
+        ),
+        (
+            vec!["up", "--address-pool", "10.0.0.0/8"],
+            "overlaps slirp4netns",
+        ),
     ] {
         let out = run_with_deadline(mpirun(3, 3, &args), LIMIT);
         let (_, stderr) = text(&out);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: expected {expect:?} in:\n{stderr}"
+        );
         // Said once, by rank 0, not once per rank.
-        assert_eq!(stderr.matches(expect).count(), 1, "{args:?}: repeated:\n{stderr}");
+        assert_eq!(
+            stderr.matches(expect).count(),
+            1,
+            "{args:?}: repeated:\n{stderr}"
+        );
         assert!(host_socket("msh1").is_none(), "nothing may start");
     }
     assert_clean(Duration::from_secs(3));
@@ -193,7 +244,10 @@ fn doctor_reports_all_green_on_a_healthy_cluster() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for h in hosts(3) {
-        let row = stdout.lines().find(|l| l.starts_with(&h)).unwrap_or_else(|| panic!("no row for {h}:\n{stdout}"));
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&h))
+            .unwrap_or_else(|| panic!("no row for {h}:\n{stdout}"));
         assert!(!row.contains("FAIL"), "{row}");
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
@@ -212,7 +266,11 @@ fn doctor_fails_exactly_the_broken_hosts_row() {
     assert!(!out.status.success(), "{stdout}");
     for h in hosts(3) {
         let row = stdout.lines().find(|l| l.starts_with(&h)).unwrap();
-        assert_eq!(row.contains("FAIL"), h == "msh2", "row of {h}: {row}\n{stdout}");
+        assert_eq!(
+            row.contains("FAIL"),
+            h == "msh2",
+            "row of {h}: {row}\n{stdout}"
+        );
     }
     assert!(stdout.contains("FAIL msh2 tun"), "{stdout}");
     assert!(stdout.contains("chmod 0666 /dev/net/tun"), "{stdout}");

@@ -151,3 +151,67 @@ fn a_corrupt_archive_fails_cleanly() {
         &["/nonexistent/image.tar"],
     );
 }
+
+/// Parses verify's N×N table: (from, to) -> connected.
+fn matrix(stdout: &str) -> Vec<(String, String, bool)> {
+    let mut lines = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("overlay probe"));
+    lines.next();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut cells = Vec::new();
+    for line in lines.take(header.len()) {
+        let mut fields = line.split_whitespace();
+        let from = fields.next().unwrap_or("").to_owned();
+        for (to, cell) in header.iter().zip(fields) {
+            cells.push((from.clone(), to.clone(), cell == "ok"));
+        }
+    }
+    cells
+}
+
+#[test]
+fn verify_connects_every_pair_and_fails_cross_host_without_the_remedy() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let args = [
+        "verify",
+        "--load",
+        &image,
+        "--probe-image",
+        "mpiswarm/busybox:latest",
+    ];
+    let out = run_with_deadline(mpirun(3, 3, &args), RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let cells = matrix(&stdout);
+    assert_eq!(cells.len(), 9, "{stdout}");
+    assert!(cells.iter().all(|c| c.2), "{stdout}");
+    assert_clean(Duration::from_secs(3));
+
+    // With rootlesskit's builtin port driver, VXLAN from other hosts is dropped: the check must
+    // see it, pair by pair, while each host still reaches its own probe.
+    let mut with_builtin = args.to_vec();
+    with_builtin.extend_from_slice(&["--port-driver", "builtin"]);
+    let out = run_with_deadline(mpirun(3, 3, &with_builtin), RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success(),
+        "verify should fail with the builtin driver:\n{stdout}"
+    );
+    let cells = matrix(&stdout);
+    assert_eq!(cells.len(), 9, "{stdout}");
+    for (from, to, ok) in &cells {
+        assert_eq!(*ok, from == to, "{from} -> {to}:\n{stdout}");
+    }
+    assert!(
+        stderr.contains("msh1 -> msh2"),
+        "failing pairs are named:\n{stderr}"
+    );
+    assert_clean(Duration::from_secs(3));
+}
