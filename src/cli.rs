@@ -99,6 +99,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "IMAGE")]
     pub probe_image: Option<String>,
 
+    /// Write per-host, per-phase timings, peak RSS and CPU time (gathered at rank 0) as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]
     pub no_preflight: bool,

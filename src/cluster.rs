@@ -28,6 +28,9 @@ pub struct Outcome {
     /// Phase-specific data, e.g. seconds taken.
     #[serde(default)]
     pub value: f64,
+    /// Anything else a phase reports (e.g. the host's timings at teardown).
+    #[serde(default)]
+    pub extra: serde_json::Value,
 }
 
 /// A phase that failed on some hosts, as every rank sees it.
@@ -72,6 +75,8 @@ pub struct Cluster {
     /// Lowest rank on this host: the one that owns the host's daemon.
     pub is_leader: bool,
     pub host: String,
+    /// Seconds from this process's start until MPI was initialized.
+    pub started_in: f64,
     signals: Signals,
     /// Set when a collective was abandoned: MPI can then only be aborted, not finalized.
     poisoned: bool,
@@ -93,6 +98,7 @@ impl Cluster {
             world,
             is_leader,
             host,
+            started_in: crate::report::since_process_start(),
             signals,
             poisoned: false,
             chunk: None,
@@ -161,7 +167,7 @@ impl Cluster {
         local: Result<f64>,
         deadline: Instant,
     ) -> Result<Vec<Outcome>> {
-        self.agree_with(phase, local, deadline, true)
+        self.agree_with(phase, local, serde_json::Value::Null, deadline, true)
     }
 
     /// As `agree`, but a teardown signal does not interrupt it: used for the teardown itself.
@@ -169,15 +175,17 @@ impl Cluster {
         &mut self,
         phase: &str,
         local: Result<f64>,
+        extra: serde_json::Value,
         deadline: Instant,
     ) -> Result<Vec<Outcome>> {
-        self.agree_with(phase, local, deadline, false)
+        self.agree_with(phase, local, extra, deadline, false)
     }
 
     fn agree_with(
         &mut self,
         phase: &str,
         local: Result<f64>,
+        extra: serde_json::Value,
         deadline: Instant,
         interruptible: bool,
     ) -> Result<Vec<Outcome>> {
@@ -186,6 +194,7 @@ impl Cluster {
             host: self.host.clone(),
             error: local.as_ref().err().map(|e| format!("{e:#}")),
             value: *local.as_ref().unwrap_or(&0.0),
+            extra,
         };
         let all = self.gather_records(&outcome, phase, deadline, interruptible)?;
         let failures: Vec<Outcome> = all.iter().filter(|o| o.error.is_some()).cloned().collect();

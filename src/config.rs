@@ -35,6 +35,7 @@ pub struct UpConfig {
     pub stack: Option<(PathBuf, String)>,
     /// The overlay probe's image, when the overlay is to be verified.
     pub verify: Option<String>,
+    pub report: Option<PathBuf>,
     pub command: Vec<String>,
 }
 
@@ -99,6 +100,7 @@ impl UpConfig {
                      (e.g. a busybox image saved with `docker save`)"
                 ),
             },
+            report: args.report.clone(),
             command: args.command.clone(),
         })
     }

@@ -18,6 +18,7 @@ use crate::cluster::{Cluster, PhaseFailed};
 use crate::config::UpConfig;
 use crate::engine::Engine;
 use crate::guard::GuardHandle;
+use crate::report::{HostTimes, RunReport, Timeline, phase_stats};
 use crate::signals::{self, Signals};
 use crate::statedir::StateDir;
 use crate::{host, swarm};
@@ -64,6 +65,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
 fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> {
     let start = Instant::now();
     let deadline = start + cfg.timeout;
+    let mut tl = Timeline::new(&c.host, c.rank);
+    tl.add("mpi-start", c.started_in);
 
     let job = job_key(c, deadline)?;
     let me = Member {
@@ -74,17 +77,28 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     let hosts = leader_hosts(&members)?;
     debug!("job {job}: {} rank(s) on {} host(s)", c.size, hosts.len());
 
-    // Phase: a daemon on every host.
+    // Phase: a daemon on every host; rank 0 initializes the swarm as soon as its own daemon is up,
+    // while the other hosts are still starting theirs.
     let mut daemon = None;
+    let mut join_info = None;
     let local = if c.is_leader {
-        start_daemon(cfg, &job, &c.host, signals, deadline).map(|d| {
-            daemon = Some(d);
-            start.elapsed().as_secs_f64()
+        start_daemon(cfg, &job, &c.host, signals, deadline, &mut tl, c.is_root()).and_then(|d| {
+            let d = daemon.insert(d);
+            if c.is_root() {
+                let t = Instant::now();
+                join_info = Some(swarm::init(&d.engine, d.addr, cfg.address_pool)?);
+                tl.done("swarm-init", t);
+            }
+            Ok(0.0)
         })
     } else {
         Ok(0.0)
     };
-    c.agree("start the rootless Docker daemon", local, deadline)?;
+    c.agree(
+        "start the rootless Docker daemon and initialize the swarm",
+        local,
+        deadline,
+    )?;
     if c.is_root() {
         info!(
             "daemons up on {} host(s) in {:.2} s",
@@ -93,18 +107,7 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         );
     }
 
-    // Phase: rank 0 initializes the swarm and hands out the join token.
-    let mut join_info = None;
-    let local = if c.is_root() {
-        let d = daemon.as_ref().expect("rank 0 leads its host");
-        swarm::init(&d.engine, d.addr, cfg.address_pool).map(|info| {
-            join_info = Some(info);
-            0.0
-        })
-    } else {
-        Ok(0.0)
-    };
-    c.agree("initialize the swarm", local, deadline)?;
+    // The manager address and join token go to every rank.
     let payload = join_info.map(|i| format!("{}\n{}", i.manager, i.worker_token).into_bytes());
     let payload = c.broadcast(payload, "receive the join token", deadline)?;
     let payload = String::from_utf8(payload).context("the join token is not text")?;
@@ -117,14 +120,19 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     };
 
     // Phase: every other host joins.
+    let t = Instant::now();
     let local = match &daemon {
         Some(d) if !c.is_root() => swarm::join(&d.engine, d.addr, &info, deadline).map(|()| 0.0),
         _ => Ok(0.0),
     };
     drop(info);
+    if daemon.is_some() && !c.is_root() {
+        tl.done("join", t);
+    }
     c.agree("join the swarm", local, deadline)?;
 
     // Phase: rank 0 sees every host as a Ready node.
+    let t = Instant::now();
     let local = if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
         swarm::wait_members(&d.engine, &hosts, deadline).map(|_| 0.0)
@@ -132,11 +140,14 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         Ok(0.0)
     };
     c.agree("confirm swarm membership", local, deadline)?;
+    tl.done("membership", t);
+    let swarm_ready = start.elapsed().as_secs_f64();
 
     if !cfg.load.is_empty() {
         let t = Instant::now();
         let engine = daemon.as_ref().map(|d| &d.engine);
         let names = crate::images::distribute(c, &cfg.load, engine, deadline)?;
+        tl.done("image-load", t);
         if c.is_root() {
             info!(
                 "loaded {} on {} host(s) in {:.2} s",
@@ -150,14 +161,16 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         let t = Instant::now();
         let local = if c.is_root() {
             let d = daemon.as_ref().expect("rank 0 leads its host");
-            deploy_stack(&d.engine, file, name, deadline).map(|()| t.elapsed().as_secs_f64())
+            deploy_stack(&d.engine, file, name, deadline).map(|()| 0.0)
         } else {
             Ok(0.0)
         };
         c.agree(&format!("deploy the stack {name}"), local, deadline)?;
+        tl.done("stack", t);
     }
 
     if let Some(image) = &cfg.verify {
+        let t = Instant::now();
         crate::verify::run(
             c,
             daemon.as_ref().map(|d| &d.engine),
@@ -165,10 +178,12 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
             image,
             deadline,
         )?;
+        tl.done("verify", t);
     }
 
     // Phase: the user's command on rank 0, or a wait for a signal anywhere. Whatever happens on
     // rank 0, the others are told to stop: they wait for nothing else.
+    let bring_up = start.elapsed().as_secs_f64();
     let mut ready_file = None;
     let ran = if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
@@ -176,7 +191,7 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
             "swarm ready: {} node(s) ({}) in {:.2} s",
             hosts.len(),
             hosts.join(", "),
-            start.elapsed().as_secs_f64()
+            swarm_ready
         );
         let ran = match &cfg.ready_file {
             Some(path) => write_ready_file(path, d.engine.socket(), hosts.len()).map(|()| {
@@ -193,25 +208,53 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     };
 
     // Teardown: every host at once, then agree that every host is clean.
-    let teardown_start = Instant::now();
+    let t = Instant::now();
     drop(ready_file);
     let local = match daemon.take() {
-        Some(mut d) => d
-            .guard
-            .teardown(TEARDOWN_DEADLINE)
-            .map(|()| teardown_start.elapsed().as_secs_f64()),
+        Some(mut d) => d.guard.teardown(TEARDOWN_DEADLINE).map(|()| {
+            tl.done("teardown", t);
+            0.0
+        }),
         None => Ok(0.0),
     };
-    let outcomes =
-        c.agree_uninterruptible("tear down", local, Instant::now() + TEARDOWN_DEADLINE)?;
+    let times = if c.is_leader {
+        serde_json::to_value(tl.snapshot())?
+    } else {
+        serde_json::Value::Null
+    };
+    let outcomes = c.agree_uninterruptible(
+        "tear down",
+        local,
+        times,
+        Instant::now() + TEARDOWN_DEADLINE,
+    )?;
     c.drain_stops();
     if c.is_root() {
-        let slowest = outcomes.iter().map(|o| o.value).fold(0.0, f64::max);
+        let per_host: Vec<HostTimes> = outcomes
+            .iter()
+            .filter_map(|o| serde_json::from_value(o.extra.clone()).ok())
+            .collect();
+        let report = RunReport {
+            hosts: hosts.len(),
+            ranks: c.size,
+            bring_up_s: bring_up,
+            phases: phase_stats(&per_host),
+            per_host,
+        };
+        let slowest = report
+            .phases
+            .iter()
+            .find(|p| p.phase == "teardown")
+            .map_or(0.0, |p| p.max);
         info!(
             "torn down: {} host(s) clean, slowest {:.0} ms",
             hosts.len(),
             slowest * 1000.0
         );
+        info!("{}", report.summary());
+        if let Some(path) = &cfg.report {
+            report.write(path)?;
+        }
     }
     ran
 }
@@ -261,13 +304,23 @@ fn start_daemon(
     host: &str,
     signals: &Signals,
     deadline: Instant,
+    tl: &mut Timeline,
+    is_root: bool,
 ) -> Result<HostDaemon> {
+    let t = Instant::now();
     let addr = host::advertise_addr(&cfg.host.addr)?;
     if cfg.preflight {
         for w in crate::preflight::require(&cfg.host, addr)? {
-            tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+            // Hosts are usually alike: one voice for the warnings, the others only when asked.
+            if is_root {
+                tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+            } else {
+                debug!("{}: {} ({})", w.name, w.detail, w.fix);
+            }
         }
     }
+    tl.done("checks", t);
+    let t = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
     let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;
     let engine = Engine::new(guard.dir.socket());
@@ -306,7 +359,10 @@ fn start_daemon(
             ));
         }
     }
+    tl.done("daemon", t);
+    let t = Instant::now();
     swarm::create_gwbridge(&engine)?;
+    tl.done("gwbridge", t);
     debug!(
         "daemon up at {} (guard pid {})",
         engine.socket().display(),
