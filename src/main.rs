@@ -33,11 +33,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // Under a launcher every rank sees the same bad flags: let one of them say so.
-            if launcher_rank() == 0
-                || e.kind() == clap::error::ErrorKind::DisplayHelp
-                || e.kind() == clap::error::ErrorKind::DisplayVersion
-            {
+            if launcher_rank() == 0 {
                 let _ = e.print();
+            } else if e.exit_code() != 0 {
+                let_rank_0_speak_first();
             }
             return ExitCode::from(e.exit_code() as u8);
         }
@@ -48,6 +47,8 @@ fn main() -> ExitCode {
         Err(e) => {
             if launcher_rank() == 0 {
                 eprintln!("mpiswarm: error on {}: {e:#}", host::hostname());
+            } else {
+                let_rank_0_speak_first();
             }
             ExitCode::from(2)
         }
@@ -88,6 +89,12 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Guard(args) => guard::run(&args),
     }
+}
+
+/// Launchers abort the whole job when the first rank fails: a rank that stays quiet about an
+/// error that every rank has (bad flags) waits a moment, so that rank 0's message gets out.
+fn let_rank_0_speak_first() {
+    std::thread::sleep(std::time::Duration::from_secs(1));
 }
 
 /// This process's rank as the launcher set it, before MPI starts (0 when not under a launcher).

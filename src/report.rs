@@ -179,7 +179,9 @@ pub fn phase_stats(all: &[HostTimes]) -> Vec<PhaseStats> {
 pub struct RunReport {
     pub hosts: usize,
     pub ranks: i32,
-    /// From rank 0's start to the swarm being ready (images and stack included).
+    /// From rank 0's process start to every host being a Ready swarm node.
+    pub swarm_ready_s: f64,
+    /// From rank 0's process start to the end of bring-up (images, stack, verify included).
     pub bring_up_s: f64,
     pub phases: Vec<PhaseStats>,
     pub per_host: Vec<HostTimes>,

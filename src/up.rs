@@ -237,7 +237,8 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         let report = RunReport {
             hosts: hosts.len(),
             ranks: c.size,
-            bring_up_s: bring_up,
+            swarm_ready_s: swarm_ready + c.started_in,
+            bring_up_s: bring_up + c.started_in,
             phases: phase_stats(&per_host),
             per_host,
         };
