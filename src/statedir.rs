@@ -66,7 +66,19 @@ pub fn ensure_user_root(base: &Path) -> Result<PathBuf> {
             });
         }
     }
+    check_user_root(&root)?;
     let meta = std::fs::symlink_metadata(&root)
+        .with_context(|| format!("failed to inspect {}", root.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private", root.display()))?;
+    }
+    Ok(root)
+}
+
+/// Refuses a per-user root that is not a real directory owned by this user.
+pub fn check_user_root(root: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(root)
         .with_context(|| format!("failed to inspect {}", root.display()))?;
     if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
         bail!(
@@ -75,11 +87,7 @@ pub fn ensure_user_root(base: &Path) -> Result<PathBuf> {
             nix::unistd::getuid()
         );
     }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("failed to make {} private", root.display()))?;
-    }
-    Ok(root)
+    Ok(())
 }
 
 impl StateDir {

@@ -81,16 +81,25 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     // while the other hosts are still starting theirs.
     let mut daemon = None;
     let mut join_info = None;
+    let outputs_ok = if c.is_root() {
+        check_outputs(cfg)
+    } else {
+        Ok(())
+    };
     let local = if c.is_leader {
-        start_daemon(cfg, &job, &c.host, signals, deadline, &mut tl, c.is_root()).and_then(|d| {
-            let d = daemon.insert(d);
-            if c.is_root() {
-                let t = Instant::now();
-                join_info = Some(swarm::init(&d.engine, d.addr, cfg.address_pool)?);
-                tl.done("swarm-init", t);
-            }
-            Ok(0.0)
-        })
+        outputs_ok
+            .and_then(|()| {
+                start_daemon(cfg, &job, &c.host, signals, deadline, &mut tl, c.is_root())
+            })
+            .and_then(|d| {
+                let d = daemon.insert(d);
+                if c.is_root() {
+                    let t = Instant::now();
+                    join_info = Some(swarm::init(&d.engine, d.addr, cfg.address_pool)?);
+                    tl.done("swarm-init", t);
+                }
+                Ok(0.0)
+            })
     } else {
         Ok(0.0)
     };
@@ -455,6 +464,25 @@ fn wait_for_stop(c: &Cluster, signals: &Signals) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The files rank 0 writes later must be writable now: failing after the swarm is up would waste it.
+fn check_outputs(cfg: &UpConfig) -> Result<()> {
+    for (flag, path) in [("--ready-file", &cfg.ready_file), ("--report", &cfg.report)] {
+        let Some(path) = path else { continue };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).with_context(|| {
+            format!(
+                "{flag} {}: cannot write in {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The ready file; removed when dropped (at teardown or on any error path).
