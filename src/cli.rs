@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Log lines as plain text, or one JSON object per line for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -103,6 +107,11 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
 
+    /// The first K hosts become managers (a Raft majority survives the loss of a minority);
+    /// the other hosts join through them in turn.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub managers: u16,
+
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]
     pub no_preflight: bool,
@@ -142,6 +151,12 @@ pub struct GuardArgs {
     pub advertise_addr: String,
     #[arg(long, value_enum)]
     pub port_driver: PortDriver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -18,6 +18,7 @@ const RECORD: usize = 8192;
 const CHUNK: usize = 4 << 20;
 const TAG_STOP_REQUEST: i32 = 101;
 const TAG_STOP: i32 = 102;
+const TAG_PROGRESS: i32 = 103;
 
 /// One rank's outcome of a phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,11 +76,17 @@ pub struct Cluster {
     /// Lowest rank on this host: the one that owns the host's daemon.
     pub is_leader: bool,
     pub host: String,
+    /// Number of hosts (host leaders), known once `set_hosts` was called.
+    pub hosts: usize,
     /// Seconds from this process's start until MPI was initialized.
     pub started_in: f64,
     signals: Signals,
     /// Set when a collective was abandoned: MPI can then only be aborted, not finalized.
     poisoned: bool,
+    /// Rank 0's live progress display: (phase id, label, hosts done, hosts in all).
+    progress: Option<(i32, String, usize, usize)>,
+    /// Phase ids for progress messages, so that a late message is never counted in the wrong phase.
+    phase_id: i32,
     /// The reusable buffer of `broadcast_stream`, allocated on first use.
     chunk: Option<*mut u8>,
     universe: Option<mpi::environment::Universe>,
@@ -99,9 +106,12 @@ impl Cluster {
             is_leader,
             host,
             started_in: crate::report::since_process_start(),
+            hosts: 0,
             signals,
             poisoned: false,
             chunk: None,
+            progress: None,
+            phase_id: 0,
             universe: Some(universe),
         })
     }
@@ -154,6 +164,7 @@ impl Cluster {
                 self.poisoned = true;
                 bail!(reason);
             }
+            self.collect_progress();
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
@@ -168,6 +179,17 @@ impl Cluster {
         deadline: Instant,
     ) -> Result<Vec<Outcome>> {
         self.agree_with(phase, local, serde_json::Value::Null, deadline, true)
+    }
+
+    /// As `agree`, with phase data from every rank (e.g. each host's address).
+    pub fn agree_with_extra(
+        &mut self,
+        phase: &str,
+        local: Result<f64>,
+        extra: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>> {
+        self.agree_with(phase, local, extra, deadline, true)
     }
 
     /// As `agree`, but a teardown signal does not interrupt it: used for the teardown itself.
@@ -368,10 +390,68 @@ impl Cluster {
         Some(value)
     }
 
+    /// Rank 0 starts counting hosts that finish the next phase (shown live on a terminal).
+    pub fn begin_progress(&mut self, label: &str, total: usize) {
+        self.phase_id += 1;
+        if self.is_root() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            self.progress = Some((self.phase_id, label.to_owned(), 0, total));
+            self.render_progress();
+        }
+    }
+
+    /// A host leader finished its part of the current phase.
+    pub fn progress_done(&mut self) {
+        if self.is_root() {
+            if let Some(p) = self.progress.as_mut() {
+                p.2 += 1;
+            }
+            self.render_progress();
+        } else {
+            self.world
+                .process_at_rank(0)
+                .send_with_tag(&self.phase_id, TAG_PROGRESS);
+        }
+    }
+
+    /// Ends the live line of the phase.
+    pub fn end_progress(&mut self) {
+        if self.progress.take().is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+
+    fn collect_progress(&mut self) {
+        if !self.is_root() {
+            return;
+        }
+        while let Some(status) = self
+            .world
+            .any_process()
+            .immediate_probe_with_tag(TAG_PROGRESS)
+        {
+            let (phase, _) = self
+                .world
+                .process_at_rank(status.source_rank())
+                .receive_with_tag::<i32>(TAG_PROGRESS);
+            if let Some(p) = self.progress.as_mut()
+                && p.0 == phase
+            {
+                p.2 += 1;
+                self.render_progress();
+            }
+        }
+    }
+
+    fn render_progress(&self) {
+        if let Some((_, label, done, total)) = &self.progress {
+            eprint!("\r\x1b[2Kmpiswarm: {label} {done}/{total}");
+        }
+    }
+
     /// Receives stop messages nobody waited for (both sides stopped at once), so that none is
     /// left in flight at finalize. Called after a collective that follows every send.
     pub fn drain_stops(&self) {
-        let tags = [TAG_STOP_REQUEST, TAG_STOP];
+        let tags = [TAG_STOP_REQUEST, TAG_STOP, TAG_PROGRESS];
         while let Some(status) = tags
             .iter()
             .find_map(|&tag| self.world.any_process().immediate_probe_with_tag(tag))

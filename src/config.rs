@@ -36,6 +36,7 @@ pub struct UpConfig {
     /// The overlay probe's image, when the overlay is to be verified.
     pub verify: Option<String>,
     pub report: Option<PathBuf>,
+    pub managers: usize,
     pub command: Vec<String>,
 }
 
@@ -101,6 +102,7 @@ impl UpConfig {
                 ),
             },
             report: args.report.clone(),
+            managers: usize::from(args.managers),
             command: args.command.clone(),
         })
     }

@@ -59,6 +59,9 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     cmd.args(["sh", "-c", CHILD_SCRIPT, "dockerd", "--config-file"]);
     cmd.arg(&config_path);
     cmd.env("XDG_RUNTIME_DIR", p)
+        // The daemon's own configuration lives in the state directory: nothing is read from or
+        // written to the user's home (which may be unwritable, or another user's under a launcher).
+        .env("XDG_CONFIG_HOME", p.join("config"))
         // Swarm tasks use an image already present (loaded with --load) instead of first asking
         // a registry, which compute nodes often cannot reach: each such attempt costs a timeout.
         .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")

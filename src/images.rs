@@ -45,6 +45,7 @@ pub fn distribute(
         c.agree(&format!("read the image archive {shown}"), local, deadline)?;
 
         let start = Instant::now();
+        c.begin_progress(&format!("hosts that loaded {shown}"), c.hosts);
         let mut loader = engine.map(|e| Loader::start(e.clone(), deadline));
         let source = file.as_mut().map(|f| f as &mut dyn Read);
         let streamed = c.broadcast_stream(
@@ -67,7 +68,12 @@ pub fn distribute(
             }),
             (Ok(_), None) => Ok(0.0),
         };
-        c.agree(&format!("load the image archive {shown}"), local, deadline)?;
+        if engine.is_some() {
+            c.progress_done();
+        }
+        let agreed = c.agree(&format!("load the image archive {shown}"), local, deadline);
+        c.end_progress();
+        agreed?;
     }
     Ok(loaded)
 }

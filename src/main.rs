@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    report::init_logging(cli.verbose);
+    report::init_logging(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

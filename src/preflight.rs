@@ -416,11 +416,15 @@ fn check_state_base(base: &Path) -> Check {
     // Checked without creating anything: a check must leave no trace.
     let root = statedir::user_root(base);
     let writable = if root.exists() {
-        statedir::check_user_root(&root)
-            .and_then(|()| nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into))
+        statedir::check_user_root(&root).and_then(|()| {
+            nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into)
+        })
     } else {
-        nix::unistd::access(base, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
-            .map_err(Into::into)
+        nix::unistd::access(
+            base,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .map_err(Into::into)
     };
     if let Err(e) = writable {
         return bad(

@@ -158,9 +158,23 @@ impl StateDir {
         std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
     }
 
-    /// The last lines of the daemon log, for error messages.
+    /// What the daemon log says about a failure: its fatal and error lines (the cause is
+    /// usually there, followed by pages of shutdown noise), else its last lines.
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log(), lines)
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("level=fatal")
+                    || l.contains("level=error")
+                    || l.starts_with("[rootlesskit")
+                    || !l.starts_with("time=")
+            })
+            .collect();
+        if errors.is_empty() {
+            return tail(&self.log(), lines);
+        }
+        errors[errors.len().saturating_sub(lines)..].join("\n")
     }
 }
 

@@ -33,10 +33,35 @@ pub fn create_gwbridge(engine: &Engine) -> Result<()> {
     }
 }
 
-/// The manager's join address and the worker token.
+/// What a host needs to join: a manager's address and a token (worker or manager).
 pub struct JoinInfo {
     pub manager: String,
     pub worker_token: String,
+    pub manager_token: String,
+}
+
+impl JoinInfo {
+    /// One line each, for the broadcast from rank 0; the tokens never leave memory otherwise.
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "{}\n{}\n{}",
+            self.manager, self.worker_token, self.manager_token
+        )
+        .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).context("the join information is not text")?;
+        let mut lines = text.split('\n');
+        match (lines.next(), lines.next(), lines.next()) {
+            (Some(m), Some(w), Some(t)) if !m.is_empty() && !w.is_empty() => Ok(JoinInfo {
+                manager: m.to_owned(),
+                worker_token: w.to_owned(),
+                manager_token: t.to_owned(),
+            }),
+            _ => bail!("malformed join information from rank 0"),
+        }
+    }
 }
 
 pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<JoinInfo> {
@@ -50,24 +75,40 @@ pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<Joi
         .call("POST", "/swarm/init", Some(&body), CALL_TIMEOUT)
         .context("failed to initialize the swarm")?;
     let swarm = engine.get_json("/swarm", CALL_TIMEOUT)?;
-    let worker_token = swarm
-        .pointer("/JoinTokens/Worker")
-        .and_then(Value::as_str)
-        .context("the daemon returned no worker join token")?
-        .to_owned();
+    let token = |kind: &str| {
+        swarm
+            .pointer(&format!("/JoinTokens/{kind}"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("the daemon returned no {kind} join token"))
+    };
     Ok(JoinInfo {
         manager: format!("{addr}:2377"),
-        worker_token,
+        worker_token: token("Worker")?,
+        manager_token: token("Manager")?,
     })
 }
 
 /// Joins, retrying with backoff until the deadline: the manager may still be settling.
-pub fn join(engine: &Engine, addr: Ipv4Addr, info: &JoinInfo, deadline: Instant) -> Result<()> {
+/// `remote` is the manager to join through; `as_manager` picks the token.
+pub fn join(
+    engine: &Engine,
+    addr: Ipv4Addr,
+    info: &JoinInfo,
+    remote: &str,
+    as_manager: bool,
+    deadline: Instant,
+) -> Result<()> {
+    let token = if as_manager {
+        &info.manager_token
+    } else {
+        &info.worker_token
+    };
     let body = json!({
         "ListenAddr": "0.0.0.0:2377",
         "AdvertiseAddr": format!("{addr}:2377"),
-        "RemoteAddrs": [info.manager],
-        "JoinToken": info.worker_token,
+        "RemoteAddrs": [remote],
+        "JoinToken": token,
     });
     let mut pause = Duration::from_millis(50);
     let mut attempts = 0;
@@ -101,19 +142,31 @@ pub fn join(engine: &Engine, addr: Ipv4Addr, info: &JoinInfo, deadline: Instant)
     }
 }
 
-/// Waits until every host is a Ready node; returns the node list seen last.
-pub fn wait_members(engine: &Engine, hosts: &[String], deadline: Instant) -> Result<Vec<Value>> {
+/// Waits until every host is a Ready node, and the first `managers` hosts reachable managers;
+/// returns the node list seen last.
+pub fn wait_members(
+    engine: &Engine,
+    hosts: &[String],
+    managers: usize,
+    deadline: Instant,
+) -> Result<Vec<Value>> {
     loop {
         let nodes = engine.get_json("/nodes", CALL_TIMEOUT)?;
         let nodes = nodes.as_array().cloned().unwrap_or_default();
         let missing: Vec<&String> = hosts
             .iter()
-            .filter(|h| {
+            .enumerate()
+            .filter(|(i, h)| {
                 !nodes.iter().any(|n| {
                     n.pointer("/Description/Hostname").and_then(Value::as_str) == Some(h.as_str())
                         && n.pointer("/Status/State").and_then(Value::as_str) == Some("ready")
+                        && (*i >= managers
+                            || n.pointer("/ManagerStatus/Reachability")
+                                .and_then(Value::as_str)
+                                == Some("reachable"))
                 })
             })
+            .map(|(_, h)| h)
             .collect();
         if missing.is_empty() {
             return Ok(nodes);

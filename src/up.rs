@@ -45,9 +45,16 @@ struct Member {
 /// the exit code.
 pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     let host = host::hostname();
+    let job = job_key();
+    // Rank 0's daemon starts at once, while MPI is still starting: it gets the machine to itself
+    // for that moment, and so reaches `swarm init` (about 0.6 s, mostly waiting for Raft) while
+    // the other hosts start theirs. The launcher says which rank this is; MPI has the last word.
+    let mut tl = Timeline::new(&host, -1);
+    let early = (launcher_rank() == Some(0)).then(|| launch_daemon(cfg, &job, &host, &mut tl));
     let mut cluster = Cluster::init(host.clone(), signals.clone())?;
     crate::report::set_origin(&host, cluster.rank);
-    let result = lifecycle(&mut cluster, cfg, &signals);
+    tl.set_rank(cluster.rank);
+    let result = lifecycle(&mut cluster, cfg, &signals, &job, early, tl);
     let code = match result {
         Ok(code) => code,
         Err(e) => {
@@ -62,19 +69,25 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     Ok(code)
 }
 
-fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> {
+fn lifecycle(
+    c: &mut Cluster,
+    cfg: &UpConfig,
+    signals: &Signals,
+    job: &str,
+    early: Option<Result<Launched>>,
+    mut tl: Timeline,
+) -> Result<i32> {
     let start = Instant::now();
     let deadline = start + cfg.timeout;
-    let mut tl = Timeline::new(&c.host, c.rank);
     tl.add("mpi-start", c.started_in);
 
-    let job = job_key(c, deadline)?;
     let me = Member {
         host: c.host.clone(),
         leader: c.is_leader,
     };
     let members = c.all_gather(&me, "start", deadline)?;
     let hosts = leader_hosts(&members)?;
+    c.hosts = hosts.len();
     debug!("job {job}: {} rank(s) on {} host(s)", c.size, hosts.len());
 
     // Phase: a daemon on every host; rank 0 initializes the swarm as soon as its own daemon is up,
@@ -86,12 +99,21 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     } else {
         Ok(())
     };
-    let local = if c.is_leader {
-        outputs_ok
-            .and_then(|()| {
-                start_daemon(cfg, &job, &c.host, signals, deadline, &mut tl, c.is_root())
-            })
+    c.begin_progress("hosts with a daemon up", hosts.len());
+    let launched = match (c.is_leader, early) {
+        (true, Some(launched)) => Some(launched),
+        (true, None) => Some(launch_daemon(cfg, job, &c.host, &mut tl)),
+        // The launcher's idea of rank 0 was not MPI's: MPI's wins, and the daemon started early
+        // is torn down as it is dropped.
+        (false, Some(_)) => None,
+        (false, None) => None,
+    };
+    let local = match launched {
+        Some(launched) => outputs_ok
+            .and(launched)
+            .and_then(|l| wait_daemon(l, signals, deadline, &mut tl, c.is_root()))
             .and_then(|d| {
+                c.progress_done();
                 let d = daemon.insert(d);
                 if c.is_root() {
                     let t = Instant::now();
@@ -99,15 +121,25 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
                     tl.done("swarm-init", t);
                 }
                 Ok(0.0)
-            })
-    } else {
-        Ok(0.0)
+            }),
+        None => Ok(0.0),
     };
-    c.agree(
+    let my_addr = daemon
+        .as_ref()
+        .map_or(serde_json::Value::Null, |d| d.addr.to_string().into());
+    let outcomes = c.agree_with_extra(
         "start the rootless Docker daemon and initialize the swarm",
         local,
+        my_addr,
         deadline,
-    )?;
+    );
+    c.end_progress();
+    let outcomes = outcomes?;
+    // Advertise addresses in host order (leaders report theirs, in rank order like `hosts`).
+    let addrs: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.extra.as_str().map(str::to_owned))
+        .collect();
     if c.is_root() {
         info!(
             "daemons up on {} host(s) in {:.2} s",
@@ -116,35 +148,62 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
         );
     }
 
-    // The manager address and join token go to every rank.
-    let payload = join_info.map(|i| format!("{}\n{}", i.manager, i.worker_token).into_bytes());
-    let payload = c.broadcast(payload, "receive the join token", deadline)?;
-    let payload = String::from_utf8(payload).context("the join token is not text")?;
-    let (manager, worker_token) = payload
-        .split_once('\n')
-        .ok_or_else(|| anyhow!("malformed join information from rank 0"))?;
-    let info = swarm::JoinInfo {
-        manager: manager.to_owned(),
-        worker_token: worker_token.to_owned(),
-    };
+    // The manager address and join tokens go to every rank.
+    let payload = c.broadcast(
+        join_info.map(|i| i.encode()),
+        "receive the join token",
+        deadline,
+    )?;
+    let info = swarm::JoinInfo::decode(&payload)?;
+    drop(payload);
+    let managers = cfg.managers.min(hosts.len());
+    if cfg.managers > hosts.len() && c.is_root() {
+        tracing::warn!(
+            "--managers {} but only {} host(s): all of them are managers",
+            cfg.managers,
+            hosts.len()
+        );
+    }
+    let index = hosts.iter().position(|h| *h == c.host);
 
-    // Phase: every other host joins.
+    // Phase: managers join one at a time (Raft adds one member per change), then the workers
+    // all at once, spread over the managers so that no single one takes every join.
     let t = Instant::now();
-    let local = match &daemon {
-        Some(d) if !c.is_root() => swarm::join(&d.engine, d.addr, &info, deadline).map(|()| 0.0),
+    for turn in 1..managers {
+        let local = match (&daemon, index) {
+            (Some(d), Some(i)) if i == turn => {
+                swarm::join(&d.engine, d.addr, &info, &info.manager, true, deadline).map(|()| 0.0)
+            }
+            _ => Ok(0.0),
+        };
+        c.agree(&format!("join manager {}", hosts[turn]), local, deadline)?;
+    }
+    c.begin_progress(
+        "workers joined",
+        hosts.len().saturating_sub(managers.max(1)),
+    );
+    let local = match (&daemon, index) {
+        (Some(d), Some(i)) if i >= managers.max(1) => {
+            let through = format!("{}:2377", addrs[i % managers.max(1)]);
+            let joined = swarm::join(&d.engine, d.addr, &info, &through, false, deadline);
+            c.progress_done();
+            joined.map(|()| 0.0)
+        }
         _ => Ok(0.0),
     };
     drop(info);
     if daemon.is_some() && !c.is_root() {
         tl.done("join", t);
     }
-    c.agree("join the swarm", local, deadline)?;
+    let joined = c.agree("join the swarm", local, deadline);
+    c.end_progress();
+    joined?;
 
     // Phase: rank 0 sees every host as a Ready node.
     let t = Instant::now();
     let local = if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
-        swarm::wait_members(&d.engine, &hosts, deadline).map(|_| 0.0)
+        swarm::wait_members(&d.engine, &hosts, managers.max(1), deadline).map(|_| 0.0)
     } else {
         Ok(0.0)
     };
@@ -269,28 +328,36 @@ fn lifecycle(c: &mut Cluster, cfg: &UpConfig, signals: &Signals) -> Result<i32> 
     ran
 }
 
-/// A key shared by all ranks that names this run's state directories: the batch job id when
-/// there is one (so admins can match them), plus rank 0's pid and time so two runs never collide.
-fn job_key(c: &mut Cluster, deadline: Instant) -> Result<String> {
-    let key = c.is_root().then(|| {
-        let batch = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok())
-            .map(|id| {
-                id.chars()
-                    .filter(|ch| ch.is_ascii_alphanumeric())
-                    .take(12)
-                    .collect::<String>()
-            })
-            .unwrap_or_default();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff).into_bytes()
-    });
-    let key = c.broadcast(key, "agree on a job key", deadline)?;
-    Ok(String::from_utf8_lossy(&key).into_owned())
+/// Names this run's state directory on this host: the batch job id when there is one (so that
+/// admins can match them), plus this process's pid and clock, so two runs never collide.
+fn job_key() -> String {
+    let batch = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .map(|id| {
+            id.chars()
+                .filter(|ch| ch.is_ascii_alphanumeric())
+                .take(12)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff)
+}
+
+/// This rank as the launcher set it (Open MPI, MPICH's Hydra, Slurm, PMIx), before MPI starts.
+fn launcher_rank() -> Option<u32> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 /// The host of each host leader; two leaders claiming one name would share a state directory.
@@ -308,31 +375,58 @@ fn leader_hosts(members: &[Member]) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
-fn start_daemon(
-    cfg: &UpConfig,
-    job: &str,
-    host: &str,
+/// A daemon whose guard has been started, not yet answering.
+pub struct Launched {
+    guard: GuardHandle,
+    addr: Ipv4Addr,
+    warnings: Vec<crate::preflight::Check>,
+    started: Instant,
+}
+
+/// Checks the host and starts its guard and daemon without waiting for it: this can run while
+/// MPI is still starting up.
+fn launch_daemon(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
+    let t = Instant::now();
+    let addr = host::advertise_addr(&cfg.host.addr)?;
+    let warnings = if cfg.preflight {
+        crate::preflight::require(&cfg.host, addr)?
+    } else {
+        Vec::new()
+    };
+    tl.done("checks", t);
+    let started = Instant::now();
+    let dir = StateDir::create(&cfg.host.state_base, job, host)?;
+    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;
+    Ok(Launched {
+        guard,
+        addr,
+        warnings,
+        started,
+    })
+}
+
+/// Waits until a launched daemon's API answers, then prepares it for the swarm.
+fn wait_daemon(
+    launched: Launched,
     signals: &Signals,
     deadline: Instant,
     tl: &mut Timeline,
     is_root: bool,
 ) -> Result<HostDaemon> {
-    let t = Instant::now();
-    let addr = host::advertise_addr(&cfg.host.addr)?;
-    if cfg.preflight {
-        for w in crate::preflight::require(&cfg.host, addr)? {
-            // Hosts are usually alike: one voice for the warnings, the others only when asked.
-            if is_root {
-                tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
-            } else {
-                debug!("{}: {} ({})", w.name, w.detail, w.fix);
-            }
+    let Launched {
+        guard,
+        addr,
+        warnings,
+        started,
+    } = launched;
+    for w in warnings {
+        // Hosts are usually alike: one voice for the warnings, the others only when asked.
+        if is_root {
+            tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+        } else {
+            debug!("{}: {} ({})", w.name, w.detail, w.fix);
         }
     }
-    tl.done("checks", t);
-    let t = Instant::now();
-    let dir = StateDir::create(&cfg.host.state_base, job, host)?;
-    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;
     let engine = Engine::new(guard.dir.socket());
     let fail = |what: String, guard: &GuardHandle| {
         anyhow!(
@@ -369,7 +463,7 @@ fn start_daemon(
             ));
         }
     }
-    tl.done("daemon", t);
+    tl.done("daemon", started);
     let t = Instant::now();
     swarm::create_gwbridge(&engine)?;
     tl.done("gwbridge", t);

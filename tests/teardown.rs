@@ -154,7 +154,7 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
         .collect();
     let at = args.iter().position(|a| a == "--hostfile").unwrap();
     args[at + 1] = hostfile.display().to_string();
-    orphan_run = Command::new("mpirun");
+    orphan_run = Command::new("mpirun.openmpi");
     orphan_run
         .args(&args)
         .stdout(std::process::Stdio::null())

@@ -175,3 +175,97 @@ fn ready_file_can_be_sourced_for_docker_host() {
 fn bg_ready_exists(path: &str) -> bool {
     std::path::Path::new(path).exists()
 }
+
+#[test]
+fn three_managers_keep_scheduling_after_a_manager_host_dies() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let bg = Background::start(4, 4, &["--managers", "3", "--load", &image]);
+    let nodes = bg.docker("node ls --format '{{.Hostname}} {{.ManagerStatus}}'");
+    let listing = String::from_utf8_lossy(&nodes.stdout).into_owned();
+    let managers: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some())
+        .collect();
+    assert_eq!(managers.len(), 3, "expected 3 managers:\n{listing}");
+    assert!(
+        !listing
+            .lines()
+            .any(|l| l.starts_with("msh4 ") && l.split_whitespace().count() > 1),
+        "msh4 must be a worker:\n{listing}"
+    );
+
+    // Kill the daemon of manager msh2 (the whole rootlesskit tree; its guard stays).
+    let victims: Vec<u32> = pids_matching("^rootlesskit")
+        .into_iter()
+        .filter(|p| host_of(*p).as_deref() == Some("msh2"))
+        .collect();
+    assert!(!victims.is_empty(), "no daemon on msh2");
+    for v in &victims {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &v.to_string()])
+            .status();
+    }
+    // Another manager still accepts and schedules a service.
+    let created = docker_on(
+        "msh3",
+        "service create --detach --name survivor --replicas 2 --endpoint-mode dnsrr mpiswarm/busybox:latest sleep 600",
+    );
+    assert!(
+        created.status.success(),
+        "service create on msh3 failed: {created:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let ps = docker_on(
+            "msh3",
+            "service ps survivor --filter desired-state=running --format '{{.Node}} {{.CurrentState}}'",
+        );
+        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+        if text
+            .lines()
+            .filter(|l| l.contains("Running") && !l.starts_with("msh2"))
+            .count()
+            >= 1
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "survivor never ran:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(60));
+    assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+fn json_log_lines_name_host_and_rank() {
+    let _c = cluster();
+    let out = run_with_deadline(
+        mpirun(2, 2, &["--log-format", "json", "up", "--", "true"]),
+        RUN_LIMIT,
+    );
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("swarm ready"))),
+        "{stderr}"
+    );
+    for l in &lines {
+        assert!(
+            l["host"].is_string() && l["rank"].is_number() && l["level"].is_string(),
+            "{l}"
+        );
+    }
+    assert_clean(Duration::from_secs(3));
+}

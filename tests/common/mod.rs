@@ -166,7 +166,7 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
         .map(|h| format!("{h} slots=8\n"))
         .collect();
     std::fs::write(&hostfile, lines).expect("write hostfile");
-    let mut cmd = Command::new("mpirun");
+    let mut cmd = Command::new("mpirun.openmpi");
     cmd.args(["--allow-run-as-root", "--hostfile"])
         .arg(&hostfile)
         .args(["-np", &np.to_string(), "--map-by", "node"])

@@ -1,0 +1,167 @@
+//! The example job scripts, submitted as the unprivileged user to a real Slurm running over the
+//! simulated hosts: the job succeeds, and nothing is left on any host afterwards, also when the
+//! job is cancelled or reaches its time limit.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn slurm() {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        let out = Command::new(script("simcluster"))
+            .arg("slurm-up")
+            .output()
+            .expect("slurm-up");
+        assert!(
+            out.status.success(),
+            "slurm-up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A directory the test user can write job output and ready files to.
+fn out_dir() -> PathBuf {
+    let dir = shared_dir().join("slurm-out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chmod").arg("1777").arg(&dir).status();
+    dir
+}
+
+fn example(name: &str) -> String {
+    let from = root().join("examples/slurm").join(name);
+    let to = shared_dir().join(name);
+    std::fs::copy(&from, &to).unwrap();
+    let _ = Command::new("chmod").arg("0755").arg(&to).status();
+    to.display().to_string()
+}
+
+/// `sbatch` as the test user, with the simulated network's MPI settings in the environment.
+fn sbatch(args: &[&str], extra_env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", USER, "--", "env", "-i"])
+        .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .arg(format!("HOME=/home/{USER}"))
+        .arg(format!("MPISWARM={}", binary().display()))
+        .arg(format!("OMPI_MCA_btl_tcp_if_include={SUBNET}"))
+        .arg(format!("OMPI_MCA_oob_tcp_if_include={SUBNET}"))
+        .arg("OMPI_MCA_btl=self,tcp");
+    for (k, v) in extra_env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg("sbatch").args(args);
+    cmd.current_dir("/tmp");
+    cmd
+}
+
+fn job_output(job: &str) -> String {
+    std::fs::read_to_string(out_dir().join(format!("job-{job}.out"))).unwrap_or_default()
+}
+
+#[test]
+fn a_job_runs_a_command_on_the_swarm_and_leaves_nothing() {
+    let _c = cluster();
+    slurm();
+    let output = format!("{}/job-%j.out", out_dir().display());
+    let script = example("run-command.sbatch");
+    let out: Output = run_with_deadline(
+        sbatch(
+            &["--wait", "--parsable", "-N", "3", "-o", &output, &script],
+            &[],
+        ),
+        Duration::from_secs(240),
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let log = job_output(&job);
+    assert!(
+        out.status.success(),
+        "job {job} failed: {}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("swarm of 3 nodes"), "{log}");
+    for h in hosts(3) {
+        assert!(log.contains(&format!("{h} Ready")), "{h} missing:\n{log}");
+    }
+    assert_clean(Duration::from_secs(5));
+}
+
+/// Starts the long-lived example; returns the waiting `sbatch --wait`, the job id and ready file.
+fn long_lived(extra: &[&str]) -> (std::process::Child, String, PathBuf) {
+    let ready = out_dir().join(format!("ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let output = format!("{}/job-%j.out", out_dir().display());
+    let script = example("long-lived.sbatch");
+    let mut args = vec!["--wait", "--parsable", "-N", "3", "-o", &output];
+    args.extend_from_slice(extra);
+    args.push(&script);
+    let mut cmd = sbatch(&args, &[("READY_FILE", ready.display().to_string())]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // --parsable prints the id at once; --wait holds the process until the job ends.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before its swarm was ready"
+        );
+        assert!(Instant::now() < deadline, "swarm not ready within 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let squeue = Command::new("squeue")
+        .args(["-h", "-u", USER, "-o", "%i"])
+        .output()
+        .unwrap();
+    let job = String::from_utf8_lossy(&squeue.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    assert!(!job.is_empty(), "no job in squeue");
+    (child, job, ready)
+}
+
+#[test]
+fn a_cancelled_job_leaves_nothing() {
+    let _c = cluster();
+    slurm();
+    let (child, job, ready) = long_lived(&[]);
+    assert!(residue().is_err(), "the swarm should be running");
+    assert!(
+        Command::new("scancel")
+            .arg(&job)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = wait_output(child, Duration::from_secs(90));
+    assert!(!ready.exists(), "ready file left behind");
+    assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+fn a_job_near_its_time_limit_tears_down_on_usr1() {
+    let _c = cluster();
+    slurm();
+    // Time limit 1 minute, USR1 at 45 s before it: the swarm must be gone before Slurm's kill.
+    let (child, job, ready) = long_lived(&["--time=1", "--signal=B:USR1@45"]);
+    let out = wait_output(child, Duration::from_secs(150));
+    let log = job_output(&job);
+    assert!(
+        log.contains("time limit near"),
+        "USR1 never reached the batch shell:\n{log}"
+    );
+    assert!(
+        log.contains("torn down: 3 host(s) clean"),
+        "no clean teardown in the job log:\n{log}"
+    );
+    assert!(!ready.exists());
+    let _ = out;
+    assert_clean(Duration::from_secs(5));
+}
