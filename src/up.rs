@@ -169,14 +169,14 @@ fn lifecycle(
     // Phase: managers join one at a time (Raft adds one member per change), then the workers
     // all at once, spread over the managers so that no single one takes every join.
     let t = Instant::now();
-    for turn in 1..managers {
+    for (turn, manager_host) in hosts.iter().enumerate().take(managers).skip(1) {
         let local = match (&daemon, index) {
             (Some(d), Some(i)) if i == turn => {
                 swarm::join(&d.engine, d.addr, &info, &info.manager, true, deadline).map(|()| 0.0)
             }
             _ => Ok(0.0),
         };
-        c.agree(&format!("join manager {}", hosts[turn]), local, deadline)?;
+        c.agree(&format!("join manager {manager_host}"), local, deadline)?;
     }
     c.begin_progress(
         "workers joined",

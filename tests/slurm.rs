@@ -165,3 +165,26 @@ fn a_job_near_its_time_limit_tears_down_on_usr1() {
     let _ = out;
     assert_clean(Duration::from_secs(5));
 }
+
+#[test]
+fn srun_launches_the_ranks_through_pmix() {
+    let _c = cluster();
+    slurm();
+    let output = format!("{}/job-%j.out", out_dir().display());
+    let script = example("srun.sbatch");
+    let out = run_with_deadline(
+        sbatch(
+            &["--wait", "--parsable", "-N", "3", "-o", &output, &script],
+            &[],
+        ),
+        Duration::from_secs(240),
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let log = job_output(&job);
+    assert!(out.status.success(), "job {job} failed:\n{log}");
+    assert!(log.contains("swarm ready: 3 node(s)"), "{log}");
+    for h in hosts(3) {
+        assert!(log.contains(&h), "{h} missing:\n{log}");
+    }
+    assert_clean(Duration::from_secs(5));
+}
