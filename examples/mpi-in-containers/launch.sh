@@ -1,0 +1,42 @@
+#!/bin/sh
+# Runs on rank 0 against the swarm (mpiswarm up -- launch.sh): one container per node on an
+# overlay network, each named after its node (mpi-<node>) and serving a tiny remote shell; then
+# mpirun inside the local container starts the ring program across all of them, the containers
+# finding each other by their service names. Exits with the MPI program's status.
+set -u
+image=${MPI_IMAGE:-mpiswarm/mpi-ring:latest}
+pool=${MPI_NET_CIDR:-10.128.0.0/12}     # mpiswarm's --address-pool: the overlay's addresses
+nodes=$(docker node ls --format '{{.Hostname}}' | sort)
+n=$(echo "$nodes" | wc -l)
+me=$(hostname)
+
+cleanup() {
+  for h in $nodes; do docker service rm "mpi-$h" >/dev/null 2>&1; done
+  docker network rm mpinet >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+docker network create --driver overlay --attachable mpinet >/dev/null || exit 1
+for h in $nodes; do
+  docker service create --detach --quiet --name "mpi-$h" --hostname "mpi-$h" --network mpinet \
+    --endpoint-mode dnsrr --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
+    "$image" nc -ll -p 2222 -e sh >/dev/null || exit 1
+done
+
+# Every container running, and ours found on this node.
+tries=0
+while :; do
+  running=$(docker service ls --filter name=mpi- --format '{{.Replicas}}' | grep -c '^1/1')
+  cid=$(docker ps -q --filter "label=com.docker.swarm.service.name=mpi-$me" | head -n 1)
+  [ "$running" -eq "$n" ] && [ -n "$cid" ] && break
+  tries=$((tries + 1))
+  [ $tries -gt 600 ] && { echo "launch.sh: containers not running after 60 s" >&2; exit 1; }
+  sleep 0.1
+done
+hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
+hosts=${hosts%,}
+echo "launch.sh: $n containers up ($hosts); running the MPI program"
+
+docker exec "$cid" mpirun -np "$n" --host "$hosts" --map-by node \
+  --mca btl self,tcp --mca btl_tcp_if_include "$pool" --mca oob_tcp_if_include "$pool" \
+  /usr/local/bin/ring
