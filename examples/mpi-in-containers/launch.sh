@@ -1,8 +1,8 @@
 #!/bin/sh
 # Runs on rank 0 against the swarm (mpiswarm up -- launch.sh): one container per node on an
 # overlay network, each named after its node (mpi-<node>) and serving a tiny remote shell; then
-# mpirun inside the local container starts the ring program across all of them, the containers
-# finding each other by their service names. Exits with the MPI program's status.
+# Open MPI's mpirun (orterun) in the local container starts the ring program across all of them,
+# the containers finding each other by their service names. Exits with the MPI program's status.
 set -u
 image=${MPI_IMAGE:-mpiswarm/mpi-ring:latest}
 pool=${MPI_NET_CIDR:-10.128.0.0/12}     # mpiswarm's --address-pool: the overlay's addresses
@@ -18,7 +18,7 @@ trap cleanup EXIT
 
 docker network create --driver overlay --attachable mpinet >/dev/null || exit 1
 for h in $nodes; do
-  docker service create --detach --quiet --name "mpi-$h" --hostname "mpi-$h" --network mpinet \
+  docker service create --detach --quiet --no-resolve-image --name "mpi-$h" --hostname "mpi-$h" --network mpinet \
     --endpoint-mode dnsrr --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
     "$image" nc -ll -p 2222 -e sh >/dev/null || exit 1
 done
@@ -37,6 +37,6 @@ hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
 hosts=${hosts%,}
 echo "launch.sh: $n containers up ($hosts); running the MPI program"
 
-docker exec "$cid" mpirun -np "$n" --host "$hosts" --map-by node \
+docker exec "$cid" orterun -np "$n" --host "$hosts" --map-by node \
   --mca btl self,tcp --mca btl_tcp_if_include "$pool" --mca oob_tcp_if_include "$pool" \
   /usr/local/bin/ring
