@@ -259,7 +259,7 @@ fn lifecycle(
             "swarm ready: {} node(s) ({}) in {:.2} s",
             hosts.len(),
             hosts.join(", "),
-            swarm_ready
+            swarm_ready + c.started_in
         );
         let ran = match &cfg.ready_file {
             Some(path) => write_ready_file(path, d.engine.socket(), hosts.len()).map(|()| {
