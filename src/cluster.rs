@@ -19,6 +19,7 @@ const CHUNK: usize = 4 << 20;
 const TAG_STOP_REQUEST: i32 = 101;
 const TAG_STOP: i32 = 102;
 const TAG_PROGRESS: i32 = 103;
+const TAG_HEARTBEAT: i32 = 104;
 
 /// One rank's outcome of a phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -448,10 +449,36 @@ impl Cluster {
         }
     }
 
+    /// Rank 0: tells every other rank it is alive.
+    pub fn send_heartbeats(&self) {
+        for rank in 1..self.size {
+            self.world
+                .process_at_rank(rank)
+                .send_with_tag(&0i32, TAG_HEARTBEAT);
+        }
+    }
+
+    /// Other ranks: true if rank 0's heartbeat arrived since the last call.
+    pub fn poll_heartbeats(&self) -> bool {
+        let mut heard = false;
+        while let Some(status) = self
+            .world
+            .process_at_rank(0)
+            .immediate_probe_with_tag(TAG_HEARTBEAT)
+        {
+            let _ = self
+                .world
+                .process_at_rank(status.source_rank())
+                .receive_with_tag::<i32>(TAG_HEARTBEAT);
+            heard = true;
+        }
+        heard
+    }
+
     /// Receives stop messages nobody waited for (both sides stopped at once), so that none is
     /// left in flight at finalize. Called after a collective that follows every send.
     pub fn drain_stops(&self) {
-        let tags = [TAG_STOP_REQUEST, TAG_STOP, TAG_PROGRESS];
+        let tags = [TAG_STOP_REQUEST, TAG_STOP, TAG_PROGRESS, TAG_HEARTBEAT];
         while let Some(status) = tags
             .iter()
             .find_map(|&tag| self.world.any_process().immediate_probe_with_tag(tag))

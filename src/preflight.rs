@@ -191,18 +191,32 @@ fn debian_package(tool: &str) -> &'static str {
     }
 }
 
+/// The first line `TOOL --version` prints, within a few seconds (a check must never hang).
 fn tool_version(path: &Path) -> String {
-    let output = std::process::Command::new(path)
+    use std::io::Read;
+    use wait_timeout::ChildExt;
+    let Ok(mut child) = std::process::Command::new(path)
         .arg("--version")
         .stdin(std::process::Stdio::null())
-        .output();
-    output
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.lines().next().map(str::to_owned)
-        })
-        .unwrap_or_default()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return String::new();
+    };
+    match child.wait_timeout(std::time::Duration::from_secs(5)) {
+        Ok(Some(_)) => {}
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return "(no answer to --version)".into();
+        }
+    }
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut text);
+    }
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 fn check_setid_tool(name: &str) -> Check {

@@ -25,6 +25,8 @@ use crate::{host, swarm};
 
 /// How long the whole teardown (every host, agreed) may take before ranks give up waiting.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// How often rank 0 tells the others it is alive while the swarm is up.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
 
@@ -271,8 +273,7 @@ fn lifecycle(
         c.announce_stop(*ran.as_ref().unwrap_or(&1));
         ran
     } else {
-        wait_for_stop(c, signals);
-        Ok(0)
+        wait_for_stop(c, signals).map(|()| 0)
     };
 
     // Teardown: every host at once, then agree that every host is clean.
@@ -503,7 +504,12 @@ fn run_or_wait(c: &Cluster, command: &[String], socket: &Path, signals: &Signals
             None
         }
     };
+    let mut last_beat = Instant::now();
     loop {
+        if last_beat.elapsed() >= HEARTBEAT_EVERY {
+            c.send_heartbeats();
+            last_beat = Instant::now();
+        }
         if let Some(ch) = child.as_mut()
             && let Some(status) = ch.try_wait()?
         {
@@ -547,14 +553,27 @@ fn stop_command(child: &mut Child, signals: &Signals) {
 }
 
 /// Ranks other than 0: wait until rank 0 says stop, or a signal arrives here (then tell rank 0).
-fn wait_for_stop(c: &Cluster, signals: &Signals) {
+/// If rank 0 falls silent this long, it is gone (some launchers, e.g. srun by default, leave the
+/// other ranks running when one dies): the others give up instead of holding the allocation.
+const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+fn wait_for_stop(c: &Cluster, signals: &Signals) -> Result<()> {
+    let mut last_heard = Instant::now();
     loop {
         if c.poll_stop().is_some() {
-            return;
+            return Ok(());
         }
         if let Some(sig) = signals.received() {
             c.request_stop(sig);
-            return;
+            return Ok(());
+        }
+        if c.poll_heartbeats() {
+            last_heard = Instant::now();
+        } else if last_heard.elapsed() > RANK0_SILENCE_LIMIT {
+            bail!(
+                "lost contact with rank 0: no heartbeat for {} s (rank 0 died or hangs); tearing down",
+                RANK0_SILENCE_LIMIT.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
