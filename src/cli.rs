@@ -112,6 +112,11 @@ pub struct UpArgs {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub managers: u16,
 
+    /// Turn learning off on the overlay's vxlan devices (needed for cross-host overlay traffic
+    /// with --port-driver builtin; see README).
+    #[arg(long)]
+    pub vxlan_nolearning: bool,
+
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]
     pub no_preflight: bool,
@@ -151,6 +156,8 @@ pub struct GuardArgs {
     pub advertise_addr: String,
     #[arg(long, value_enum)]
     pub port_driver: PortDriver,
+    #[arg(long)]
+    pub vxlan_nolearning: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -37,6 +37,7 @@ pub struct UpConfig {
     pub verify: Option<String>,
     pub report: Option<PathBuf>,
     pub managers: usize,
+    pub vxlan_nolearning: bool,
     pub command: Vec<String>,
 }
 
@@ -103,6 +104,7 @@ impl UpConfig {
             },
             report: args.report.clone(),
             managers: usize::from(args.managers),
+            vxlan_nolearning: args.vxlan_nolearning,
             command: args.command.clone(),
         })
     }

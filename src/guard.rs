@@ -13,6 +13,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -72,8 +74,15 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     if let Some(child) = &daemon {
         let _ = writeln!(out, "started {}", child.id());
     }
+    let stop_sweeping = Arc::new(AtomicBool::new(false));
+    if args.vxlan_nolearning
+        && let Some(child) = &daemon
+    {
+        start_learning_sweeper(child.id(), &dir, stop_sweeping.clone());
+    }
 
     wait_for_teardown(&mut daemon, &sig_read, &mut out);
+    stop_sweeping.store(true, Ordering::SeqCst);
 
     let result = teardown_host(&dir);
     match &result {
@@ -85,6 +94,26 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         }
     }
     Ok(if result.is_ok() { 0 } else { 1 })
+}
+
+/// Remedy (b): once rootlesskit's child (inside the namespaces) exists, keep vxlan learning off.
+fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool>) {
+    let state_dir = dir.path.display().to_string();
+    let _ = std::thread::Builder::new()
+        .name("vxlan".into())
+        .spawn(move || {
+            let mut inner = None;
+            while inner.is_none() && !stop.load(Ordering::SeqCst) {
+                inner = teardown::descendants(rootlesskit as i32)
+                    .into_iter()
+                    .find(|p| p.ppid == rootlesskit as i32)
+                    .map(|p| p.pid as u32);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(pid) = inner {
+                crate::vxlan::keep_learning_off(pid, state_dir, stop);
+            }
+        });
 }
 
 /// Blocks until the lifeline says teardown or closes, or a signal arrives; reports an early
@@ -148,10 +177,20 @@ pub struct GuardHandle {
 }
 
 impl GuardHandle {
-    pub fn spawn(dir: StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Result<Self> {
+    pub fn spawn(
+        dir: StateDir,
+        addr: Ipv4Addr,
+        port_driver: PortDriver,
+        vxlan_nolearning: bool,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
-        let mut child = Command::new(&exe)
-            .arg("guard")
+        let mut guard = Command::new(&exe);
+        if vxlan_nolearning {
+            guard.arg("guard").arg("--vxlan-nolearning");
+        } else {
+            guard.arg("guard");
+        }
+        let mut child = guard
             .arg("--dir")
             .arg(&dir.path)
             .arg("--advertise-addr")

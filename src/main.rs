@@ -20,6 +20,7 @@ mod swarm;
 mod teardown;
 mod up;
 mod verify;
+mod vxlan;
 
 use std::process::ExitCode;
 

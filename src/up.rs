@@ -397,7 +397,7 @@ fn launch_daemon(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Re
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
-    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver)?;
+    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver, cfg.vxlan_nolearning)?;
     Ok(Launched {
         guard,
         addr,

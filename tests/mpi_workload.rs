@@ -53,7 +53,8 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
         script("sim-rsh").display()
     );
     let mut cmd = Command::new(copy.join("run.sh"));
-    cmd.env("MPIRUN", launcher)
+    cmd.current_dir("/tmp")
+        .env("MPIRUN", launcher)
         .env("MPI_IMAGE_TAR", &tar)
         .env("MPISWARM", binary());
     let out = run_with_deadline(cmd, Duration::from_secs(300));

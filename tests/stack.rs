@@ -215,3 +215,28 @@ fn verify_connects_every_pair_and_fails_cross_host_without_the_remedy() {
     );
     assert_clean(Duration::from_secs(3));
 }
+
+/// Remedy (b): the builtin port driver with learning off on the vxlan devices carries cross-host
+/// overlay traffic too.
+#[test]
+fn verify_connects_every_pair_with_the_builtin_driver_and_learning_off() {
+    let _c = cluster();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let args = [
+        "verify",
+        "--port-driver",
+        "builtin",
+        "--vxlan-nolearning",
+        "--load",
+        &image,
+        "--probe-image",
+        "mpiswarm/busybox:latest",
+    ];
+    let out = run_with_deadline(mpirun(3, 3, &args), RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let cells = matrix(&stdout);
+    assert_eq!(cells.len(), 9, "{stdout}");
+    assert!(cells.iter().all(|c| c.2), "{stdout}");
+    assert_clean(Duration::from_secs(3));
+}

@@ -182,7 +182,10 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
         ])
         .args(["--mca", "btl", "self,tcp"])
         .arg(binary())
-        .args(args);
+        .args(args)
+        // Ranks start in the launcher's working directory: make it one the test user can enter
+        // (the checkout may be in root's home).
+        .current_dir("/tmp");
     cmd
 }
 
