@@ -49,7 +49,7 @@ fn hydra_mpiexec_builds_a_three_host_swarm() {
         "rsh",
         "-launcher-exec",
     ])
-    .arg(script("sim-rsh"))
+    .arg(AGENT)
     .arg("-f")
     .arg(&hostfile)
     .args(["-n", "3"])

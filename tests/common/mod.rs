@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub const MAX_HOSTS: usize = 4;
 pub const SUBNET: &str = "10.77.0.0/24";
 pub const USER: &str = "mpiswarm-test";
+/// The rsh agent scripts/simcluster installs for the launchers (readable by the test user).
+pub const AGENT: &str = "/run/mpiswarm-sim/rsh";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -170,8 +172,7 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
     cmd.args(["--allow-run-as-root", "--hostfile"])
         .arg(&hostfile)
         .args(["-np", &np.to_string(), "--map-by", "node"])
-        .args(["--mca", "plm_rsh_agent"])
-        .arg(format!("{} exec", script("simcluster").display()))
+        .args(["--mca", "plm_rsh_agent", AGENT])
         .args([
             "--mca",
             "oob_tcp_if_include",
