@@ -63,6 +63,8 @@ fn hydra_mpiexec_builds_a_three_host_swarm() {
         "--format",
         "{{.Hostname}} {{.Status}}",
     ]);
+    // Ranks start in the launcher's working directory: one the test user can enter.
+    cmd.current_dir("/tmp");
     let out = run_with_deadline(cmd, Duration::from_secs(60));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -157,6 +157,7 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     orphan_run = Command::new("mpirun.openmpi");
     orphan_run
         .args(&args)
+        .current_dir("/tmp")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut orphan = orphan_run.spawn().unwrap();
