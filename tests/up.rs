@@ -168,12 +168,11 @@ fn ready_file_can_be_sourced_for_docker_host() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
     bg.signal("USR1");
     let _ = bg.wait(Duration::from_secs(30));
-    assert!(!bg_ready_exists(&ready));
+    assert!(
+        !std::path::Path::new(&ready).exists(),
+        "ready file left behind"
+    );
     assert_clean(Duration::from_secs(3));
-}
-
-fn bg_ready_exists(path: &str) -> bool {
-    std::path::Path::new(path).exists()
 }
 
 #[test]

@@ -423,7 +423,3 @@ impl Drop for Background {
         }
     }
 }
-
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}
