@@ -500,6 +500,18 @@ impl Cluster {
     }
 }
 
+/// This rank as the launcher set it (Open MPI, MPICH's Hydra, PMIx, Slurm), before MPI starts.
+pub fn launcher_rank() -> Option<u32> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// Reads until `buf` is full or the source ends.
 fn read_full(source: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -100,13 +100,5 @@ fn let_rank_0_speak_first() {
 
 /// This process's rank as the launcher set it, before MPI starts (0 when not under a launcher).
 fn launcher_rank() -> u32 {
-    [
-        "OMPI_COMM_WORLD_RANK",
-        "PMI_RANK",
-        "PMIX_RANK",
-        "SLURM_PROCID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
-    .unwrap_or(0)
+    cluster::launcher_rank().unwrap_or(0)
 }

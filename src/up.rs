@@ -52,7 +52,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     // for that moment, and so reaches `swarm init` (about 0.6 s, mostly waiting for Raft) while
     // the other hosts start theirs. The launcher says which rank this is; MPI has the last word.
     let mut tl = Timeline::new(&host, -1);
-    let early = (launcher_rank() == Some(0)).then(|| launch_daemon(cfg, &job, &host, &mut tl));
+    let early = (crate::cluster::launcher_rank() == Some(0))
+        .then(|| launch_daemon(cfg, &job, &host, &mut tl));
     let mut cluster = Cluster::init(host.clone(), signals.clone())?;
     crate::report::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);
@@ -347,18 +348,6 @@ fn job_key() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff)
-}
-
-/// This rank as the launcher set it (Open MPI, MPICH's Hydra, Slurm, PMIx), before MPI starts.
-fn launcher_rank() -> Option<u32> {
-    [
-        "OMPI_COMM_WORLD_RANK",
-        "PMI_RANK",
-        "PMIX_RANK",
-        "SLURM_PROCID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 /// The host of each host leader; two leaders claiming one name would share a state directory.
