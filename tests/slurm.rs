@@ -64,13 +64,11 @@ fn job_output(job: &str) -> String {
     std::fs::read_to_string(out_dir().join(format!("job-{job}.out"))).unwrap_or_default()
 }
 
-#[test]
-fn a_job_runs_a_command_on_the_swarm_and_leaves_nothing() {
-    let _c = cluster();
-    slurm();
+/// Submits an example on 3 nodes and waits for it: (sbatch's output, job id, job log).
+fn run_job(example_name: &str) -> (Output, String, String) {
     let output = format!("{}/job-%j.out", out_dir().display());
-    let script = example("run-command.sbatch");
-    let out: Output = run_with_deadline(
+    let script = example(example_name);
+    let out = run_with_deadline(
         sbatch(
             &["--wait", "--parsable", "-N", "3", "-o", &output, &script],
             &[],
@@ -79,6 +77,14 @@ fn a_job_runs_a_command_on_the_swarm_and_leaves_nothing() {
     );
     let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let log = job_output(&job);
+    (out, job, log)
+}
+
+#[test]
+fn a_job_runs_a_command_on_the_swarm_and_leaves_nothing() {
+    let _c = cluster();
+    slurm();
+    let (out, job, log) = run_job("run-command.sbatch");
     assert!(
         out.status.success(),
         "job {job} failed: {}\n{log}",
@@ -170,17 +176,7 @@ fn a_job_near_its_time_limit_tears_down_on_usr1() {
 fn srun_launches_the_ranks_through_pmix() {
     let _c = cluster();
     slurm();
-    let output = format!("{}/job-%j.out", out_dir().display());
-    let script = example("srun.sbatch");
-    let out = run_with_deadline(
-        sbatch(
-            &["--wait", "--parsable", "-N", "3", "-o", &output, &script],
-            &[],
-        ),
-        Duration::from_secs(240),
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let log = job_output(&job);
+    let (out, job, log) = run_job("srun.sbatch");
     assert!(out.status.success(), "job {job} failed:\n{log}");
     assert!(log.contains("swarm ready: 3 node(s)"), "{log}");
     for h in hosts(3) {

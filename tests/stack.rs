@@ -175,37 +175,40 @@ fn matrix(stdout: &str) -> Vec<(String, String, bool)> {
     cells
 }
 
-#[test]
-fn verify_connects_every_pair_and_fails_cross_host_without_the_remedy() {
-    let _c = cluster();
+/// Runs `verify` over 3 hosts with `extra` flags; returns the output and its N×N cells.
+fn verify(extra: &[&str]) -> (std::process::Output, Vec<(String, String, bool)>) {
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let args = [
+    let mut args = vec![
         "verify",
         "--load",
         &image,
         "--probe-image",
         "mpiswarm/busybox:latest",
     ];
+    args.extend_from_slice(extra);
     let out = run_with_deadline(mpirun(3, 3, &args), RUN_LIMIT);
+    let cells = matrix(&text(&out).0);
+    assert_eq!(cells.len(), 9, "{}", text(&out).0);
+    (out, cells)
+}
+
+#[test]
+fn verify_connects_every_pair_and_fails_cross_host_without_the_remedy() {
+    let _c = cluster();
+    let (out, cells) = verify(&[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let cells = matrix(&stdout);
-    assert_eq!(cells.len(), 9, "{stdout}");
     assert!(cells.iter().all(|c| c.2), "{stdout}");
     assert_clean(Duration::from_secs(3));
 
     // With rootlesskit's builtin port driver, VXLAN from other hosts is dropped: the check must
     // see it, pair by pair, while each host still reaches its own probe.
-    let mut with_builtin = args.to_vec();
-    with_builtin.extend_from_slice(&["--port-driver", "builtin"]);
-    let out = run_with_deadline(mpirun(3, 3, &with_builtin), RUN_LIMIT);
+    let (out, cells) = verify(&["--port-driver", "builtin"]);
     let (stdout, stderr) = text(&out);
     assert!(
         !out.status.success(),
         "verify should fail with the builtin driver:\n{stdout}"
     );
-    let cells = matrix(&stdout);
-    assert_eq!(cells.len(), 9, "{stdout}");
     for (from, to, ok) in &cells {
         assert_eq!(*ok, from == to, "{from} -> {to}:\n{stdout}");
     }
@@ -221,22 +224,9 @@ fn verify_connects_every_pair_and_fails_cross_host_without_the_remedy() {
 #[test]
 fn verify_connects_every_pair_with_the_builtin_driver_and_learning_off() {
     let _c = cluster();
-    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let args = [
-        "verify",
-        "--port-driver",
-        "builtin",
-        "--vxlan-nolearning",
-        "--load",
-        &image,
-        "--probe-image",
-        "mpiswarm/busybox:latest",
-    ];
-    let out = run_with_deadline(mpirun(3, 3, &args), RUN_LIMIT);
+    let (out, cells) = verify(&["--port-driver", "builtin", "--vxlan-nolearning"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let cells = matrix(&stdout);
-    assert_eq!(cells.len(), 9, "{stdout}");
     assert!(cells.iter().all(|c| c.2), "{stdout}");
     assert_clean(Duration::from_secs(3));
 }
