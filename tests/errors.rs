@@ -81,7 +81,7 @@ fn a_swarm_port_taken_on_one_host() {
     // Another user's listener on msh3's gossip port.
     let mut squatter = Command::new(script("simcluster"))
         .args(["root", "msh3", "python3", "-c"])
-        .arg("import socket, time; s = socket.socket(); s.bind(('10.77.0.13', 7946)); s.listen(); time.sleep(120)")
+        .arg("import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.77.0.13', 7946)); s.listen(); time.sleep(120)")
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
