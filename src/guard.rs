@@ -3,7 +3,8 @@
 //! pipe closes), so that even `kill -9` of the rank leaves nothing behind.
 //!
 //! Protocol: the rank holds the write end of the guard's stdin (the lifeline) and reads lines
-//! from its stdout: `started PID`, `exited STATUS` (the daemon died early), `clean`, `dirty MSG`.
+//! from its stdout: `started PID`, `exited STATUS` (the daemon died early), `backlog ...` (the
+//! outcome of deepening slirp4netns' accept queues), `clean`, `dirty MSG`.
 //! A line `teardown` on the lifeline, or its end, starts the teardown.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,6 +29,9 @@ use crate::{daemon, teardown};
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long the guard looks for slirp4netns' listeners (they appear before dockerd starts).
+const BACKLOG_WAIT: Duration = Duration::from_secs(60);
 
 /// The guard process's main: returns its exit code.
 pub fn run(args: &GuardArgs) -> Result<i32> {
@@ -80,6 +84,11 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     {
         start_learning_sweeper(child.id(), &dir, stop_sweeping.clone());
     }
+    if args.port_driver == PortDriver::Slirp4netns
+        && let Some(child) = &daemon
+    {
+        start_deepening_backlogs(child.id(), addr, stop_sweeping.clone());
+    }
 
     wait_for_teardown(&mut daemon, &sig_read, &mut out);
     stop_sweeping.store(true, Ordering::SeqCst);
@@ -119,6 +128,27 @@ fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool
             if let Some(pid) = inner {
                 crate::vxlan::keep_learning_off(pid, state_dir, stop);
             }
+        });
+}
+
+/// Once slirp4netns listens on the published TCP ports, deepens their accept queues; reports the
+/// outcome as an event (the rank logs it).
+fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBool>) {
+    let ports: Vec<u16> = daemon::SWARM_PORTS
+        .iter()
+        .filter(|(_, proto)| *proto == "tcp")
+        .map(|(port, _)| *port)
+        .collect();
+    let _ = std::thread::Builder::new()
+        .name("backlog".into())
+        .spawn(move || {
+            let deadline = Instant::now() + BACKLOG_WAIT;
+            let line =
+                match crate::backlog::deepen(rootlesskit as i32, addr, &ports, deadline, &stop) {
+                    Ok(done) => format!("backlog deepened on port(s) {done:?}"),
+                    Err(e) => format!("backlog not deepened: {e:#}"),
+                };
+            let _ = writeln!(std::io::stdout(), "{line}");
         });
 }
 

@@ -1,6 +1,7 @@
 //! mpiswarm: a rootless Docker Swarm across the nodes of an MPI job, built in seconds and torn
 //! down without a trace.
 
+mod backlog;
 mod cleanup;
 mod cli;
 mod cluster;

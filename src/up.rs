@@ -426,13 +426,23 @@ fn wait_daemon(
         )
     };
     loop {
-        if let Some(event) = guard.next_event(Duration::from_millis(10))
-            && let Some(status) = event.strip_prefix("exited ")
-        {
-            return Err(fail(
-                format!("the rootless daemon exited during start-up ({status})"),
-                &guard,
-            ));
+        // The guard's news so far; a short wait for more paces this loop.
+        let mut wait = Duration::from_millis(10);
+        while let Some(event) = guard.next_event(wait) {
+            wait = Duration::ZERO;
+            if let Some(status) = event.strip_prefix("exited ") {
+                return Err(fail(
+                    format!("the rootless daemon exited during start-up ({status})"),
+                    &guard,
+                ));
+            }
+            if event.starts_with("backlog not deepened") {
+                tracing::warn!(
+                    "{event}: when many hosts connect at once, some wait a second for a retransmission"
+                );
+            } else {
+                debug!("guard: {event}");
+            }
         }
         if engine.ping(Duration::from_millis(500)) {
             break;

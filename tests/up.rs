@@ -157,6 +157,51 @@ fn join_token_is_in_no_process_arguments_or_environment() {
 }
 
 #[test]
+fn published_swarm_ports_take_a_burst_of_connections() {
+    let _c = cluster();
+    let bg = Background::start(3, 3, &[]);
+    // slirp4netns listens with a queue of one; the guard deepens it on every host.
+    for (i, h) in hosts(3).iter().enumerate() {
+        let out = on_host(h, "ss -ltnH");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        for port in [2377, 7946] {
+            let local = format!("10.77.0.{}:{port}", 11 + i);
+            let line = table
+                .lines()
+                .find(|l| l.split_whitespace().nth(3) == Some(local.as_str()))
+                .unwrap_or_else(|| panic!("{h}: nothing listens on {local}:\n{table}"));
+            let queue: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(
+                queue >= 128,
+                "{h}: accept queue of {local} is {queue}:\n{line}"
+            );
+        }
+    }
+    // The effect: 24 simultaneous connections to the manager's port are all accepted at once
+    // (with a queue of one, most SYNs are dropped and retried only after a second).
+    let handles: Vec<_> = (0..24)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let addr = "10.77.0.11:2377".parse().unwrap();
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
+            })
+        })
+        .collect();
+    let connected = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(
+        connected, 24,
+        "only {connected} of 24 connections were accepted in time"
+    );
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
 fn ready_file_can_be_sourced_for_docker_host() {
     let _c = cluster();
     let bg = Background::start(2, 2, &[]);

@@ -1,0 +1,189 @@
+//! Deep accept queues for the published swarm ports. slirp4netns listens on them with a backlog
+//! of one, so when several hosts connect at once (the workers' joins, their agents' sessions,
+//! gossip) the host's kernel drops the extra SYNs and each of those clients waits a whole second
+//! for its retransmission. The guard re-issues `listen` on those same sockets with a deep queue:
+//! nothing else about them changes.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::socket::{Backlog, listen};
+
+use crate::teardown;
+
+/// A listening TCP socket held by some process: where to find it, and what it listens on.
+#[derive(Debug, PartialEq)]
+struct Listener {
+    pid: i32,
+    fd: i32,
+    port: u16,
+}
+
+/// Waits until slirp4netns (a descendant of `root`) listens on `addr` (or the wildcard) at every
+/// port of `ports`, then deepens those queues; gives up at `deadline` or when `stop` is set.
+/// Returns the ports it deepened.
+pub fn deepen(
+    root: i32,
+    addr: Ipv4Addr,
+    ports: &[u16],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<Vec<u16>> {
+    let give_up = || stop.load(Ordering::SeqCst) || Instant::now() >= deadline;
+    // Found once: scanning every process is the expensive part, and slirp4netns starts first.
+    let slirp = loop {
+        if let Some(p) = teardown::descendants(root).into_iter().find(|p| {
+            let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
+            argv0.rsplit('/').next() == Some("slirp4netns")
+        }) {
+            break p.pid;
+        }
+        if give_up() {
+            bail!("no slirp4netns process appeared under pid {root} in time");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    loop {
+        let found = find_listeners(slirp, addr, ports);
+        if ports.iter().all(|p| found.iter().any(|l| l.port == *p)) {
+            for l in &found {
+                deepen_one(l).with_context(|| {
+                    format!(
+                        "failed to deepen the accept queue of port {} (pid {}, fd {})",
+                        l.port, l.pid, l.fd
+                    )
+                })?;
+            }
+            let mut done: Vec<u16> = found.iter().map(|l| l.port).collect();
+            done.sort_unstable();
+            return Ok(done);
+        }
+        if give_up() {
+            bail!(
+                "slirp4netns (pid {slirp}) did not listen on {addr} at port(s) {ports:?} in time"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn deepen_one(l: &Listener) -> Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
+    // passed.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, l.pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags, and
+    // returns a new descriptor in this process (a duplicate of the same socket) or -1.
+    let socket = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            l.fd,
+            0,
+        )
+    };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_getfd");
+    }
+    // SAFETY: as above, a fresh descriptor that only this value owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket as i32) };
+    // Calling listen on a listening socket only changes the length of its queue.
+    listen(&socket, Backlog::MAXCONN).context("listen")?;
+    Ok(())
+}
+
+/// The TCP listeners of process `pid` on `addr` (or 0.0.0.0) at one of `ports`.
+fn find_listeners(pid: i32, addr: Ipv4Addr, ports: &[u16]) -> Vec<Listener> {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return Vec::new();
+    };
+    let wanted = listening_inodes(&table, addr, ports);
+    if wanted.len() < ports.len() {
+        return Vec::new();
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in fds.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        else {
+            continue;
+        };
+        if let (Some(port), Ok(fd)) = (
+            wanted.get(inode),
+            entry.file_name().to_string_lossy().parse(),
+        ) {
+            found.push(Listener {
+                pid,
+                fd,
+                port: *port,
+            });
+        }
+    }
+    found
+}
+
+/// From a /proc/net/tcp table: socket inode -> port of the sockets listening on `addr` or the
+/// wildcard at one of `ports`.
+fn listening_inodes(table: &str, addr: Ipv4Addr, ports: &[u16]) -> HashMap<String, u16> {
+    const LISTEN: &str = "0A";
+    // The kernel prints the address as the u32 in host order (little-endian here).
+    let mine = format!("{:08X}", u32::from_ne_bytes(addr.octets()));
+    let any = "00000000";
+    let mut inodes = HashMap::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 10 || fields[3] != LISTEN {
+            continue;
+        }
+        let Some((ip, port)) = fields[1].split_once(':') else {
+            continue;
+        };
+        let Ok(port) = u16::from_str_radix(port, 16) else {
+            continue;
+        };
+        if (ip == mine || ip == any) && ports.contains(&port) {
+            inodes.insert(fields[9].to_owned(), port);
+        }
+    }
+    inodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0B004D0A:0949 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 41250 1 0000000000000000 100 0 0 10 0
+   1: 0B004D0A:1F0A 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 41251 1 0000000000000000 100 0 0 10 0
+   2: 0C004D0A:0949 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 41252 1 0000000000000000 100 0 0 10 0
+   3: 0B004D0A:0949 0C004D0A:B3C2 01 00000000:00000000 00:00000000 00000000  1001        0 41253 1 0000000000000000 100 0 0 10 0
+   4: 00000000:1F0A 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 41254 1 0000000000000000 100 0 0 10 0
+   5: 0B004D0A:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 41255 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn picks_listeners_on_the_address_or_wildcard_at_the_ports() {
+        let found = listening_inodes(TABLE, Ipv4Addr::new(10, 77, 0, 11), &[2377, 7946]);
+        let mut got: Vec<(&str, u16)> = found.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        got.sort_unstable();
+        // Not another host's address (41252), not an established connection (41253), not
+        // another port (41255).
+        assert_eq!(got, vec![("41250", 2377), ("41251", 7946), ("41254", 7946)]);
+    }
+}
