@@ -117,6 +117,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub vxlan_nolearning: bool,
 
+    /// Which hosts start their daemon while MPI is still starting: `all` overlaps every host's
+    /// daemon start with MPI's; `rank0` only rank 0's (on small nodes the others would compete
+    /// with MPI and rank 0 for the CPUs); `auto` is `all` on nodes with 4 or more usable CPUs.
+    #[arg(long, value_enum, default_value_t = EarlyStart::Auto)]
+    pub early_start: EarlyStart,
+
     /// Skip the prerequisite checks that normally run before anything starts.
     #[arg(long)]
     pub no_preflight: bool,
@@ -164,6 +170,13 @@ pub struct GuardArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EarlyStart {
+    Auto,
+    All,
+    Rank0,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -512,6 +512,18 @@ pub fn launcher_rank() -> Option<u32> {
     .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
+/// This process's rank among the job's ranks on its node, as the launcher announces it before
+/// MPI starts (Open MPI, MPICH's Hydra, Slurm): `None` when no launcher says.
+pub fn launcher_local_rank() -> Option<u32> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// Reads until `buf` is full or the source ends.
 fn read_full(source: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -48,12 +48,16 @@ struct Member {
 pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     let host = host::hostname();
     let job = job_key();
-    // Rank 0's daemon starts at once, while MPI is still starting: it gets the machine to itself
-    // for that moment, and so reaches `swarm init` (about 0.6 s, mostly waiting for Raft) while
-    // the other hosts start theirs. The launcher says which rank this is; MPI has the last word.
+    // Daemons start at once, while MPI is still starting: rank 0's always (it then reaches
+    // `swarm init`, about 0.6 s, while the other hosts start theirs), every host's when the nodes
+    // have CPUs to spare. The launcher says which rank this is; MPI has the last word.
     let mut tl = Timeline::new(&host, -1);
-    let early = (crate::cluster::launcher_rank() == Some(0))
-        .then(|| launch_daemon(cfg, &job, &host, &mut tl));
+    let early = if cfg.early_start_all {
+        crate::cluster::launcher_local_rank() == Some(0)
+    } else {
+        crate::cluster::launcher_rank() == Some(0)
+    };
+    let early = early.then(|| launch_daemon(cfg, &job, &host, &mut tl));
     let mut cluster = Cluster::init(host.clone(), signals.clone())?;
     crate::report::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);

@@ -68,7 +68,9 @@ fn command_exit_code_comes_back() {
 #[test]
 fn two_ranks_per_host_start_one_daemon_per_host() {
     let _c = cluster();
-    let bg = Background::start(6, 3, &[]);
+    // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);
+    // MPI's election must agree with it, and the second rank on each host must start none.
+    let bg = Background::start(6, 3, &["--early-start", "all"]);
     let ranks = ranks();
     assert_eq!(ranks.len(), 6, "expected 6 ranks: {ranks:?}");
     for h in hosts(3) {
