@@ -116,6 +116,11 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
         Status::Warn,
         "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
     ));
+    checks.push(ptrace_check(
+        std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    ));
     checks.push(check_state_base(&host.state_base));
     if let Some(addr) = addr {
         checks.push(check_ports(addr));
@@ -332,6 +337,25 @@ fn check_userns() -> Check {
     )
 }
 
+/// The guard deepens slirp4netns' accept queues through `pidfd_getfd`, which Yama allows an
+/// ancestor of the same user at scope 0 or 1 only.
+fn ptrace_check(yama_scope: Option<u32>) -> Check {
+    match yama_scope {
+        None => ok("ptrace", "no Yama restrictions"),
+        Some(scope @ (0 | 1)) => ok("ptrace", format!("Yama ptrace_scope {scope}")),
+        Some(scope) => bad(
+            "ptrace",
+            Status::Warn,
+            format!(
+                "Yama ptrace_scope {scope}: the swarm ports keep slirp4netns' accept queue of one, \
+                 so hosts joining at once may wait a second each for a retransmission"
+            ),
+            "ask your admin: sysctl kernel.yama.ptrace_scope=1 (a process may then inspect only \
+             its own descendants); or use --managers K to spread the joins",
+        ),
+    }
+}
+
 fn check_tun() -> Check {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -517,6 +541,15 @@ fn check_memory() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ptrace_scope_above_one_is_a_warning_with_a_fix() {
+        assert_eq!(ptrace_check(None).status, Status::Ok);
+        assert_eq!(ptrace_check(Some(1)).status, Status::Ok);
+        let strict = ptrace_check(Some(2));
+        assert_eq!(strict.status, Status::Warn);
+        assert!(strict.fix.contains("ptrace_scope=1"), "{strict:?}");
+    }
 
     #[test]
     fn subids_by_name_or_uid() {
