@@ -16,7 +16,7 @@ use nix::sys::socket::{Backlog, listen};
 use crate::teardown;
 
 /// A listening TCP socket held by some process: where to find it, and what it listens on.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Listener {
     pid: i32,
     fd: i32,

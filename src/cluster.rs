@@ -77,7 +77,7 @@ pub struct Cluster {
     /// Lowest rank on this host: the one that owns the host's daemon.
     pub is_leader: bool,
     pub host: String,
-    /// Number of hosts (host leaders), known once `set_hosts` was called.
+    /// Number of hosts (host leaders): set by `up` once they are known (0 before).
     pub hosts: usize,
     /// Seconds from this process's start until MPI was initialized.
     pub started_in: f64,
@@ -502,26 +502,28 @@ impl Cluster {
 
 /// This rank as the launcher set it (Open MPI, MPICH's Hydra, PMIx, Slurm), before MPI starts.
 pub fn launcher_rank() -> Option<u32> {
-    [
+    first_number_in(&[
         "OMPI_COMM_WORLD_RANK",
         "PMI_RANK",
         "PMIX_RANK",
         "SLURM_PROCID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    ])
 }
 
 /// This process's rank among the job's ranks on its node, as the launcher announces it before
 /// MPI starts (Open MPI, MPICH's Hydra, Slurm): `None` when no launcher says.
 pub fn launcher_local_rank() -> Option<u32> {
-    [
+    first_number_in(&[
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "MPI_LOCALRANKID",
         "SLURM_LOCALID",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    ])
+}
+
+/// The first of these environment variables that is set to a number.
+fn first_number_in(vars: &[&str]) -> Option<u32> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 /// Reads until `buf` is full or the source ends.

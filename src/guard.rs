@@ -78,20 +78,20 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     if let Some(child) = &daemon {
         let _ = writeln!(out, "started {}", child.id());
     }
-    let stop_sweeping = Arc::new(AtomicBool::new(false));
+    let stop_helpers = Arc::new(AtomicBool::new(false));
     if args.vxlan_nolearning
         && let Some(child) = &daemon
     {
-        start_learning_sweeper(child.id(), &dir, stop_sweeping.clone());
+        start_learning_sweeper(child.id(), &dir, stop_helpers.clone());
     }
     if args.port_driver == PortDriver::Slirp4netns
         && let Some(child) = &daemon
     {
-        start_deepening_backlogs(child.id(), addr, stop_sweeping.clone());
+        start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
     }
 
     wait_for_teardown(&mut daemon, &sig_read, &mut out);
-    stop_sweeping.store(true, Ordering::SeqCst);
+    stop_helpers.store(true, Ordering::SeqCst);
 
     let result = teardown_host(&dir);
     match &result {
@@ -221,10 +221,9 @@ impl GuardHandle {
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
+        guard.arg("guard");
         if vxlan_nolearning {
-            guard.arg("guard").arg("--vxlan-nolearning");
-        } else {
-            guard.arg("guard");
+            guard.arg("--vxlan-nolearning");
         }
         let mut child = guard
             .arg("--dir")

@@ -171,17 +171,13 @@ impl StateDir {
                     || !l.starts_with("time=")
             })
             .collect();
-        if errors.is_empty() {
-            return tail(&self.log(), lines);
-        }
-        errors[errors.len().saturating_sub(lines)..].join("\n")
+        let shown = if errors.is_empty() {
+            text.lines().collect()
+        } else {
+            errors
+        };
+        shown[shown.len().saturating_sub(lines)..].join("\n")
     }
-}
-
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

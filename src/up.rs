@@ -27,6 +27,9 @@ use crate::{host, swarm};
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(20);
 /// How often rank 0 tells the others it is alive while the swarm is up.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// If rank 0 falls silent this long, it is gone (some launchers, e.g. srun by default, leave the
+/// other ranks running when one dies): the others give up instead of holding the allocation.
+const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
 
@@ -110,10 +113,9 @@ fn lifecycle(
     let launched = match (c.is_leader, early) {
         (true, Some(launched)) => Some(launched),
         (true, None) => Some(launch_daemon(cfg, job, &c.host, &mut tl)),
-        // The launcher's idea of rank 0 was not MPI's: MPI's wins, and the daemon started early
-        // is torn down as it is dropped.
-        (false, Some(_)) => None,
-        (false, None) => None,
+        // Not a leader. If the launcher's idea of the host's first rank was not MPI's, MPI's wins,
+        // and a daemon started early is torn down as it is dropped.
+        (false, _) => None,
     };
     let local = match launched {
         Some(launched) => outputs_ok
@@ -163,7 +165,8 @@ fn lifecycle(
     )?;
     let info = swarm::JoinInfo::decode(&payload)?;
     drop(payload);
-    let managers = cfg.managers.min(hosts.len());
+    // At least rank 0's host: --managers is at least 1, and rank 0 always leads a host.
+    let managers = cfg.managers.min(hosts.len()).max(1);
     if cfg.managers > hosts.len() && c.is_root() {
         tracing::warn!(
             "--managers {} but only {} host(s): all of them are managers",
@@ -185,13 +188,10 @@ fn lifecycle(
         };
         c.agree(&format!("join manager {manager_host}"), local, deadline)?;
     }
-    c.begin_progress(
-        "workers joined",
-        hosts.len().saturating_sub(managers.max(1)),
-    );
+    c.begin_progress("workers joined", hosts.len().saturating_sub(managers));
     let local = match (&daemon, index) {
-        (Some(d), Some(i)) if i >= managers.max(1) => {
-            let through = format!("{}:2377", addrs[i % managers.max(1)]);
+        (Some(d), Some(i)) if i >= managers => {
+            let through = format!("{}:2377", addrs[i % managers]);
             let joined = swarm::join(&d.engine, d.addr, &info, &through, false, deadline);
             c.progress_done();
             joined.map(|()| 0.0)
@@ -210,7 +210,7 @@ fn lifecycle(
     let t = Instant::now();
     let local = if c.is_root() {
         let d = daemon.as_ref().expect("rank 0 leads its host");
-        swarm::wait_members(&d.engine, &hosts, managers.max(1), deadline).map(|_| 0.0)
+        swarm::wait_members(&d.engine, &hosts, managers, deadline).map(|_| 0.0)
     } else {
         Ok(0.0)
     };
@@ -556,10 +556,6 @@ fn stop_command(child: &mut Child, signals: &Signals) {
 }
 
 /// Ranks other than 0: wait until rank 0 says stop, or a signal arrives here (then tell rank 0).
-/// If rank 0 falls silent this long, it is gone (some launchers, e.g. srun by default, leave the
-/// other ranks running when one dies): the others give up instead of holding the allocation.
-const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
-
 fn wait_for_stop(c: &Cluster, signals: &Signals) -> Result<()> {
     let mut last_heard = Instant::now();
     loop {

@@ -70,7 +70,9 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     let _c = cluster();
     // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);
     // MPI's election must agree with it, and the second rank on each host must start none.
-    let bg = Background::start(6, 3, &["--early-start", "all"]);
+    let report = format!("/tmp/mpiswarm-test-report.{}.json", std::process::id());
+    let _ = std::fs::remove_file(&report);
+    let bg = Background::start(6, 3, &["--early-start", "all", "--report", &report]);
     let ranks = ranks();
     assert_eq!(ranks.len(), 6, "expected 6 ranks: {ranks:?}");
     for h in hosts(3) {
@@ -96,6 +98,27 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     bg.signal("INT");
     let out = bg.wait(Duration::from_secs(30));
     assert!(text(&out).1.contains("torn down"), "{}", text(&out).1);
+    // Started early: each host checked and launched its daemon before MPI_Init returned, so its
+    // timeline has "checks" ahead of "mpi-start" (after MPI, the order is the other way round).
+    let text_report = std::fs::read_to_string(&report).expect("report written");
+    let _ = std::fs::remove_file(&report);
+    let parsed: serde_json::Value = serde_json::from_str(&text_report).expect("report is JSON");
+    let per_host = parsed["per_host"].as_array().expect("per_host");
+    assert_eq!(per_host.len(), 3, "{text_report}");
+    for h in per_host {
+        let phases: Vec<&str> = h["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .filter_map(|p| p[0].as_str())
+            .collect();
+        let at = |name: &str| phases.iter().position(|p| *p == name);
+        assert!(
+            at("checks").is_some() && at("checks") < at("mpi-start"),
+            "{} did not start its daemon before MPI: {phases:?}",
+            h["host"]
+        );
+    }
     assert_clean(Duration::from_secs(3));
 }
 
