@@ -6,12 +6,15 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::socket::{Backlog, listen};
+use rustix::net::getsockname;
+use rustix::net::sockopt::socket_acceptconn;
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
 
 use crate::teardown;
 
@@ -19,6 +22,8 @@ use crate::teardown;
 #[derive(Debug)]
 struct Listener {
     pid: i32,
+    /// The process's start time, to tell it from a later process with the same pid.
+    start_time: u64,
     fd: i32,
     port: u16,
 }
@@ -35,12 +40,12 @@ pub fn deepen(
 ) -> Result<Vec<u16>> {
     let give_up = || stop.load(Ordering::SeqCst) || Instant::now() >= deadline;
     // Found once: scanning every process is the expensive part, and slirp4netns starts first.
-    let slirp = loop {
+    let (slirp, slirp_start) = loop {
         if let Some(p) = teardown::descendants(root).into_iter().find(|p| {
             let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
             argv0.rsplit('/').next() == Some("slirp4netns")
         }) {
-            break p.pid;
+            break (p.pid, p.start_time);
         }
         if give_up() {
             bail!("no slirp4netns process appeared under pid {root} in time");
@@ -48,10 +53,10 @@ pub fn deepen(
         std::thread::sleep(Duration::from_millis(25));
     };
     loop {
-        let found = find_listeners(slirp, addr, ports);
+        let found = find_listeners(slirp, slirp_start, addr, ports);
         if ports.iter().all(|p| found.iter().any(|l| l.port == *p)) {
             for l in &found {
-                deepen_one(l).with_context(|| {
+                deepen_one(l, addr).with_context(|| {
                     format!(
                         "failed to deepen the accept queue of port {} (pid {}, fd {})",
                         l.port, l.pid, l.fd
@@ -71,37 +76,38 @@ pub fn deepen(
     }
 }
 
-fn deepen_one(l: &Listener) -> Result<()> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
-    // passed.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, l.pid, 0) };
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+/// Re-issues `listen` with the deepest queue on one listener, after checking that the process is
+/// still the slirp4netns found earlier (pids are reused) and that the descriptor is still the
+/// listening socket on the expected address and port (descriptors are reused too).
+fn deepen_one(l: &Listener, addr: Ipv4Addr) -> Result<()> {
+    let pid = Pid::from_raw(l.pid).with_context(|| format!("invalid pid {}", l.pid))?;
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).context("pidfd_open")?;
+    // The pidfd now pins this process: check it is the one found, not a new one with its pid.
+    if !teardown::proc_info(l.pid).is_some_and(|p| p.start_time == l.start_time && !p.zombie) {
+        bail!("pid {} is no longer the slirp4netns found earlier", l.pid);
     }
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags, and
-    // returns a new descriptor in this process (a duplicate of the same socket) or -1.
-    let socket = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_getfd,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+    let socket = pidfd_getfd(&pidfd, l.fd, PidfdGetfdFlags::empty()).context("pidfd_getfd")?;
+    let listening = socket_acceptconn(&socket).unwrap_or(false);
+    let bound = getsockname(&socket)
+        .ok()
+        .and_then(|a| SocketAddrV4::try_from(a).ok());
+    match bound {
+        Some(b)
+            if listening && b.port() == l.port && (*b.ip() == addr || b.ip().is_unspecified()) => {}
+        _ => bail!(
+            "descriptor {} of pid {} is no longer the listener on port {} (found {bound:?}, listening: {listening})",
             l.fd,
-            0,
-        )
-    };
-    if socket < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_getfd");
+            l.pid,
+            l.port
+        ),
     }
-    // SAFETY: as above, a fresh descriptor that only this value owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket as i32) };
     // Calling listen on a listening socket only changes the length of its queue.
     listen(&socket, Backlog::MAXCONN).context("listen")?;
     Ok(())
 }
 
 /// The TCP listeners of process `pid` on `addr` (or 0.0.0.0) at one of `ports`.
-fn find_listeners(pid: i32, addr: Ipv4Addr, ports: &[u16]) -> Vec<Listener> {
+fn find_listeners(pid: i32, start_time: u64, addr: Ipv4Addr, ports: &[u16]) -> Vec<Listener> {
     let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
         return Vec::new();
     };
@@ -130,6 +136,7 @@ fn find_listeners(pid: i32, addr: Ipv4Addr, ports: &[u16]) -> Vec<Listener> {
         ) {
             found.push(Listener {
                 pid,
+                start_time,
                 fd,
                 port: *port,
             });

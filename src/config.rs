@@ -39,7 +39,7 @@ pub struct UpConfig {
     pub load: Vec<PathBuf>,
     pub stack: Option<(PathBuf, String)>,
     /// The overlay probe's image, when the overlay is to be verified.
-    pub verify: Option<String>,
+    pub probe_image: Option<String>,
     pub report: Option<PathBuf>,
     pub managers: usize,
     /// Every host leader starts its daemon before MPI is up (else only rank 0 does).
@@ -101,7 +101,7 @@ impl UpConfig {
                 }
                 None => None,
             },
-            verify: match (args.verify, &args.probe_image) {
+            probe_image: match (args.verify, &args.probe_image) {
                 (false, _) => None,
                 (true, Some(image)) => Some(image.clone()),
                 (true, None) => bail!(

@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Role};
+use crate::collective::{Interrupt, Leaders};
 use crate::config::HostConfig;
 use crate::preflight::{self, Check, Status};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostReport {
     pub host: String,
-    pub leader: bool,
     pub checks: Vec<Check>,
 }
 
@@ -21,59 +21,57 @@ const DEADLINE: Duration = Duration::from_secs(60);
 pub fn run(host_cfg: &HostConfig, json: bool) -> Result<i32> {
     let host = crate::host::hostname();
     let signals = crate::signals::Signals::install()?;
-    let mut cluster = Cluster::init(host.clone(), signals)?;
-    let result = gather(&mut cluster, host_cfg, &host);
-    let code = match result {
-        Ok(reports) => {
-            if cluster.is_root() {
-                print_reports(&reports, json)
-            } else {
-                0
+    let (cluster, mut role) = Cluster::init(host.clone(), signals)?;
+    let code = match &mut role {
+        Role::Leader(leaders) => match gather(leaders, host_cfg) {
+            Ok(Some(reports)) => print_reports(&reports, json),
+            Ok(None) => 0,
+            Err(e) => {
+                eprintln!(
+                    "mpiswarm doctor: error on {host} (rank {}): {e:#}",
+                    cluster.rank
+                );
+                2
             }
-        }
-        Err(e) => {
-            eprintln!(
-                "mpiswarm doctor: error on {host} (rank {}): {e:#}",
-                cluster.rank
-            );
-            2
-        }
+        },
+        Role::Follower(follower) => follower.wait_for_end(),
     };
-    cluster.finish(code);
+    cluster.finish(role, code);
     Ok(code)
 }
 
-fn gather(cluster: &mut Cluster, host_cfg: &HostConfig, host: &str) -> Result<Vec<HostReport>> {
-    let checks = if cluster.is_leader {
-        let addr = crate::host::advertise_addr(&host_cfg.addr);
-        let mut checks = vec![match &addr {
-            Ok(a) => Check {
-                name: "address".into(),
-                status: Status::Ok,
-                detail: a.to_string(),
-                fix: String::new(),
-            },
-            Err(e) => Check {
-                name: "address".into(),
-                status: Status::Fail,
-                detail: format!("{e:#}"),
-                fix: "pass --advertise-addr or --iface naming this host's cluster network".into(),
-            },
-        }];
-        checks.extend(preflight::run_checks(host_cfg, addr.ok(), true));
-        checks
-    } else {
-        Vec::new()
-    };
+/// This host's checks, gathered at rank 0 (`None` elsewhere).
+fn gather(leaders: &mut Leaders, host_cfg: &HostConfig) -> Result<Option<Vec<HostReport>>> {
     let report = HostReport {
-        host: host.to_owned(),
-        leader: cluster.is_leader,
-        checks,
+        host: leaders.host.clone(),
+        checks: host_checks(host_cfg),
     };
-    let all = cluster.all_gather(&report, "run the checks", Instant::now() + DEADLINE)?;
-    let mut reports: Vec<HostReport> = all.into_iter().filter(|r| r.leader).collect();
-    add_version_consistency(&mut reports);
-    Ok(reports)
+    let deadline = Instant::now() + DEADLINE;
+    let all = leaders.gather_to_root(&report, "run the checks", deadline, Interrupt::BySignal)?;
+    Ok(all.map(|mut reports| {
+        add_version_consistency(&mut reports);
+        reports
+    }))
+}
+
+fn host_checks(host_cfg: &HostConfig) -> Vec<Check> {
+    let addr = crate::host::advertise_addr(&host_cfg.addr);
+    let mut checks = vec![match &addr {
+        Ok(a) => Check {
+            name: "address".into(),
+            status: Status::Ok,
+            detail: a.to_string(),
+            fix: String::new(),
+        },
+        Err(e) => Check {
+            name: "address".into(),
+            status: Status::Fail,
+            detail: format!("{e:#}"),
+            fix: "pass --advertise-addr or --iface naming this host's cluster network".into(),
+        },
+    }];
+    checks.extend(preflight::run_checks(host_cfg, addr.ok(), true));
+    checks
 }
 
 /// Warns on hosts whose dockerd version differs from rank 0's host.

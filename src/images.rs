@@ -11,71 +11,64 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::cluster::Cluster;
+use crate::collective::Leaders;
 use crate::engine::Engine;
 
 /// Chunks in flight between MPI and the daemon on each host (bounds memory).
 const QUEUE: usize = 2;
 
-/// Loads every archive on every host; returns what the daemons reported loading.
+/// Loads every archive on every host; returns what the daemons reported loading (at rank 0).
 pub fn distribute(
-    c: &mut Cluster,
+    leaders: &mut Leaders,
     archives: &[PathBuf],
-    engine: Option<&Engine>,
+    engine: &Engine,
     deadline: Instant,
 ) -> Result<Vec<String>> {
     let mut loaded = Vec::new();
     for archive in archives {
-        let shown = archive.display().to_string();
-        let mut file = None;
-        let local = if c.is_root() {
-            check_archive(archive)
-                .and_then(|()| {
-                    File::open(archive).with_context(|| {
-                        format!("failed to open the image archive {shown} (--load)")
-                    })
-                })
-                .map(|f| {
-                    file = Some(f);
-                    0.0
-                })
-        } else {
-            Ok(0.0)
-        };
-        c.agree(&format!("read the image archive {shown}"), local, deadline)?;
-
-        let start = Instant::now();
-        c.begin_progress(&format!("hosts that loaded {shown}"), c.hosts);
-        let mut loader = engine.map(|e| Loader::start(e.clone(), deadline));
-        let source = file.as_mut().map(|f| f as &mut dyn Read);
-        let streamed = c.broadcast_stream(
-            source,
-            |chunk| {
-                if let Some(l) = loader.as_mut() {
-                    l.feed(chunk);
-                }
-            },
-            &format!("receive the image archive {shown}"),
-            deadline,
-        );
-        let local = match (streamed, loader) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(l)) => l.finish().map(|names| {
-                if c.is_root() {
-                    loaded.extend(names);
-                }
-                start.elapsed().as_secs_f64()
-            }),
-            (Ok(_), None) => Ok(0.0),
-        };
-        if engine.is_some() {
-            c.progress_done();
-        }
-        let agreed = c.agree(&format!("load the image archive {shown}"), local, deadline);
-        c.end_progress();
-        agreed?;
+        loaded.extend(load_everywhere(leaders, archive, engine, deadline)?);
     }
     Ok(loaded)
+}
+
+/// One archive: rank 0 opens it, every host streams it into its daemon as it arrives.
+fn load_everywhere(
+    leaders: &mut Leaders,
+    archive: &Path,
+    engine: &Engine,
+    deadline: Instant,
+) -> Result<Vec<String>> {
+    let shown = archive.display().to_string();
+    let opened = if leaders.is_root() {
+        check_archive(archive).and_then(|()| {
+            File::open(archive)
+                .map(Some)
+                .with_context(|| format!("failed to open the image archive {shown} (--load)"))
+        })
+    } else {
+        Ok(None)
+    };
+    let (status, file) = crate::collective::split(opened);
+    leaders.agree(&format!("read the image archive {shown}"), status, deadline)?;
+    let mut file = file.flatten();
+    let hosts = leaders.hosts();
+    leaders.begin_progress(&format!("hosts that loaded {shown}"), hosts);
+    let mut loader = Loader::start(engine.clone(), deadline);
+    let source = file.as_mut().map(|f| f as &mut dyn Read);
+    let streamed = leaders.broadcast_stream(
+        source,
+        |chunk| loader.feed(chunk),
+        &format!("receive the image archive {shown}"),
+        deadline,
+    );
+    let names = streamed.and_then(|_| loader.finish());
+    if names.is_ok() {
+        leaders.progress_done();
+    }
+    let (local, names) = crate::collective::split(names);
+    let agreed = leaders.agree(&format!("load the image archive {shown}"), local, deadline);
+    leaders.progress.end();
+    agreed.map(|()| names.unwrap_or_default())
 }
 
 /// Streams one archive into one daemon from a background thread.

@@ -5,14 +5,22 @@ mod backlog;
 mod cleanup;
 mod cli;
 mod cluster;
+mod collective;
 mod config;
 mod daemon;
 mod doctor;
 mod engine;
 mod guard;
 mod host;
+mod host_daemon;
 mod images;
+mod job;
+mod logging;
+mod messages;
+mod mpi_buffer;
+mod outputs;
 mod preflight;
+mod progress;
 mod report;
 mod signals;
 mod stack;
@@ -22,6 +30,7 @@ mod teardown;
 mod up;
 mod verify;
 mod vxlan;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    report::init_logging(cli.verbose, cli.log_format);
+    logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

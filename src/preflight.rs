@@ -257,18 +257,7 @@ fn check_setid_tool(name: &str) -> Check {
 }
 
 fn xattr_present(path: &Path, name: &str) -> bool {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(p), Ok(n)) = (
-        CString::new(path.as_os_str().as_bytes()),
-        CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: both strings are valid NUL-terminated C strings; a null buffer of size 0 asks only
-    // for the attribute's size and writes nothing.
-    let size = unsafe { nix::libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-    size > 0
+    rustix::fs::getxattr_query(path, name).is_ok_and(|size| size > 0)
 }
 
 /// Counts the ids /etc/subuid (or subgid) grants this user, by name or uid.

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::engine::Engine;
@@ -142,45 +143,109 @@ pub fn join(
     }
 }
 
-/// Waits until every host is a Ready node, and the first `managers` hosts reachable managers;
-/// returns the node list seen last.
+/// A swarm node as the Engine API's `GET /nodes` describes it (the fields membership needs).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Node {
+    description: NodeDescription,
+    status: NodeStatus,
+    manager_status: Option<ManagerStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeDescription {
+    hostname: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeStatus {
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ManagerStatus {
+    reachability: String,
+}
+
+/// Waits until every host is a Ready node, and the first `managers` hosts reachable managers.
 pub fn wait_members(
     engine: &Engine,
     hosts: &[String],
     managers: usize,
     deadline: Instant,
-) -> Result<Vec<Value>> {
+) -> Result<()> {
     loop {
-        let nodes = engine.get_json("/nodes", CALL_TIMEOUT)?;
-        let nodes = nodes.as_array().cloned().unwrap_or_default();
-        let missing: Vec<&String> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(i, h)| {
-                !nodes.iter().any(|n| {
-                    n.pointer("/Description/Hostname").and_then(Value::as_str) == Some(h.as_str())
-                        && n.pointer("/Status/State").and_then(Value::as_str) == Some("ready")
-                        && (*i >= managers
-                            || n.pointer("/ManagerStatus/Reachability")
-                                .and_then(Value::as_str)
-                                == Some("reachable"))
-                })
-            })
-            .map(|(_, h)| h)
-            .collect();
+        let nodes: Vec<Node> = serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
+            .context("unexpected reply to GET /nodes")?;
+        let missing = missing_members(&nodes, hosts, managers);
         if missing.is_empty() {
-            return Ok(nodes);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
                 "failed to see every host as a Ready swarm node before the deadline; missing: {}",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                missing.join(", ")
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The hosts not (yet) members as they should be: a Ready node with their host name, and for
+/// the first `managers` hosts a reachable manager.
+fn missing_members<'a>(nodes: &[Node], hosts: &'a [String], managers: usize) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| {
+            !nodes.iter().any(|n| {
+                n.description.hostname == **h
+                    && n.status.state == "ready"
+                    && (*i >= managers
+                        || n.manager_status
+                            .as_ref()
+                            .is_some_and(|m| m.reachability == "reachable"))
+            })
+        })
+        .map(|(_, h)| h.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_info_survives_its_encoding_and_refuses_garbage() {
+        let info = JoinInfo {
+            manager: "10.0.0.1:2377".into(),
+            worker_token: "SWMTKN-1-w".into(),
+            manager_token: "SWMTKN-1-m".into(),
+        };
+        let back = JoinInfo::decode(&info.encode()).unwrap();
+        assert_eq!(
+            (back.manager, back.worker_token, back.manager_token),
+            (info.manager, info.worker_token, info.manager_token)
+        );
+        assert!(JoinInfo::decode(b"only-one-line").is_err());
+        assert!(JoinInfo::decode(b"\n\n").is_err());
+    }
+
+    #[test]
+    fn members_need_ready_nodes_and_reachable_managers() {
+        let nodes: Vec<Node> = serde_json::from_value(serde_json::json!([
+            {"Description": {"Hostname": "a"}, "Status": {"State": "ready"},
+             "ManagerStatus": {"Reachability": "reachable"}},
+            {"Description": {"Hostname": "b"}, "Status": {"State": "ready"}},
+            {"Description": {"Hostname": "c"}, "Status": {"State": "down"}},
+        ]))
+        .unwrap();
+        let hosts: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        assert_eq!(missing_members(&nodes, &hosts, 1), ["c", "d"]);
+        // b is Ready but not a manager: with two managers it is missing too.
+        assert_eq!(missing_members(&nodes, &hosts, 2), ["b", "c", "d"]);
     }
 }

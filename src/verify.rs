@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::cluster::Cluster;
+use crate::collective::{Interrupt, Leaders};
 use crate::engine::Engine;
 
 const NETWORK: &str = "mpiswarm-probe";
@@ -33,70 +33,57 @@ struct Row {
 
 /// Runs the probe; Ok only if every pair connects.
 pub fn run(
-    c: &mut Cluster,
-    engine: Option<&Engine>,
+    leaders: &mut Leaders,
+    engine: &Engine,
     hosts: &[String],
     image: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let local = if c.is_root() {
-        let e = engine.expect("rank 0 leads its host");
-        deploy_probes(e, hosts, image, deadline).map(|()| 0.0)
+    let root = leaders.is_root();
+    let local = if root {
+        deploy_probes(engine, hosts, image, deadline)
     } else {
-        Ok(0.0)
+        Ok(())
     };
-    let agreed = c.agree("start the overlay probes", local, deadline);
-    if agreed.is_err() && c.is_root() {
-        remove_probes(engine.expect("rank 0 leads its host"), hosts);
+    let agreed = leaders.agree("start the overlay probes", local, deadline);
+    if agreed.is_err() && root {
+        remove_probes(engine, hosts);
     }
     agreed?;
 
-    let row = match engine.filter(|_| c.is_leader) {
-        Some(e) => match probe_from_here(e, &c.host, hosts) {
-            Ok(reached) => Row {
-                host: c.host.clone(),
-                reached,
-                error: None,
-            },
-            Err(err) => Row {
-                host: c.host.clone(),
-                reached: vec![false; hosts.len()],
-                error: Some(format!("{err:#}")),
-            },
-        },
-        None => Row {
-            host: String::new(),
-            reached: Vec::new(),
+    let host = leaders.host.clone();
+    let row = match probe_from_here(engine, &host, hosts) {
+        Ok(reached) => Row {
+            host,
+            reached,
             error: None,
         },
+        Err(err) => Row {
+            host,
+            reached: vec![false; hosts.len()],
+            error: Some(format!("{err:#}")),
+        },
     };
-    let rows = c.all_gather(&row, "gather the overlay probe results", deadline)?;
-    let verdict = if c.is_root() {
-        remove_probes(engine.expect("rank 0 leads its host"), hosts);
-        judge(rows, hosts).map(|()| 0.0)
-    } else {
-        Ok(0.0)
+    let rows = leaders.gather_to_root(
+        &row,
+        "gather the overlay probe results",
+        deadline,
+        Interrupt::BySignal,
+    )?;
+    let verdict = match rows {
+        Some(rows) => {
+            remove_probes(engine, hosts);
+            judge(rows, hosts)
+        }
+        None => Ok(()),
     };
-    c.agree("verify the overlay network", verdict, deadline)
-        .map(|_| ())
+    leaders.agree("verify the overlay network", verdict, deadline)
 }
 
 /// Rank 0's verdict over every host's row.
 fn judge(rows: Vec<Row>, hosts: &[String]) -> Result<()> {
-    let rows: Vec<Row> = rows.into_iter().filter(|r| !r.host.is_empty()).collect();
     print_matrix(&rows, hosts);
-    let mut failing = Vec::new();
-    for r in &rows {
-        if let Some(e) = &r.error {
-            failing.push(format!("{}: {e}", r.host));
-            continue;
-        }
-        for (to, ok) in hosts.iter().zip(&r.reached) {
-            if !ok {
-                failing.push(format!("{} -> {to}", r.host));
-            }
-        }
-    }
+    let failing = failing_pairs(&rows, hosts);
     if failing.is_empty() {
         tracing::info!(
             "overlay verified: all {0}x{0} pairs connected by name",
@@ -111,6 +98,23 @@ fn judge(rows: Vec<Row>, hosts: &[String]) -> Result<()> {
             failing.join(", ")
         )
     }
+}
+
+/// Every pair that did not connect (`from -> to`), and every host whose probe failed as a whole.
+fn failing_pairs(rows: &[Row], hosts: &[String]) -> Vec<String> {
+    let mut failing = Vec::new();
+    for r in rows {
+        if let Some(e) = &r.error {
+            failing.push(format!("{}: {e}", r.host));
+            continue;
+        }
+        for (to, ok) in hosts.iter().zip(&r.reached) {
+            if !ok {
+                failing.push(format!("{} -> {to}", r.host));
+            }
+        }
+    }
+    failing
 }
 
 fn deploy_probes(engine: &Engine, hosts: &[String], image: &str, deadline: Instant) -> Result<()> {
@@ -241,4 +245,37 @@ fn print_matrix(rows: &[Row], hosts: &[String]) {
         }
     }
     println!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, reached: &[bool], error: Option<&str>) -> Row {
+        Row {
+            host: host.into(),
+            reached: reached.to_vec(),
+            error: error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn judgement_names_each_failing_pair_and_each_failed_host() {
+        let hosts: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let rows = [
+            row("a", &[true, true, false], None),
+            row("b", &[true, true, true], None),
+            row(
+                "c",
+                &[false, false, false],
+                Some("no probe container runs on c"),
+            ),
+        ];
+        assert_eq!(
+            failing_pairs(&rows, &hosts),
+            ["a -> c", "c: no probe container runs on c"]
+        );
+        let all_ok = [row("a", &[true, true, true], None)];
+        assert!(failing_pairs(&all_ok, &hosts).is_empty());
+    }
 }

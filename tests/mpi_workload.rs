@@ -1,5 +1,6 @@
 //! The end-to-end proof: examples/mpi-in-containers runs an MPI program across one container per
 //! host of the swarm, the containers talking over the overlay network by service name.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! mpiswarm built against MPICH (scripts/test builds it into target/mpich), launched by MPICH's
 //! own `mpiexec` (Hydra) through the same rsh agent: the basic multi-host case.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The example job scripts, submitted as the unprivileged user to a real Slurm running over the
 //! simulated hosts: the job succeeds, and nothing is left on any host afterwards, also when the
 //! job is cancelled or reaches its time limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

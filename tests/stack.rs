@@ -1,4 +1,5 @@
 //! Images without a registry, stacks, and names that resolve and connect across hosts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

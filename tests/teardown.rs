@@ -1,5 +1,6 @@
 //! Teardown: whatever ends the run (a signal to the launcher, SIGKILL to any rank or to the
 //! launcher), every host is left clean: no process, directory, mount or socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `mpiswarm up` on the simulated cluster: real mpirun, real rootless dockerd on every host.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

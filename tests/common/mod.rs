@@ -165,7 +165,7 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
     let hostfile = std::env::temp_dir().join(format!("mpiswarm-test-hosts.{nhosts}"));
     let lines: String = hosts(nhosts)
         .iter()
-        .map(|h| format!("{h} slots=8\n"))
+        .map(|h| format!("{h} slots=32\n"))
         .collect();
     std::fs::write(&hostfile, lines).expect("write hostfile");
     let mut cmd = Command::new("mpirun.openmpi");

@@ -1,0 +1,135 @@
+//! One host's rootless daemon as a rank sees it: checked and launched (possibly while MPI is
+//! still starting), waited for until its Engine API answers, then prepared for the swarm.
+//! Dropping it tears the host down through its guard.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use tracing::debug;
+
+use crate::config::UpConfig;
+use crate::engine::Engine;
+use crate::guard::GuardHandle;
+use crate::preflight::Check;
+use crate::report::Timeline;
+use crate::signals::{self, Signals};
+use crate::statedir::StateDir;
+
+/// One host's running daemon; dropping it tears the host down.
+pub struct HostDaemon {
+    pub guard: GuardHandle,
+    pub engine: Engine,
+    pub addr: Ipv4Addr,
+}
+
+/// A daemon whose guard has been started, not yet answering.
+pub struct Launched {
+    guard: GuardHandle,
+    addr: Ipv4Addr,
+    warnings: Vec<Check>,
+    started: Instant,
+}
+
+/// Checks the host and starts its guard and daemon without waiting for it: this can run while
+/// MPI is still starting up.
+pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
+    let t = Instant::now();
+    let addr = crate::host::advertise_addr(&cfg.host.addr)?;
+    let warnings = if cfg.preflight {
+        crate::preflight::require(&cfg.host, addr)?
+    } else {
+        Vec::new()
+    };
+    tl.done("checks", t);
+    let started = Instant::now();
+    let dir = StateDir::create(&cfg.host.state_base, job, host)?;
+    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver, cfg.vxlan_nolearning)?;
+    Ok(Launched {
+        guard,
+        addr,
+        warnings,
+        started,
+    })
+}
+
+impl Launched {
+    /// Waits until the daemon's API answers, then creates `docker_gwbridge`.
+    pub fn wait(
+        self,
+        signals: &Signals,
+        deadline: Instant,
+        tl: &mut Timeline,
+        speak: bool,
+    ) -> Result<HostDaemon> {
+        for w in &self.warnings {
+            // Hosts are usually alike: one voice for the warnings, the others only when asked.
+            if speak {
+                tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+            } else {
+                debug!("{}: {} ({})", w.name, w.detail, w.fix);
+            }
+        }
+        let engine = Engine::new(self.guard.dir.socket());
+        while !engine.ping(Duration::from_millis(500)) {
+            self.take_guard_news()?;
+            if let Some(sig) = signals.received() {
+                bail!(
+                    "interrupted by {} while the daemon was starting",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failed(&format!(
+                    "the daemon's API at {} did not answer before the deadline",
+                    engine.socket().display()
+                )));
+            }
+        }
+        tl.done("daemon", self.started);
+        let t = Instant::now();
+        crate::swarm::create_gwbridge(&engine)?;
+        tl.done("gwbridge", t);
+        debug!(
+            "daemon up at {} (guard pid {})",
+            engine.socket().display(),
+            self.guard.pid()
+        );
+        Ok(HostDaemon {
+            guard: self.guard,
+            engine,
+            addr: self.addr,
+        })
+    }
+
+    /// The guard's news so far (a short wait for more paces the caller's loop); an error if the
+    /// daemon died.
+    fn take_guard_news(&self) -> Result<()> {
+        let mut wait = Duration::from_millis(10);
+        while let Some(event) = self.guard.next_event(wait) {
+            wait = Duration::ZERO;
+            if let Some(status) = event.strip_prefix("exited ") {
+                return Err(self.failed(&format!(
+                    "the rootless daemon exited during start-up ({status})"
+                )));
+            }
+            if event.starts_with("backlog not deepened") {
+                tracing::warn!(
+                    "{event}: when many hosts connect at once, some wait a second for a retransmission"
+                );
+            } else {
+                debug!("guard: {event}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A start-up failure with the end of the daemon's log.
+    fn failed(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "{what}; last lines of {}:\n{}",
+            self.guard.dir.log().display(),
+            self.guard.dir.log_tail(12)
+        )
+    }
+}

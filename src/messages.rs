@@ -1,0 +1,152 @@
+//! The point-to-point messages ranks send each other outside the agreements, as one enum: each
+//! kind has its own MPI tag and one integer of payload, mapped here and nowhere else.
+
+use mpi::Tag;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+/// A message between ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// To rank 0: this rank received a teardown signal.
+    StopRequest { signal: i32 },
+    /// Rank 0 to every host leader: tear down now (the command's exit code so far).
+    Stop { code: i32 },
+    /// A host leader to rank 0: it finished its part of progress phase `phase`.
+    Progress { phase: i32 },
+    /// Rank 0 to every host leader: still alive.
+    Heartbeat,
+    /// A host leader to the other ranks of its host: its pid, so they can watch it.
+    LeaderPid { pid: i32 },
+    /// A host leader to the other ranks of its host: the job ended with `code`.
+    End { code: i32 },
+}
+
+/// What a receiver asks for (messages of other kinds stay queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    StopRequest,
+    Stop,
+    Progress,
+    Heartbeat,
+    LeaderPid,
+    End,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::StopRequest,
+        Kind::Stop,
+        Kind::Progress,
+        Kind::Heartbeat,
+        Kind::LeaderPid,
+        Kind::End,
+    ];
+
+    fn tag(self) -> Tag {
+        match self {
+            Kind::StopRequest => 101,
+            Kind::Stop => 102,
+            Kind::Progress => 103,
+            Kind::Heartbeat => 104,
+            Kind::LeaderPid => 105,
+            Kind::End => 106,
+        }
+    }
+}
+
+impl Message {
+    pub fn kind(self) -> Kind {
+        match self {
+            Message::StopRequest { .. } => Kind::StopRequest,
+            Message::Stop { .. } => Kind::Stop,
+            Message::Progress { .. } => Kind::Progress,
+            Message::Heartbeat => Kind::Heartbeat,
+            Message::LeaderPid { .. } => Kind::LeaderPid,
+            Message::End { .. } => Kind::End,
+        }
+    }
+
+    fn payload(self) -> i32 {
+        match self {
+            Message::StopRequest { signal } => signal,
+            Message::Stop { code } | Message::End { code } => code,
+            Message::Progress { phase } => phase,
+            Message::Heartbeat => 0,
+            Message::LeaderPid { pid } => pid,
+        }
+    }
+
+    fn from_parts(kind: Kind, value: i32) -> Message {
+        match kind {
+            Kind::StopRequest => Message::StopRequest { signal: value },
+            Kind::Stop => Message::Stop { code: value },
+            Kind::Progress => Message::Progress { phase: value },
+            Kind::Heartbeat => Message::Heartbeat,
+            Kind::LeaderPid => Message::LeaderPid { pid: value },
+            Kind::End => Message::End { code: value },
+        }
+    }
+
+    /// Sends to `rank` of `comm` (small: delivered eagerly, the send does not wait for a receive).
+    pub fn send(self, comm: &SimpleCommunicator, rank: i32) {
+        comm.process_at_rank(rank)
+            .send_with_tag(&self.payload(), self.kind().tag());
+    }
+
+    /// A queued message of `kind` from `from` (any rank if `None`), with its sender; never blocks.
+    pub fn poll(
+        comm: &SimpleCommunicator,
+        from: Option<i32>,
+        kind: Kind,
+    ) -> Option<(i32, Message)> {
+        let status = match from {
+            Some(rank) => comm
+                .process_at_rank(rank)
+                .immediate_probe_with_tag(kind.tag()),
+            None => comm.any_process().immediate_probe_with_tag(kind.tag()),
+        }?;
+        let source = status.source_rank();
+        let (value, _) = comm
+            .process_at_rank(source)
+            .receive_with_tag::<i32>(kind.tag());
+        Some((source, Message::from_parts(kind, value)))
+    }
+
+    /// Receives every queued message of any kind and drops it, so that none is in flight when MPI
+    /// is finalized (both sides may have sent at once).
+    pub fn drain(comm: &SimpleCommunicator) {
+        while Kind::ALL
+            .iter()
+            .any(|&kind| Message::poll(comm, None, kind).is_some())
+        {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_survives_its_wire_form() {
+        let all = [
+            Message::StopRequest { signal: 15 },
+            Message::Stop { code: 3 },
+            Message::Progress { phase: 2 },
+            Message::Heartbeat,
+            Message::LeaderPid { pid: 4242 },
+            Message::End { code: 1 },
+        ];
+        for m in all {
+            assert_eq!(Message::from_parts(m.kind(), m.payload()), m);
+        }
+    }
+
+    #[test]
+    fn tags_are_distinct() {
+        let mut tags: Vec<Tag> = Kind::ALL.iter().map(|k| k.tag()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), Kind::ALL.len());
+    }
+}

@@ -1,0 +1,121 @@
+//! Many ranks per host (one per core, as users launch MPI programs): one daemon per host, the
+//! ranks that do not lead their host stay small and idle, and the exit code and teardown are as
+//! with one rank per host.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const RANKS_PER_HOST: usize = 16;
+const HOSTS: usize = 3;
+/// A rank that only waits may hold this much more memory than the smallest leader at most.
+const FOLLOWER_EXTRA_KIB: u64 = 4 * 1024;
+
+/// Peak resident memory (VmHWM) and CPU ticks used so far by a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<u64> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    (hwm, fields[11] + fields[12])
+}
+
+#[test]
+fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
+    let _c = cluster();
+    let np = RANKS_PER_HOST * HOSTS;
+    let bg = Background::start(np, HOSTS, &[]);
+    let ranks = ranks();
+    assert_eq!(ranks.len(), np, "expected {np} ranks: {ranks:?}");
+    let nodes = bg.docker("node ls -q");
+    assert_eq!(
+        String::from_utf8_lossy(&nodes.stdout).lines().count(),
+        HOSTS
+    );
+    let mut leaders = Vec::new();
+    let mut followers = Vec::new();
+    for h in hosts(HOSTS) {
+        let daemons = pids_matching("^dockerd")
+            .into_iter()
+            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
+            .count();
+        assert_eq!(daemons, 1, "expected one dockerd on {h}");
+        // The lowest rank on a host leads it.
+        let mut on_host: Vec<&(u32, String, u32)> = ranks.iter().filter(|r| r.1 == h).collect();
+        assert_eq!(on_host.len(), RANKS_PER_HOST, "ranks on {h}: {on_host:?}");
+        on_host.sort_by_key(|r| r.2);
+        leaders.push(on_host[0].0);
+        followers.extend(on_host[1..].iter().map(|r| r.0));
+    }
+    let smallest_leader = leaders.iter().map(|p| usage(*p).0).min().unwrap();
+    let before: u64 = followers.iter().map(|p| usage(*p).1).sum();
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<(u64, u64)> = followers.iter().map(|p| usage(*p)).collect();
+    let ticks = after.iter().map(|u| u.1).sum::<u64>() - before;
+    // 45 waiting ranks over 2 s: together under a tenth of one core (20 ticks at 100 Hz).
+    assert!(ticks < 20, "waiting ranks used {ticks} CPU ticks in 2 s");
+    for (pid, (hwm, _)) in followers.iter().zip(&after) {
+        assert!(
+            *hwm <= smallest_leader + FOLLOWER_EXTRA_KIB,
+            "rank pid {pid} peaked at {hwm} KiB, leaders at {smallest_leader} KiB or more"
+        );
+    }
+    eprintln!(
+        "leaders peak {smallest_leader} KiB+, followers at most {} KiB, {ticks} ticks in 2 s",
+        after.iter().map(|u| u.0).max().unwrap_or(0)
+    );
+    bg.signal("INT");
+    let out = bg.wait(Duration::from_secs(30));
+    assert!(
+        text(&out).1.contains("torn down: 3 host(s) clean"),
+        "{}",
+        text(&out).1
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn sixteen_ranks_per_host_return_the_commands_exit_code() {
+    let _c = cluster();
+    let np = RANKS_PER_HOST * HOSTS;
+    let cmd = mpirun(
+        np,
+        HOSTS,
+        &["up", "--", "sh", "-c", "docker info >/dev/null && exit 5"],
+    );
+    let out = run_with_deadline(cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("swarm ready: 3 node(s)"),
+        "{}",
+        text(&out).1
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn sigkill_to_a_rank_that_leads_nothing_leaves_every_host_clean() {
+    let _c = cluster();
+    let bg = Background::start(RANKS_PER_HOST * HOSTS, HOSTS, &[]);
+    let ranks = ranks();
+    // Rank 4 shares host 2 with rank 1, its leader (ranks are placed round-robin by node).
+    let victim = ranks.iter().find(|r| r.2 == 4).expect("rank 4");
+    assert_eq!(victim.1, host(2), "{ranks:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &victim.0.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
