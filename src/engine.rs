@@ -11,6 +11,8 @@ use serde_json::Value;
 
 /// API version spoken by Docker 20.10 (the oldest engine mpiswarm supports).
 const API_VERSION: &str = "v1.41";
+/// How long one ordinary Engine API call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client for one daemon's Engine API.
 #[derive(Debug, Clone)]
@@ -28,6 +30,11 @@ pub struct Response {
 impl Response {
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body).context("failed to parse the Engine API's JSON reply")
+    }
+
+    /// A 2xx status.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
     }
 
     /// The daemon's own error message, which is what a user needs to see.
@@ -106,7 +113,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Response> {
         let response = self.request(method, path, json, timeout)?;
-        if !(200..300).contains(&response.status) {
+        if !response.is_success() {
             bail!(
                 "the Docker daemon answered {method} {path} with {}: {}",
                 response.status,

@@ -239,7 +239,10 @@ impl GuardHandle {
             .process_group(0)
             .spawn()
             .with_context(|| format!("failed to start the guard {}", exe.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
+        let stdout = child
+            .stdout
+            .take()
+            .context("the guard's output was not piped")?;
         let (tx, events) = channel();
         std::thread::Builder::new()
             .name("guard-events".into())
@@ -322,7 +325,7 @@ impl GuardHandle {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        verdict.expect("set above")
+        verdict.unwrap_or_else(|| Err(anyhow!("the guard gave no verdict")))
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 use crate::collective::Leaders;
-use crate::engine::Engine;
+use crate::engine::{Engine, Response};
 
 /// Chunks in flight between MPI and the daemon on each host (bounds memory).
 const QUEUE: usize = 2;
@@ -95,7 +95,7 @@ impl Loader {
                 &mut reader,
                 timeout,
             )?;
-            parse_load_response(response.status, &response.body)
+            parse_load_response(&response)
         });
         Loader {
             chunks: Some(tx),
@@ -145,14 +145,14 @@ impl Read for ChunkReader {
 }
 
 /// The daemon answers a load with a stream of JSON messages; any error among them fails it.
-pub fn parse_load_response(status: u32, body: &[u8]) -> Result<Vec<String>> {
-    let text = String::from_utf8_lossy(body);
-    if !(200..300).contains(&status) {
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| text.trim().to_owned());
-        bail!("the daemon refused the archive ({status}): {message}");
+pub fn parse_load_response(response: &Response) -> Result<Vec<String>> {
+    let text = String::from_utf8_lossy(&response.body);
+    if !response.is_success() {
+        bail!(
+            "the daemon refused the archive ({}): {}",
+            response.status,
+            response.message()
+        );
     }
     let mut names = Vec::new();
     for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
@@ -198,26 +198,33 @@ pub fn check_archive(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn reply(status: u32, body: &[u8]) -> Response {
+        Response {
+            status,
+            body: body.to_vec(),
+        }
+    }
+
     #[test]
     fn load_responses() {
         let ok = br#"{"stream":"Loaded image: mpiswarm/busybox:latest\n"}"#;
         assert_eq!(
-            parse_load_response(200, ok).unwrap(),
+            parse_load_response(&reply(200, ok)).unwrap(),
             vec!["mpiswarm/busybox:latest"]
         );
         let err = br#"{"errorDetail":{"message":"unexpected EOF"},"error":"unexpected EOF"}"#;
         assert!(
-            parse_load_response(200, err)
+            parse_load_response(&reply(200, err))
                 .unwrap_err()
                 .to_string()
                 .contains("unexpected EOF")
         );
         assert!(
-            parse_load_response(500, br#"{"message":"boom"}"#)
+            parse_load_response(&reply(500, br#"{"message":"boom"}"#))
                 .unwrap_err()
                 .to_string()
                 .contains("boom")
         );
-        assert!(parse_load_response(200, b"").is_err());
+        assert!(parse_load_response(&reply(200, b"")).is_err());
     }
 }

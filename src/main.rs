@@ -8,6 +8,7 @@ mod cluster;
 mod collective;
 mod config;
 mod daemon;
+mod deadline;
 mod doctor;
 mod engine;
 mod guard;

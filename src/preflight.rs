@@ -199,7 +199,6 @@ fn debian_package(tool: &str) -> &'static str {
 /// The first line `TOOL --version` prints, within a few seconds (a check must never hang).
 fn tool_version(path: &Path) -> String {
     use std::io::Read;
-    use wait_timeout::ChildExt;
     let Ok(mut child) = std::process::Command::new(path)
         .arg("--version")
         .stdin(std::process::Stdio::null())
@@ -209,13 +208,11 @@ fn tool_version(path: &Path) -> String {
     else {
         return String::new();
     };
-    match child.wait_timeout(std::time::Duration::from_secs(5)) {
-        Ok(Some(_)) => {}
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return "(no answer to --version)".into();
-        }
+    if !matches!(
+        crate::deadline::wait_or_kill(&mut child, std::time::Duration::from_secs(5)),
+        Ok(Some(_))
+    ) {
+        return "(no answer to --version)".into();
     }
     let mut text = String::new();
     if let Some(mut out) = child.stdout.take() {

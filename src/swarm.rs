@@ -7,9 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::Engine;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::engine::{CALL_TIMEOUT, Engine};
 
 /// docker_gwbridge must exist before the swarm does, with inter-container traffic allowed, or
 /// the daemon makes one with defaults unsuited to the rootless network.
@@ -123,7 +121,7 @@ pub fn join(
             left.max(Duration::from_secs(1)),
         );
         let error = match result {
-            Ok(r) if (200..300).contains(&r.status) => return Ok(()),
+            Ok(r) if r.is_success() => return Ok(()),
             // Already part of this swarm (a retried request that did succeed).
             Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => {
                 return Ok(());
@@ -177,20 +175,25 @@ pub fn wait_members(
     managers: usize,
     deadline: Instant,
 ) -> Result<()> {
-    loop {
-        let nodes: Vec<Node> = serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
-            .context("unexpected reply to GET /nodes")?;
-        let missing = missing_members(&nodes, hosts, managers);
-        if missing.is_empty() {
-            return Ok(());
+    let mut missing = Vec::new();
+    let seen = crate::deadline::poll_until(deadline, Duration::from_millis(50), || {
+        let nodes = engine.get_json("/nodes", CALL_TIMEOUT).and_then(|v| {
+            serde_json::from_value::<Vec<Node>>(v).context("unexpected reply to GET /nodes")
+        });
+        match nodes {
+            Ok(nodes) => {
+                missing = missing_members(&nodes, hosts, managers);
+                missing.is_empty().then_some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "failed to see every host as a Ready swarm node before the deadline; missing: {}",
-                missing.join(", ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    match seen {
+        Some(result) => result,
+        None => bail!(
+            "failed to see every host as a Ready swarm node before the deadline; missing: {}",
+            missing.join(", ")
+        ),
     }
 }
 

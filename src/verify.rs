@@ -9,11 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::collective::{Interrupt, Leaders};
-use crate::engine::Engine;
+use crate::engine::{CALL_TIMEOUT, Engine};
 
 const NETWORK: &str = "mpiswarm-probe";
 const PORT: u16 = 7777;
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connect timeout per pair, in seconds (busybox nc's -w).
 const PAIR_TIMEOUT: u32 = 2;
 /// Attempts per pair before it counts as failing.
@@ -121,7 +120,7 @@ fn deploy_probes(engine: &Engine, hosts: &[String], image: &str, deadline: Insta
     let net =
         json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true, "CheckDuplicate": true});
     let r = engine.request("POST", "/networks/create", Some(&net), CALL_TIMEOUT)?;
-    if !(200..300).contains(&r.status) && r.status != 409 {
+    if !r.is_success() && r.status != 409 {
         bail!("failed to create the probe network: {}", r.message());
     }
     for host in hosts {
@@ -218,18 +217,21 @@ fn remove_probes(engine: &Engine, hosts: &[String]) {
     }
     // The network goes once its last task has released it; the swarm itself is discarded at
     // teardown anyway, so a failure here is not worth waiting for.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        match engine.request(
-            "DELETE",
-            &format!("/networks/{NETWORK}"),
-            None,
-            CALL_TIMEOUT,
-        ) {
-            Ok(r) if (200..300).contains(&r.status) || r.status == 404 => return,
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    let _ = crate::deadline::poll_until(
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let deleted = engine.request(
+                "DELETE",
+                &format!("/networks/{NETWORK}"),
+                None,
+                CALL_TIMEOUT,
+            );
+            deleted
+                .is_ok_and(|r| r.is_success() || r.status == 404)
+                .then_some(())
+        },
+    );
 }
 
 fn print_matrix(rows: &[Row], hosts: &[String]) {

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wait_timeout::ChildExt;
-
 /// Run inside the daemon's user and mount namespaces: every sandbox's vxlan devices, learning off.
 const SCRIPT: &str = r#"for ns in /run/docker/netns/* "$1"/run/netns/*; do
   [ -e "$ns" ] || continue
@@ -45,10 +43,7 @@ fn sweep(ns_pid: u32, state_dir: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    if let Ok(mut child) = child
-        && !matches!(child.wait_timeout(Duration::from_secs(5)), Ok(Some(_)))
-    {
-        let _ = child.kill();
-        let _ = child.wait();
+    if let Ok(mut child) = child {
+        let _ = crate::deadline::wait_or_kill(&mut child, Duration::from_secs(5));
     }
 }

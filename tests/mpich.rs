@@ -25,7 +25,7 @@ fn mpich_binary() -> PathBuf {
 
 #[test]
 fn hydra_mpiexec_builds_a_three_host_swarm() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let bin = mpich_binary();
     let linked = Command::new("ldd").arg(&bin).output().unwrap();
     assert!(

@@ -11,7 +11,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let cmd = mpirun(
         3,
         3,
@@ -47,7 +47,7 @@ fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
 
 #[test]
 fn command_exit_code_comes_back() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let out = run_with_deadline(
         mpirun(
             2,
@@ -68,7 +68,7 @@ fn command_exit_code_comes_back() {
 
 #[test]
 fn two_ranks_per_host_start_one_daemon_per_host() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);
     // MPI's election must agree with it, and the second rank on each host must start none.
     let report = format!("/tmp/mpiswarm-test-report.{}.json", std::process::id());
@@ -125,7 +125,7 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
 
 #[test]
 fn a_single_rank_makes_a_one_node_swarm() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let out = run_with_deadline(
         mpirun(1, 1, &["up", "--", "docker", "node", "ls", "-q"]),
         RUN_LIMIT,
@@ -138,7 +138,7 @@ fn a_single_rank_makes_a_one_node_swarm() {
 
 #[test]
 fn sigint_to_mpirun_leaves_nothing_on_any_host() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let bg = Background::start(3, 3, &[]);
     assert!(
         residue().is_err(),
@@ -153,7 +153,7 @@ fn sigint_to_mpirun_leaves_nothing_on_any_host() {
 
 #[test]
 fn join_token_is_in_no_process_arguments_or_environment() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let bg = Background::start(3, 3, &[]);
     let out = bg.docker("swarm join-token -q worker");
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -184,7 +184,7 @@ fn join_token_is_in_no_process_arguments_or_environment() {
 
 #[test]
 fn published_swarm_ports_take_a_burst_of_connections() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let bg = Background::start(3, 3, &[]);
     // slirp4netns listens with a queue of one; the guard deepens it on every host.
     for (i, h) in hosts(3).iter().enumerate() {
@@ -229,7 +229,7 @@ fn published_swarm_ports_take_a_burst_of_connections() {
 
 #[test]
 fn ready_file_can_be_sourced_for_docker_host() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let bg = Background::start(2, 2, &[]);
     let ready = bg.ready_file.display().to_string();
     let out = on_host(
@@ -248,7 +248,7 @@ fn ready_file_can_be_sourced_for_docker_host() {
 
 #[test]
 fn three_managers_keep_scheduling_after_a_manager_host_dies() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
     let bg = Background::start(4, 4, &["--managers", "3", "--load", &image]);
     let nodes = bg.docker("node ls --format '{{.Hostname}} {{.ManagerStatus}}'");
@@ -313,7 +313,7 @@ fn three_managers_keep_scheduling_after_a_manager_host_dies() {
 
 #[test]
 fn json_log_lines_name_host_and_rank() {
-    let _c = cluster();
+    let Some(_c) = cluster() else { return };
     let out = run_with_deadline(
         mpirun(2, 2, &["--log-format", "json", "up", "--", "true"]),
         RUN_LIMIT,

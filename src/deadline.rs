@@ -1,0 +1,86 @@
+//! Waiting with a deadline, in one place: for a child process (killed when it overstays) and for
+//! a condition polled until it holds. Nothing mpiswarm waits for may hang a job's allocation.
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+/// Waits for `child` at most `timeout`; past it the child is killed and reaped, and `None` says
+/// it did not finish.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    match child.wait_timeout(timeout)? {
+        Some(status) => Ok(Some(status)),
+        None => {
+            // Already gone between the timeout and the kill counts as killed.
+            let _ = child.kill();
+            child.wait()?;
+            Ok(None)
+        }
+    }
+}
+
+/// Calls `probe` every `every` until it returns `Some` or `deadline` passes (then `None`); the
+/// probe runs at least once.
+pub fn poll_until<T>(
+    deadline: Instant,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(every.min(left));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_overstays_is_killed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        assert!(
+            wait_or_kill(&mut child, Duration::from_millis(100))
+                .unwrap()
+                .is_none()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let mut quick = std::process::Command::new("true").spawn().unwrap();
+        assert!(
+            wait_or_kill(&mut quick, Duration::from_secs(5))
+                .unwrap()
+                .is_some_and(|s| s.success())
+        );
+    }
+
+    #[test]
+    fn polling_stops_at_the_condition_or_the_deadline() {
+        let mut n = 0;
+        let got = poll_until(
+            Instant::now() + Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                (n == 3).then_some(n)
+            },
+        );
+        assert_eq!(got, Some(3));
+        let never: Option<()> = poll_until(
+            Instant::now() + Duration::from_millis(20),
+            Duration::from_millis(5),
+            || None,
+        );
+        assert!(never.is_none());
+    }
+}
