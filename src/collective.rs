@@ -129,6 +129,11 @@ impl Leaders {
         self.comm.size() as usize
     }
 
+    /// The job's ranks on this host (this leader included).
+    pub fn ranks_here(&self) -> usize {
+        self.node.size() as usize
+    }
+
     pub fn is_root(&self) -> bool {
         self.comm.rank() == 0
     }

@@ -19,6 +19,7 @@ mod job;
 mod logging;
 mod messages;
 mod mpi_buffer;
+mod offer;
 mod outputs;
 mod preflight;
 mod progress;

@@ -168,6 +168,50 @@ struct ManagerStatus {
     reachability: String,
 }
 
+/// A node as `POST /nodes/{id}/update` needs it: its spec is sent back whole, with labels added.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EditableNode {
+    #[serde(rename = "ID")]
+    id: String,
+    version: Version,
+    description: NodeDescription,
+    spec: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Version {
+    index: u64,
+}
+
+/// Adds `labels` to each host's node (by host name), keeping the rest of its spec.
+pub fn label_nodes(engine: &Engine, labels: &[(String, Vec<(String, String)>)]) -> Result<()> {
+    let nodes: Vec<EditableNode> = serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
+        .context("unexpected reply to GET /nodes")?;
+    for node in nodes {
+        let Some((host, wanted)) = labels.iter().find(|(h, _)| *h == node.description.hostname)
+        else {
+            continue;
+        };
+        let mut spec = node.spec;
+        let entry = spec.entry("Labels").or_insert_with(|| json!({}));
+        if !entry.is_object() {
+            *entry = json!({});
+        }
+        if let Some(map) = entry.as_object_mut() {
+            for (k, v) in wanted {
+                map.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+        let path = format!("/nodes/{}/update?version={}", node.id, node.version.index);
+        engine
+            .call("POST", &path, Some(&Value::Object(spec)), CALL_TIMEOUT)
+            .with_context(|| format!("failed to label the node of {host}"))?;
+    }
+    Ok(())
+}
+
 /// Waits until every host is a Ready node, and the first `managers` hosts reachable managers.
 pub fn wait_members(
     engine: &Engine,

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::cluster::{Cluster, Role};
@@ -48,6 +49,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 ranks: cluster.size,
                 tl,
                 leaders,
+                facts: Vec::new(),
             };
             run.lifecycle(early)
         }
@@ -75,6 +77,17 @@ struct Run<'a> {
     started_in: f64,
     ranks: i32,
     tl: Timeline,
+    /// Every host's facts, in host order (rank 0 only).
+    facts: Vec<HostFacts>,
+}
+
+/// What rank 0 learns of each host.
+#[derive(Debug, Serialize, Deserialize)]
+struct HostFacts {
+    addr: String,
+    /// Ranks of the job on the host.
+    ranks: usize,
+    offer: crate::offer::Offer,
 }
 
 /// How far bring-up got, for the report.
@@ -226,6 +239,7 @@ impl Run<'_> {
         self.phase("confirm swarm membership", Some("membership"), |run| {
             if run.is_root() {
                 swarm::wait_members(&daemon.engine, hosts, managers, run.deadline)?;
+                swarm::label_nodes(&daemon.engine, &run.node_labels(hosts))?;
             }
             Ok(())
         })?;
@@ -289,6 +303,25 @@ impl Run<'_> {
         }
     }
 
+    /// The labels stacks can place by, for each host's node (rank 0).
+    fn node_labels(&self, hosts: &[String]) -> Vec<(String, Vec<(String, String)>)> {
+        hosts
+            .iter()
+            .zip(&self.facts)
+            .enumerate()
+            .map(|(index, (host, f))| {
+                let labels = [
+                    ("mpiswarm.index", index.to_string()),
+                    ("mpiswarm.ranks", f.ranks.to_string()),
+                    ("mpiswarm.cpus", f.offer.cpus.to_string()),
+                    ("mpiswarm.memory", f.offer.memory_mib.to_string()),
+                ];
+                let labels = labels.map(|(k, v)| (k.to_owned(), v)).to_vec();
+                (host.clone(), labels)
+            })
+            .collect()
+    }
+
     /// The number of managers: at least rank 0's host, at most every host.
     fn managers(&self, hosts: usize) -> usize {
         self.cfg.managers.clamp(1, hosts.max(1))
@@ -310,18 +343,28 @@ impl Run<'_> {
                 hosts.len()
             );
         }
-        // The manager addresses (for the workers) and the join tokens go to every host.
-        let addr = daemon.addr.to_string();
-        let addrs = self.leaders.gather_to_root(
-            &addr,
+        // What rank 0 needs of every host (addresses, labels), once; the manager addresses (for
+        // the workers) and the join tokens then go to every host.
+        let facts = HostFacts {
+            addr: daemon.addr.to_string(),
+            ranks: self.leaders.ranks_here(),
+            offer: crate::offer::here(),
+        };
+        let all = self.leaders.gather_to_root(
+            &facts,
             "say their addresses",
             self.deadline,
             Interrupt::BySignal,
         )?;
+        self.facts = all.unwrap_or_default();
+        let managers_addrs: Vec<String> = self
+            .facts
+            .iter()
+            .take(managers)
+            .map(|f| f.addr.clone())
+            .collect();
         let through: Vec<String> = self.leaders.broadcast_value(
-            addrs
-                .map(|a| a.into_iter().take(managers).collect::<Vec<_>>())
-                .as_ref(),
+            self.is_root().then_some(&managers_addrs),
             "learn the managers' addresses",
             self.deadline,
         )?;

@@ -67,15 +67,17 @@ fn job_output(job: &str) -> String {
 
 /// Submits an example on 3 nodes and waits for it: (sbatch's output, job id, job log).
 fn run_job(example_name: &str) -> (Output, String, String) {
+    run_job_with(example_name, &[])
+}
+
+/// As `run_job`, with more sbatch flags (they override the script's own).
+fn run_job_with(example_name: &str, flags: &[&str]) -> (Output, String, String) {
     let output = format!("{}/job-%j.out", out_dir().display());
     let script = example(example_name);
-    let out = run_with_deadline(
-        sbatch(
-            &["--wait", "--parsable", "-N", "3", "-o", &output, &script],
-            &[],
-        ),
-        Duration::from_secs(240),
-    );
+    let mut args = vec!["--wait", "--parsable", "-N", "3", "-o", &output];
+    args.extend_from_slice(flags);
+    args.push(&script);
+    let out = run_with_deadline(sbatch(&args, &[]), Duration::from_secs(240));
     let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let log = job_output(&job);
     (out, job, log)
@@ -183,5 +185,16 @@ fn srun_launches_the_ranks_through_pmix() {
     for h in hosts(3) {
         assert!(log.contains(&h), "{h} missing:\n{log}");
     }
+    assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+fn srun_with_four_tasks_per_node_brings_up_one_daemon_per_node() {
+    let Some(_c) = cluster() else { return };
+    slurm();
+    // Four tasks on each 2-CPU node, as users launch one rank per core.
+    let (out, job, log) = run_job_with("srun.sbatch", &["--ntasks-per-node=4", "--overcommit"]);
+    assert!(out.status.success(), "job {job} failed:\n{log}");
+    assert!(log.contains("swarm ready: 3 node(s)"), "{log}");
     assert_clean(Duration::from_secs(5));
 }

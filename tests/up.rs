@@ -339,3 +339,31 @@ fn json_log_lines_name_host_and_rank() {
     }
     assert_clean(Duration::from_secs(3));
 }
+
+#[test]
+fn nodes_carry_labels_that_stacks_place_by() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("placed-by-index.yml");
+    let bg = Background::start(6, 3, &["--load", &image, "--stack", &stack]);
+    for (i, h) in hosts(3).iter().enumerate() {
+        let labels = bg.docker(&format!(
+            "node inspect {h} --format '{{{{json .Spec.Labels}}}}'"
+        ));
+        let labels: serde_json::Value =
+            serde_json::from_slice(&labels.stdout).expect("labels are JSON");
+        assert_eq!(labels["mpiswarm.index"], i.to_string(), "{h}: {labels}");
+        assert_eq!(labels["mpiswarm.ranks"], "2", "{h}: {labels}");
+        let cpus: u64 = labels["mpiswarm.cpus"].as_str().unwrap().parse().unwrap();
+        let memory: u64 = labels["mpiswarm.memory"].as_str().unwrap().parse().unwrap();
+        assert!(cpus >= 1 && memory > 0, "{h}: {labels}");
+        // The service with the constraint `node.labels.mpiswarm.index == 2` runs on the third.
+        let running = String::from_utf8_lossy(&docker_on(h, "ps -q").stdout)
+            .lines()
+            .count();
+        assert_eq!(running, usize::from(i == 2), "containers on {h}");
+    }
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(5));
+}

@@ -50,7 +50,7 @@ done
 
 # Every shared library any of those ELF files loads, and the loader.
 is_elf() { [ "$(head -c 4 "$1" 2>/dev/null | od -An -c | tr -d ' ')" = '177ELF' ]; }
-find "$rootfs" -type f | while read -r f; do is_elf "$f" && ldd "$f" 2>/dev/null || true; done |
+find "$rootfs" -type f | while read -r f; do if is_elf "$f"; then ldd "$f" 2>/dev/null || true; fi; done |
   grep -oE '/[^ ]+' | sort -u | while read -r lib; do put "$lib"; done
 put /lib64/ld-linux-x86-64.so.2
 
