@@ -156,7 +156,7 @@ impl RunReport {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
-        std::fs::write(path, text)
+        crate::statedir::StateDir::write_private(path, &text)
             .with_context(|| format!("failed to write the report {}", path.display()))
     }
 }

@@ -13,9 +13,9 @@
 //!     data/  run/                    dockerd's data root and exec root
 //! ```
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::DirBuilder;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -143,19 +143,30 @@ impl StateDir {
         self.path.join("guard.json")
     }
 
-    /// Writes a small private file in one step (no reader sees half of it).
+    /// Writes a small private file in one step (no reader sees half of it): a new file with a
+    /// unique name (O_EXCL, mode 0600) in the same directory, renamed over `path`. A file or
+    /// symlink already at a temporary name is never opened, and a symlink at `path` is replaced,
+    /// not followed.
     pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-        let tmp = path.with_extension("tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("failed to create {}", tmp.display()))?;
-        file.write_all(contents)
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
+        tmp.write_all(contents)
+            .with_context(|| format!("failed to write {}", tmp.path().display()))?;
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(())
     }
 
     /// What the daemon log says about a failure: its fatal and error lines (the cause is

@@ -29,10 +29,7 @@ fn slurm() {
 
 /// A directory the test user can write job output and ready files to.
 fn out_dir() -> PathBuf {
-    let dir = shared_dir().join("slurm-out");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = Command::new("chmod").arg("1777").arg(&dir).status();
-    dir
+    user_dir()
 }
 
 fn example(name: &str) -> String {

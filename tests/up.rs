@@ -71,7 +71,10 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     let Some(_c) = cluster() else { return };
     // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);
     // MPI's election must agree with it, and the second rank on each host must start none.
-    let report = format!("/tmp/mpiswarm-test-report.{}.json", std::process::id());
+    let report = user_dir()
+        .join(format!("report.{}.json", std::process::id()))
+        .display()
+        .to_string();
     let _ = std::fs::remove_file(&report);
     let bg = Background::start(6, 3, &["--early-start", "all", "--report", &report]);
     let ranks = ranks();
@@ -366,4 +369,73 @@ fn nodes_carry_labels_that_stacks_place_by() {
     bg.signal("TERM");
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+fn a_ready_file_in_a_directory_others_can_write_is_refused_before_anything_starts() {
+    let Some(_c) = cluster() else { return };
+    // /tmp: anyone could replace the file the user's shell sources.
+    let out = run_with_deadline(
+        mpirun(
+            2,
+            2,
+            &[
+                "up",
+                "--ready-file",
+                "/tmp/mpiswarm-test-ready-refused",
+                "--",
+                "true",
+            ],
+        ),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--ready-file /tmp/mpiswarm-test-ready-refused: /tmp is writable by every user"
+        ),
+        "{stderr}"
+    );
+    assert!(!std::path::Path::new("/tmp/mpiswarm-test-ready-refused").exists());
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn the_ready_file_never_follows_a_planted_symlink_or_truncates_a_tmp_file() {
+    let Some(_c) = cluster() else { return };
+    let dir = user_dir();
+    let victim = dir.join("victim");
+    let planted = dir.join("swarm.tmp");
+    let ready = dir.join("swarm");
+    for p in [&victim, &planted, &ready] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::write(&planted, "the user's own").unwrap();
+    std::os::unix::fs::symlink(&victim, &ready).unwrap();
+    let ready_arg = ready.display().to_string();
+    let out = run_with_deadline(
+        mpirun(
+            2,
+            2,
+            &[
+                "up",
+                "--ready-file",
+                &ready_arg,
+                "--",
+                "sh",
+                "-c",
+                &format!(". {ready_arg} && docker info >/dev/null"),
+            ],
+        ),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(std::fs::read_to_string(&planted).unwrap(), "the user's own");
+    for p in [&victim, &planted, &ready] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert_clean(Duration::from_secs(3));
 }

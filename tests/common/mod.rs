@@ -48,6 +48,17 @@ pub fn shared_dir() -> PathBuf {
     .clone()
 }
 
+/// A directory the test user owns and only it can write, for the files its runs write (ready
+/// files, reports, job output): mpiswarm refuses directories other users can write.
+pub fn user_dir() -> PathBuf {
+    let dir = shared_dir().join("user");
+    std::fs::create_dir_all(&dir).expect("create the test user's dir");
+    let uid = uid_of(USER);
+    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown the test user's dir");
+    chmod(&dir, 0o755);
+    dir
+}
+
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -354,7 +365,7 @@ pub struct Background {
 
 impl Background {
     pub fn start(np: usize, nhosts: usize, extra: &[&str]) -> Background {
-        let ready_file = PathBuf::from(format!("/tmp/mpiswarm-test-ready.{}", std::process::id()));
+        let ready_file = user_dir().join(format!("ready.{}", std::process::id()));
         let _ = std::fs::remove_file(&ready_file);
         let ready = ready_file.display().to_string();
         let mut args = vec!["up", "--ready-file", ready.as_str()];
