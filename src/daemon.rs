@@ -56,7 +56,13 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     for (port, proto) in SWARM_PORTS {
         cmd.arg(format!("--publish={addr}:{port}:{port}/{proto}"));
     }
-    cmd.args(["sh", "-c", CHILD_SCRIPT, "dockerd", "--config-file"]);
+    // With slirp4netns' port driver the swarm ports are closed to all before dockerd starts
+    // (no window), and opened to the job's hosts once they are known (firewall.rs).
+    let script = match port_driver {
+        PortDriver::Slirp4netns => format!("{} && {CHILD_SCRIPT}", crate::firewall::close_script()),
+        PortDriver::Builtin => CHILD_SCRIPT.to_owned(),
+    };
+    cmd.args(["sh", "-c", &script, "dockerd", "--config-file"]);
     cmd.arg(&config_path);
     cmd.env("XDG_RUNTIME_DIR", p)
         // The daemon's own configuration lives in the state directory: nothing is read from or

@@ -11,6 +11,7 @@ mod daemon;
 mod deadline;
 mod doctor;
 mod engine;
+mod firewall;
 mod guard;
 mod host;
 mod host_daemon;

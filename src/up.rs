@@ -2,12 +2,14 @@
 //! daemons up, swarm init, joins, membership confirmed, images, stack, verify, the user's command
 //! (or a wait for a signal), teardown everywhere. The other ranks of each host only wait.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use crate::cli::PortDriver;
 use crate::cluster::{Cluster, Role};
 use crate::collective::{Interrupt, Leaders, PhaseFailed};
 use crate::config::UpConfig;
@@ -84,7 +86,7 @@ struct Run<'a> {
 /// What rank 0 learns of each host.
 #[derive(Debug, Serialize, Deserialize)]
 struct HostFacts {
-    addr: String,
+    addr: Ipv4Addr,
     /// Ranks of the job on the host.
     ranks: usize,
     offer: crate::offer::Offer,
@@ -322,6 +324,25 @@ impl Run<'_> {
             .collect()
     }
 
+    /// Opens the swarm ports to the job's hosts, and to nobody else (see firewall.rs).
+    fn open_ports(&mut self, daemon: &HostDaemon, peers: &[Ipv4Addr]) -> Result<()> {
+        if self.cfg.port_driver != PortDriver::Slirp4netns {
+            if self.is_root() {
+                tracing::warn!(
+                    "--port-driver {} hides the source addresses of incoming traffic: the swarm ports \
+                     (overlay traffic included) accept packets from any host that can reach them",
+                    self.cfg.port_driver.as_str()
+                );
+            }
+            return Ok(());
+        }
+        self.phase(
+            "open the swarm ports to the job's hosts",
+            Some("firewall"),
+            |_| crate::firewall::allow(daemon.guard.pid(), peers),
+        )
+    }
+
     /// The number of managers: at least rank 0's host, at most every host.
     fn managers(&self, hosts: usize) -> usize {
         self.cfg.managers.clamp(1, hosts.max(1))
@@ -346,7 +367,7 @@ impl Run<'_> {
         // What rank 0 needs of every host (addresses, labels), once; the manager addresses (for
         // the workers) and the join tokens then go to every host.
         let facts = HostFacts {
-            addr: daemon.addr.to_string(),
+            addr: daemon.addr,
             ranks: self.leaders.ranks_here(),
             offer: crate::offer::here(),
         };
@@ -357,17 +378,18 @@ impl Run<'_> {
             Interrupt::BySignal,
         )?;
         self.facts = all.unwrap_or_default();
-        let managers_addrs: Vec<String> = self
-            .facts
-            .iter()
-            .take(managers)
-            .map(|f| f.addr.clone())
-            .collect();
-        let through: Vec<String> = self.leaders.broadcast_value(
-            self.is_root().then_some(&managers_addrs),
-            "learn the managers' addresses",
+        let addrs: Vec<Ipv4Addr> = self.facts.iter().map(|f| f.addr).collect();
+        let peers: Vec<Ipv4Addr> = self.leaders.broadcast_value(
+            self.is_root().then_some(&addrs),
+            "learn the hosts' addresses",
             self.deadline,
         )?;
+        self.open_ports(daemon, &peers)?;
+        let through: Vec<String> = peers
+            .iter()
+            .take(managers)
+            .map(Ipv4Addr::to_string)
+            .collect();
         let payload = self.leaders.broadcast(
             join.map(|i| i.encode()),
             "receive the join token",

@@ -1,0 +1,92 @@
+//! Other users of the cluster: hosts outside the job must not reach the swarm's ports (VXLAN has
+//! no authentication), and another user on a member host must not take them over.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The other unprivileged user scripts/simcluster makes, standing for the cluster's other users.
+const OTHER: &str = "mpiswarm-other";
+
+/// Runs a shell command on a simulated host as the other user.
+fn as_other(host: &str, shell: &str) -> std::process::Output {
+    Command::new(script("simcluster"))
+        .env("SIM_USER", OTHER)
+        .args(["exec", host, shell])
+        .output()
+        .expect("simcluster exec as the other user")
+}
+
+/// rootlesskit's namespaced child on `host` (where the daemon's network namespace is).
+fn daemon_netns_pid(host: &str) -> u32 {
+    pids_matching("^/proc/self/exe --net=slirp4netns")
+        .into_iter()
+        .find(|p| host_of_tree(*p).as_deref() == Some(host))
+        .unwrap_or_else(|| panic!("no daemon namespace on {host}"))
+}
+
+/// Packets the firewall dropped in the daemon's namespace on `host`.
+fn dropped(host: &str) -> u64 {
+    let pid = daemon_netns_pid(host);
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "iptables",
+            "-w",
+            "-L",
+            "MPISWARM-PEERS",
+            "-v",
+            "-n",
+            "-x",
+        ])
+        .output()
+        .expect("iptables in the daemon's namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains("DROP"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no DROP rule in MPISWARM-PEERS on {host}:\n{text}"))
+}
+
+#[test]
+fn swarm_ports_drop_traffic_from_hosts_outside_the_job() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(3, 3, &[]);
+    let before = dropped(&host(1));
+    // msh4 is not in the job: VXLAN frames and gossip from it must not reach msh1's daemon.
+    let target = "10.77.0.11";
+    for port in [4789, 7946] {
+        let out = as_other(
+            &host(4),
+            &format!(
+                "for i in 1 2 3 4 5; do echo frame | busybox nc -u -w 1 {target} {port}; done; true"
+            ),
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let tcp = as_other(
+        &host(4),
+        &format!("echo x | busybox nc -w 2 {target} 2377 && echo connected"),
+    );
+    assert!(
+        !String::from_utf8_lossy(&tcp.stdout).contains("connected"),
+        "a host outside the job connected to the managers' port"
+    );
+    let after = dropped(&host(1));
+    assert!(
+        after >= before + 10,
+        "dropped {before} -> {after}: frames from outside got through"
+    );
+    // Members still reach each other: the swarm is whole and usable.
+    let nodes = bg.docker("node ls -q");
+    assert_eq!(String::from_utf8_lossy(&nodes.stdout).lines().count(), 3);
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(5));
+}
