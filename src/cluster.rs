@@ -75,13 +75,15 @@ impl Cluster {
     /// every collective completed, aborted when one was abandoned (a finalize could then wait
     /// forever for a rank that is gone).
     pub fn finish(self, role: Role, code: i32) {
-        let abandoned = match role {
+        let abandoned = match &role {
             Role::Leader(leaders) => {
                 leaders.tell_followers_end(code);
                 leaders.abandoned()
             }
             Role::Follower(_) => false,
         };
+        // Every communicator is freed before MPI is finalized.
+        drop(role);
         let Cluster {
             world, universe, ..
         } = self;
