@@ -12,8 +12,11 @@ use crate::collective::Leaders;
 use crate::messages::{Kind, Message};
 use crate::signals::Signals;
 
-/// How often a rank that only waits looks for news (it must not steal the daemon's CPU).
-const FOLLOWER_POLL: Duration = Duration::from_millis(50);
+/// How often a rank that only waits looks for news (it must not steal the daemon's CPU; each
+/// look is an MPI probe, which runs MPI's progress engine).
+const FOLLOWER_POLL: Duration = Duration::from_millis(100);
+/// How often it checks that its leader still lives.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
 
 /// What this rank does in the job.
 pub enum Role {
@@ -107,27 +110,31 @@ pub struct Follower {
 impl Follower {
     /// Waits for the job's end and returns its exit code.
     pub fn wait_for_end(&self) -> i32 {
-        let mut leader = None;
+        let mut leader: Option<(i32, u64)> = None;
         let mut passed_on = false;
+        let mut last_check = std::time::Instant::now();
         loop {
             if let Some((_, Message::End { code })) = Message::poll(&self.node, Some(0), Kind::End)
             {
                 return code;
             }
-            if let Some((_, Message::LeaderPid { pid })) =
-                Message::poll(&self.node, Some(0), Kind::LeaderPid)
+            if leader.is_none()
+                && let Some((_, Message::LeaderPid { pid })) =
+                    Message::poll(&self.node, Some(0), Kind::LeaderPid)
             {
-                leader = crate::teardown::proc_info(pid);
+                leader = crate::teardown::proc_info(pid).map(|p| (p.pid, p.start_time));
             }
-            if let Some(l) = &leader
-                && !crate::teardown::proc_info(l.pid)
-                    .is_some_and(|p| p.start_time == l.start_time && !p.zombie)
-            {
-                tracing::error!(
-                    "the leader of this host (pid {}) is gone without saying how the job ended",
-                    l.pid
-                );
-                return 1;
+            if last_check.elapsed() >= LEADER_CHECK {
+                last_check = std::time::Instant::now();
+                if let Some((pid, start)) = leader
+                    && !crate::teardown::proc_info(pid)
+                        .is_some_and(|p| p.start_time == start && !p.zombie)
+                {
+                    tracing::error!(
+                        "the leader of this host (pid {pid}) is gone without saying how the job ended"
+                    );
+                    return 1;
+                }
             }
             if !passed_on && let Some(signal) = self.signals.received() {
                 Message::StopRequest { signal }.send(&self.world, 0);

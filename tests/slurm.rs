@@ -15,6 +15,19 @@ use common::*;
 fn slurm() {
     static UP: OnceLock<()> = OnceLock::new();
     UP.get_or_init(|| {
+        // Each test is its own process under nextest: restart Slurm only when it is not already
+        // serving every host (a restart under a starting job's `sbatch --wait` can end it early).
+        let states = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%t"])
+            .output();
+        if states.is_ok_and(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success()
+                && text.lines().count() == MAX_HOSTS
+                && text.lines().all(|l| l.trim() == "idle")
+        }) {
+            return;
+        }
         let out = Command::new(script("simcluster"))
             .arg("slurm-up")
             .output()
