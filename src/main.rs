@@ -10,6 +10,7 @@ mod daemon;
 mod doctor;
 mod engine;
 mod guard;
+mod guard_protocol;
 mod host;
 mod images;
 mod preflight;

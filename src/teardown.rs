@@ -109,26 +109,37 @@ pub fn reap_children() {
 }
 
 /// Kills every descendant of this process (which should be a child subreaper, so that orphans
-/// stay in its tree) until none is left, or fails at the deadline naming the survivors.
+/// stay in its tree) until none is left, or fails at the deadline naming every survivor and
+/// every kill that failed. A failed kill does not stop the sweep: the others are still killed.
 pub fn kill_own_tree(deadline: Instant) -> Result<()> {
     let me = std::process::id() as i32;
+    let mut failed: HashMap<i32, String> = HashMap::new();
     loop {
         let alive = descendants(me);
         if alive.is_empty() {
             reap_children();
             return Ok(());
         }
+        let mut refused = 0;
         for p in &alive {
-            kill_hard(p.pid)?;
+            if let Err(e) = kill_hard(p.pid) {
+                failed.insert(p.pid, format!("{e:#}"));
+                refused += 1;
+            }
         }
         reap_children();
-        if Instant::now() >= deadline {
+        // Waiting cannot help when every survivor refused the signal (EPERM does not pass).
+        if Instant::now() >= deadline || refused == alive.len() {
             let list: Vec<String> = alive
                 .iter()
-                .map(|p| format!("{} ({})", p.pid, p.cmdline))
+                .map(|p| match failed.get(&p.pid) {
+                    Some(e) => format!("{} ({}): {e}", p.pid, p.cmdline),
+                    None => format!("{} ({})", p.pid, p.cmdline),
+                })
                 .collect();
             bail!(
-                "failed to kill these processes before the deadline: {}",
+                "failed to kill {} process(es) of the daemon's tree: {}",
+                list.len(),
                 list.join(", ")
             );
         }

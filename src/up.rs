@@ -18,6 +18,7 @@ use crate::cluster::{Cluster, PhaseFailed};
 use crate::config::UpConfig;
 use crate::engine::Engine;
 use crate::guard::GuardHandle;
+use crate::guard_protocol::GuardEvent;
 use crate::report::{HostTimes, RunReport, Timeline, phase_stats};
 use crate::signals::{self, Signals};
 use crate::statedir::StateDir;
@@ -434,18 +435,19 @@ fn wait_daemon(
         let mut wait = Duration::from_millis(10);
         while let Some(event) = guard.next_event(wait) {
             wait = Duration::ZERO;
-            if let Some(status) = event.strip_prefix("exited ") {
-                return Err(fail(
-                    format!("the rootless daemon exited during start-up ({status})"),
-                    &guard,
-                ));
-            }
-            if event.starts_with("backlog not deepened") {
-                tracing::warn!(
+            match event {
+                GuardEvent::Exited(status) => {
+                    return Err(fail(
+                        format!("the rootless daemon exited during start-up ({status})"),
+                        &guard,
+                    ));
+                }
+                // Only a guard that died sends a verdict now: it says what happened.
+                GuardEvent::Dirty(what) => return Err(fail(what, &guard)),
+                GuardEvent::Backlog(Err(_)) => tracing::warn!(
                     "{event}: when many hosts connect at once, some wait a second for a retransmission"
-                );
-            } else {
-                debug!("guard: {event}");
+                ),
+                _ => debug!("guard: {event}"),
             }
         }
         if engine.ping(Duration::from_millis(500)) {
