@@ -70,7 +70,10 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     let _c = cluster();
     // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);
     // MPI's election must agree with it, and the second rank on each host must start none.
-    let report = format!("/tmp/mpiswarm-test-report.{}.json", std::process::id());
+    let report = out_dir()
+        .join(format!("report.{}.json", std::process::id()))
+        .display()
+        .to_string();
     let _ = std::fs::remove_file(&report);
     let bg = Background::start(6, 3, &["--early-start", "all", "--report", &report]);
     let ranks = ranks();
