@@ -232,8 +232,9 @@ fn the_residue_check_detects_planted_leftovers() {
     assert_clean(Duration::from_secs(3));
 }
 
-/// After a run whose guard died with it (a node-level kill), `mpiswarm cleanup` removes the
-/// orphaned daemon and directory on that host, and leaves a live run on other hosts alone.
+/// After a run whose guard died with its rank (a node-level kill), the daemon's tree is gone with
+/// the guard, and `mpiswarm cleanup` removes the orphaned directory on that host, and leaves a live
+/// run on other hosts alone.
 #[test]
 fn cleanup_removes_orphans_and_spares_live_runs() {
     let _c = cluster();
@@ -244,7 +245,7 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
         .collect();
 
     // A second run on msh3 alone, then everything of it that mpiswarm owns killed at once:
-    // mpirun, rank and guard. Its daemon survives as an orphan.
+    // mpirun, rank and guard. Its state directory survives as an orphan.
     let mut orphan_run = mpirun(1, 1, &["up"]);
     let hostfile = std::env::temp_dir().join("mpiswarm-test-hosts.msh3");
     std::fs::write(&hostfile, "msh3 slots=8\n").unwrap();
@@ -278,11 +279,13 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     kill9(&victims);
     let _ = orphan.wait();
     std::thread::sleep(Duration::from_millis(500));
-    let left =
-        residue_on(&["msh3".to_owned()]).expect_err("the orphaned daemon should still be there");
+    // The daemon's tree died with its guard (parent death signals); its state directory stays.
+    let left = residue_on(&["msh3".to_owned()])
+        .expect_err("the orphaned state directory should still be there");
+    assert!(left.contains("msh3: directory /tmp/mpiswarm-"), "{left}");
     assert!(
-        left.contains("rootlesskit") || left.contains("dockerd"),
-        "{left}"
+        !left.contains("rootlesskit") && !left.contains("dockerd"),
+        "the daemon outlived its guard:\n{left}"
     );
 
     let out = on_host("msh3", &format!("{} cleanup", binary().display()));

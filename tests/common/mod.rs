@@ -186,7 +186,9 @@ pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str])
             "btl_tcp_if_include",
             SUBNET,
         ])
-        .args(["--mca", "btl", "self,tcp"]);
+        .args(["--mca", "btl", "self,tcp"])
+        .args(["--mca", "orte_tmpdir_base"])
+        .arg(launcher_tmp());
     for (name, value) in env {
         cmd.arg("-x").arg(format!("{name}={value}"));
     }
@@ -440,6 +442,16 @@ impl Drop for Background {
 pub fn out_dir() -> PathBuf {
     let dir = shared_dir().join("out");
     std::fs::create_dir_all(&dir).expect("create the test output dir");
+    chmod(&dir, 0o1777);
+    dir
+}
+
+/// Open MPI's session directories (the launcher's files, not mpiswarm's): in the harness's own
+/// directory, so that the residue check's look at the temporary directories sees only what
+/// mpiswarm leaves there (a launcher killed outright leaves its session directory behind).
+pub fn launcher_tmp() -> PathBuf {
+    let dir = shared_dir().join("launcher-tmp");
+    std::fs::create_dir_all(&dir).expect("create the launcher temp dir");
     chmod(&dir, 0o1777);
     dir
 }
