@@ -91,6 +91,39 @@ pub fn descendants(root: i32) -> Vec<ProcInfo> {
     found
 }
 
+/// Live descendants of `root` from /proc/PID/stat alone (pid, parent, state): the cheap scan that
+/// the kill loop repeats until the tree is gone.
+fn descendant_pids(root: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let zombie = matches!(fields.next(), Some("Z" | "X"));
+        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
+            children.entry(ppid).or_default().push((pid, zombie));
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
+            stack.push(child);
+            if !zombie {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// Sends SIGKILL; a process already gone counts as killed.
 pub fn kill_hard(pid: i32) -> Result<()> {
     match kill(Pid::from_raw(pid), Signal::SIGKILL) {
@@ -115,15 +148,15 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
     let me = std::process::id() as i32;
     let mut failed: HashMap<i32, String> = HashMap::new();
     loop {
-        let alive = descendants(me);
+        let alive = descendant_pids(me);
         if alive.is_empty() {
             reap_children();
             return Ok(());
         }
         let mut refused = 0;
-        for p in &alive {
-            if let Err(e) = kill_hard(p.pid) {
-                failed.insert(p.pid, format!("{e:#}"));
+        for &pid in &alive {
+            if let Err(e) = kill_hard(pid) {
+                failed.insert(pid, format!("{e:#}"));
                 refused += 1;
             }
         }
@@ -132,9 +165,12 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
         if Instant::now() >= deadline || refused == alive.len() {
             let list: Vec<String> = alive
                 .iter()
-                .map(|p| match failed.get(&p.pid) {
-                    Some(e) => format!("{} ({}): {e}", p.pid, p.cmdline),
-                    None => format!("{} ({})", p.pid, p.cmdline),
+                .map(|&pid| {
+                    let cmd = proc_info(pid).map(|p| p.cmdline).unwrap_or_default();
+                    match failed.get(&pid) {
+                        Some(e) => format!("{pid} ({cmd}): {e}"),
+                        None => format!("{pid} ({cmd})"),
+                    }
                 })
                 .collect();
             bail!(

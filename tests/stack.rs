@@ -102,7 +102,10 @@ fn a_stack_of_60_services_deploys_though_the_cli_prints_more_than_a_pipe_holds()
             .arg(f)
             .status();
     }
-    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", dir.display());
+    let path = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        dir.display()
+    );
     let stack = stack.display().to_string();
     let out = run_with_deadline(
         mpirun_env(

@@ -84,6 +84,29 @@ fn sigusr1_to_mpirun() {
     signal_to_mpirun("USR1");
 }
 
+/// A batch system that signals every process of a job step by pid (Slurm's process tracking
+/// does) reaches the daemons too: containerd then dumps its goroutine stacks into its TMPDIR,
+/// which must be inside the state directory, so that the teardown removes the dump with it.
+#[test]
+fn sigusr1_to_every_daemon_leaves_no_file_in_temp_dirs() {
+    let _c = cluster();
+    let bg = swarm_with_stack();
+    for name in ["containerd", "dockerd"] {
+        let status = Command::new("pkill")
+            .args(["-USR1", "-u", USER, "-x", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "no {name} to signal");
+    }
+    // containerd writes its dump at once; give it a moment before the teardown kills it.
+    std::thread::sleep(Duration::from_millis(500));
+    bg.signal("USR1");
+    let _ = bg.wait(Duration::from_secs(30));
+    let files = user_temp_files();
+    assert!(files.is_empty(), "files left:\n{}", files.join("\n"));
+    assert_clean(Duration::from_secs(3));
+}
+
 /// Kills one rank; its host must be clean within a second, every host within `EVERY_HOST_CLEAN`.
 fn sigkill_one_rank(bg: Background, rank: u32) {
     let ranks = ranks();
