@@ -63,40 +63,77 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             report.skipped_live.push(shown);
             continue;
         }
-        // Whatever still runs from this directory is an orphan of a dead guard.
-        let needle = dir.to_string_lossy().into_owned();
-        for p in teardown::all_processes() {
-            if p.uid == me && !p.zombie && p.cmdline.contains(&needle) {
-                report
-                    .killed
-                    .push(format!("{} ({})", p.pid, short(&p.cmdline)));
-                if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
-                    report.errors.push(format!("{e:#}"));
-                }
-            }
+        if clean_dir(&dir, me, dry_run, &mut report) {
+            report.removed_dirs.push(shown);
         }
-        if !dry_run {
-            // Processes inside the daemon's PID namespace die with its init; give them a moment.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline
-                && teardown::all_processes()
-                    .iter()
-                    .any(|p| p.uid == me && !p.zombie && p.cmdline.contains(&needle))
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Err(e) = teardown::remove_state_dir(&dir, Duration::from_secs(30)) {
-                report.errors.push(format!("{e:#}"));
-                continue;
-            }
-        }
-        report.removed_dirs.push(shown);
     }
     if !dry_run {
         // The user root itself goes once it is empty; a live run keeps it.
         let _ = std::fs::remove_dir(&root);
     }
     report
+}
+
+/// Kills whatever still runs from a dead run's state directory (orphans of a dead guard) and
+/// removes the directory; records what it did in `report`. True when the directory is gone (or
+/// would be, on a dry run).
+fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
+    let needle = dir.to_string_lossy().into_owned();
+    for p in teardown::all_processes() {
+        if p.uid == me && !p.zombie && p.cmdline.contains(&needle) {
+            report
+                .killed
+                .push(format!("{} ({})", p.pid, short(&p.cmdline)));
+            if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
+                report.errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    if dry_run {
+        return true;
+    }
+    // Processes inside the daemon's PID namespace die with its init; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline
+        && teardown::all_processes()
+            .iter()
+            .any(|p| p.uid == me && !p.zombie && p.cmdline.contains(&needle))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(e) = teardown::remove_state_dir(dir, Duration::from_secs(30)) {
+        report.errors.push(format!("{e:#}"));
+        return false;
+    }
+    true
+}
+
+/// A rank whose guard died cleans its host as `cleanup` would: the guard's daemon tree (whatever
+/// survived it) and the state directory. Returns what was done, or every failure.
+pub fn after_guard_death(dir: &Path) -> Result<String> {
+    let mut report = Report::default();
+    let me = nix::unistd::getuid().as_raw();
+    let removed = clean_dir(dir, me, false, &mut report);
+    if let Some(root) = dir.parent() {
+        // The per-user root goes too once no other run of this user is left on the host.
+        let _ = std::fs::remove_dir(root);
+    }
+    if !report.errors.is_empty() {
+        bail!(
+            "could not clean {}: {}",
+            dir.display(),
+            report.errors.join("; ")
+        );
+    }
+    Ok(format!(
+        "killed {} leftover process(es){}",
+        report.killed.len(),
+        if removed {
+            format!(", removed {}", dir.display())
+        } else {
+            String::new()
+        }
+    ))
 }
 
 fn short(cmdline: &str) -> String {

@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -34,6 +36,12 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     let config_path = p.join("daemon.json");
     StateDir::write_private(&config_path, &serde_json::to_vec_pretty(&config)?)?;
 
+    // The daemon's temporary files (e.g. containerd's stack dumps) go with the state directory.
+    let tmp = p.join("tmp");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .with_context(|| format!("failed to create {}", tmp.display()))?;
     let log = File::create(dir.log())
         .with_context(|| format!("failed to create {}", dir.log().display()))?;
     let mut cmd = Command::new("rootlesskit");
@@ -65,6 +73,7 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     cmd.args(["sh", "-c", &script, "dockerd", "--config-file"]);
     cmd.arg(&config_path);
     cmd.env("XDG_RUNTIME_DIR", p)
+        .env("TMPDIR", &tmp)
         // The daemon's own configuration lives in the state directory: nothing is read from or
         // written to the user's home (which may be unwritable, or another user's under a launcher).
         .env("XDG_CONFIG_HOME", p.join("config"))
@@ -76,5 +85,28 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    die_with_parent(&mut cmd);
     Ok(cmd)
+}
+
+/// rootlesskit gets SIGKILL when the thread that started it (the guard's main thread) dies, even
+/// by SIGKILL. rootlesskit 1.1 passes that on by itself: its namespaced child (the PID
+/// namespace's init, whose death kills every daemon and container) and slirp4netns run with a
+/// parent death signal of SIGKILL.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
+    // system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would send the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }

@@ -2,10 +2,11 @@
 //! tears the host down when told to, when it is signalled, or when the rank dies (its lifeline
 //! pipe closes), so that even `kill -9` of the rank leaves nothing behind.
 //!
-//! Protocol: the rank holds the write end of the guard's stdin (the lifeline) and reads lines
-//! from its stdout: `started PID`, `exited STATUS` (the daemon died early), `backlog ...` (the
-//! outcome of deepening slirp4netns' accept queues), `clean`, `dirty MSG`.
-//! A line `teardown` on the lifeline, or its end, starts the teardown.
+//! The rank holds the write end of the guard's stdin (the lifeline) and reads the guard's events
+//! from its stdout (`guard_protocol`). `teardown` on the lifeline, or its end, starts the
+//! teardown. The daemon's tree dies with the guard (a parent death signal); if the guard dies
+//! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
+//! would, and the run tears down reporting the host.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
@@ -13,22 +14,29 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
 use wait_timeout::ChildExt;
 
 use crate::cli::{GuardArgs, PortDriver};
+use crate::guard_protocol::{GuardCommand, GuardEvent};
+use crate::signals::OnSignal;
 use crate::statedir::{GuardRecord, StateDir};
 use crate::{daemon, teardown};
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long the teardown waits for the rank's own cleanup after killing a hung guard.
+const LOST_CLEANUP_BUDGET: Duration = Duration::from_secs(35);
 
 /// How long the guard looks for slirp4netns' listeners (they appear before dockerd starts).
 const BACKLOG_WAIT: Duration = Duration::from_secs(60);
@@ -71,12 +79,12 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     }) {
         Ok(child) => Some(child),
         Err(e) => {
-            let _ = writeln!(out, "exited {e:#}");
+            emit(&mut out, &GuardEvent::Exited(format!("{e:#}")));
             None
         }
     };
     if let Some(child) = &daemon {
-        let _ = writeln!(out, "started {}", child.id());
+        emit(&mut out, &GuardEvent::Started(child.id()));
     }
     let stop_helpers = Arc::new(AtomicBool::new(false));
     if args.vxlan_nolearning
@@ -95,14 +103,15 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
 
     let result = teardown_host(&dir);
     match &result {
-        Ok(()) => {
-            let _ = writeln!(out, "clean");
-        }
-        Err(e) => {
-            let _ = writeln!(out, "dirty {}", format!("{e:#}").replace('\n', " "));
-        }
+        Ok(()) => emit(&mut out, &GuardEvent::Clean),
+        Err(e) => emit(&mut out, &GuardEvent::Dirty(format!("{e:#}"))),
     }
     Ok(if result.is_ok() { 0 } else { 1 })
+}
+
+/// One event to the rank, as one line.
+fn emit(out: &mut impl Write, event: &GuardEvent) {
+    let _ = writeln!(out, "{}", event.encode());
 }
 
 /// Remedy (b): once rootlesskit's child (inside the namespaces) exists, keep vxlan learning off.
@@ -143,12 +152,9 @@ fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBo
         .name("backlog".into())
         .spawn(move || {
             let deadline = Instant::now() + BACKLOG_WAIT;
-            let line =
-                match crate::backlog::deepen(rootlesskit as i32, addr, &ports, deadline, &stop) {
-                    Ok(done) => format!("backlog deepened on port(s) {done:?}"),
-                    Err(e) => format!("backlog not deepened: {e:#}"),
-                };
-            let _ = writeln!(std::io::stdout(), "{line}");
+            let outcome = crate::backlog::deepen(rootlesskit as i32, addr, &ports, deadline, &stop)
+                .map_err(|e| format!("{e:#}"));
+            emit(&mut std::io::stdout(), &GuardEvent::Backlog(outcome));
         });
 }
 
@@ -171,15 +177,17 @@ fn wait_for_teardown(daemon: &mut Option<Child>, sig_read: &UnixStream, out: &mu
                 let mut line = String::new();
                 match lifeline.read_line(&mut line) {
                     Ok(0) | Err(_) => return,
-                    Ok(_) if line.trim() == "teardown" => return,
-                    Ok(_) => {}
+                    Ok(_) => match GuardCommand::decode(&line) {
+                        Ok(GuardCommand::Teardown) => return,
+                        Err(e) => tracing::warn!("{e:#}"),
+                    },
                 }
             }
         }
         if let Some(child) = daemon
             && let Ok(Some(status)) = child.try_wait()
         {
-            let _ = writeln!(out, "exited {status}");
+            emit(out, &GuardEvent::Exited(status.to_string()));
             *daemon = None;
         }
     }
@@ -203,11 +211,33 @@ fn teardown_host(dir: &StateDir) -> Result<()> {
     }
 }
 
+/// The write end of the guard's stdin, shared with the signal thread: a teardown signal reaches
+/// the guard at once, whatever the rank's main thread is blocked in.
+struct Lifeline(Mutex<Option<ChildStdin>>);
+
+impl Lifeline {
+    /// Sends `teardown` and closes the lifeline (its end means the same); later calls do nothing.
+    fn teardown(&self) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut pipe) = taken {
+            let _ = pipe.write_all(GuardCommand::Teardown.encode().as_bytes());
+        }
+    }
+}
+
+impl OnSignal for Lifeline {
+    fn on_signal(&self, _sig: i32) {
+        self.teardown();
+    }
+}
+
 /// The rank's side: starts the guard and talks to it.
 pub struct GuardHandle {
     child: Child,
-    lifeline: Option<ChildStdin>,
-    events: Receiver<String>,
+    lifeline: Arc<Lifeline>,
+    events: Receiver<GuardEvent>,
+    /// Set when the guard died without a verdict: what this rank then did to clean the host.
+    lost: Arc<OnceLock<String>>,
     pub dir: StateDir,
     done: bool,
 }
@@ -239,26 +269,29 @@ impl GuardHandle {
             .process_group(0)
             .spawn()
             .with_context(|| format!("failed to start the guard {}", exe.display()))?;
+        let lifeline = Arc::new(Lifeline(Mutex::new(child.stdin.take())));
+        let listener: Weak<dyn OnSignal> = Arc::downgrade(&lifeline) as _;
+        crate::signals::listen(listener);
         let stdout = child
             .stdout
             .take()
             .context("the guard's output was not piped")?;
         let (tx, events) = channel();
+        let lost = Arc::new(OnceLock::new());
+        let watch = Watch {
+            pid: child.id(),
+            dir: dir.path.clone(),
+            lost: lost.clone(),
+        };
         std::thread::Builder::new()
             .name("guard-events".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || read_events(stdout, &tx, &watch))
             .context("failed to start the guard reader thread")?;
         Ok(GuardHandle {
-            lifeline: child.stdin.take(),
+            lifeline,
             child,
             events,
+            lost,
             dir,
             done: false,
         })
@@ -269,18 +302,22 @@ impl GuardHandle {
     }
 
     /// An event from the guard, if one arrives within `timeout`.
-    pub fn next_event(&self, timeout: Duration) -> Option<String> {
+    pub fn next_event(&self, timeout: Duration) -> Option<GuardEvent> {
         match self.events.recv_timeout(timeout) {
-            Ok(line) => Some(line),
+            Ok(event) => Some(event),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
         }
     }
 
+    /// Set as soon as the guard died without a verdict (and this rank cleaned the host): what
+    /// happened. The signal side learns it too (`signals::GUARD_LOST`), so every wait ends.
+    pub fn gone(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
     /// Starts the teardown without waiting for it (so that several things can overlap).
     pub fn begin_teardown(&mut self) {
-        if let Some(mut lifeline) = self.lifeline.take() {
-            let _ = lifeline.write_all(b"teardown\n");
-        }
+        self.lifeline.teardown();
     }
 
     /// Tears the host down and waits for the guard's verdict, at most `timeout`.
@@ -295,27 +332,19 @@ impl GuardHandle {
         while verdict.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(line) if line == "clean" => verdict = Some(Ok(())),
-                Ok(line) if line.starts_with("dirty ") => {
-                    verdict = Some(Err(anyhow!("{}", &line[6..])));
-                }
+                Ok(GuardEvent::Clean) => verdict = Some(Ok(())),
+                Ok(GuardEvent::Dirty(what)) => verdict = Some(Err(anyhow!("{what}"))),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    verdict = Some(Err(anyhow!(
-                        "the guard (pid {}) ended without a verdict",
-                        self.child.id()
-                    )));
+                    verdict = Some(Err(match self.gone() {
+                        Some(what) => anyhow!("{what}"),
+                        None => anyhow!(
+                            "the guard (pid {}) ended without a verdict",
+                            self.child.id()
+                        ),
+                    }));
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    bail!(
-                        "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed",
-                        self.dir.path.display(),
-                        timeout,
-                        self.child.id()
-                    );
-                }
+                Err(RecvTimeoutError::Timeout) => return Err(self.kill_hung(timeout)),
             }
         }
         let left = deadline
@@ -327,12 +356,95 @@ impl GuardHandle {
         }
         verdict.unwrap_or_else(|| Err(anyhow!("the guard gave no verdict")))
     }
+
+    /// The guard did not finish its teardown: kill it; its reader then cleans the host as after
+    /// any death of the guard, and the error says how that went.
+    fn kill_hung(&mut self, timeout: Duration) -> anyhow::Error {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let cleaned = loop {
+            match self.events.recv_timeout(LOST_CLEANUP_BUDGET) {
+                Ok(GuardEvent::Dirty(what)) => break what,
+                Ok(_) => {}
+                Err(_) => break "no cleanup after it".to_owned(),
+            }
+        };
+        anyhow!(
+            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed; {cleaned}",
+            self.dir.path.display(),
+            timeout,
+            self.child.id()
+        )
+    }
 }
 
 impl Drop for GuardHandle {
     fn drop(&mut self) {
         if let Err(e) = self.teardown(TEARDOWN_BUDGET + Duration::from_secs(2)) {
             tracing::error!("{e:#}");
+        }
+    }
+}
+
+/// What the reader thread needs to clean up after its guard.
+struct Watch {
+    pid: u32,
+    dir: PathBuf,
+    lost: Arc<OnceLock<String>>,
+}
+
+/// The guard-events reader: passes events on; if the guard's output ends without a verdict (it
+/// died: SIGKILL, OOM, a crash), cleans the host at once, then reports it like a verdict.
+fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
+    let mut verdict = false;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        match GuardEvent::decode(&line) {
+            Ok(event) => {
+                verdict |= event.is_verdict();
+                // The handle may be gone already; keep reading until the guard's end anyway.
+                let _ = tx.send(event);
+            }
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    if verdict {
+        return;
+    }
+    let how = wait_dead(watch.pid, Instant::now() + Duration::from_secs(1));
+    tracing::error!(
+        "the guard (pid {}) died ({how}): cleaning this host now",
+        watch.pid
+    );
+    let what = match crate::cleanup::after_guard_death(&watch.dir) {
+        Ok(done) => format!(
+            "the guard (pid {}) died ({how}); this rank cleaned the host as `mpiswarm cleanup` would: {done}",
+            watch.pid
+        ),
+        Err(e) => format!(
+            "the guard (pid {}) died ({how}), and cleaning the host after it failed: {e:#}",
+            watch.pid
+        ),
+    };
+    let _ = watch.lost.set(what.clone());
+    let _ = tx.send(GuardEvent::Dirty(what));
+    crate::signals::guard_lost();
+}
+
+/// Waits until the guard has exited (without reaping it: its handle does), and says how.
+fn wait_dead(pid: u32, deadline: Instant) -> String {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        match waitid(Id::Pid(Pid::from_raw(pid as i32)), flags) {
+            Ok(WaitStatus::Exited(_, code)) => return format!("exit code {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return format!("killed by {}", sig.as_str()),
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(WaitStatus::StillAlive) => return "its output ended, still running".to_owned(),
+            Ok(other) => return format!("{other:?}"),
+            // Reaped already by its handle.
+            Err(_) => return "ended".to_owned(),
         }
     }
 }

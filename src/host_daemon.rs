@@ -11,6 +11,7 @@ use tracing::debug;
 use crate::config::UpConfig;
 use crate::engine::Engine;
 use crate::guard::GuardHandle;
+use crate::guard_protocol::GuardEvent;
 use crate::preflight::Check;
 use crate::report::Timeline;
 use crate::signals::{self, Signals};
@@ -108,17 +109,18 @@ impl Launched {
         let mut wait = Duration::from_millis(10);
         while let Some(event) = self.guard.next_event(wait) {
             wait = Duration::ZERO;
-            if let Some(status) = event.strip_prefix("exited ") {
-                return Err(self.failed(&format!(
-                    "the rootless daemon exited during start-up ({status})"
-                )));
-            }
-            if event.starts_with("backlog not deepened") {
-                tracing::warn!(
+            match event {
+                GuardEvent::Exited(status) => {
+                    return Err(self.failed(&format!(
+                        "the rootless daemon exited during start-up ({status})"
+                    )));
+                }
+                // Only a guard that died sends a verdict now: it says what happened.
+                GuardEvent::Dirty(what) => return Err(self.failed(&what)),
+                GuardEvent::Backlog(Err(_)) => tracing::warn!(
                     "{event}: when many hosts connect at once, some wait a second for a retransmission"
-                );
-            } else {
-                debug!("guard: {event}");
+                ),
+                _ => debug!("guard: {event}"),
             }
         }
         Ok(())

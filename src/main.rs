@@ -13,6 +13,7 @@ mod doctor;
 mod engine;
 mod firewall;
 mod guard;
+mod guard_protocol;
 mod host;
 mod host_daemon;
 mod images;

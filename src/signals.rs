@@ -1,7 +1,9 @@
 //! Job signals turned into events: handlers only record what arrived; every wait loop polls it.
+//! The signal thread also tells this rank's guard at once (whatever the main thread is blocked
+//! in, e.g. an MPI call towards a dead peer), and a guard's death is recorded like a signal.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -10,15 +12,32 @@ use signal_hook::iterator::Signals as SignalIter;
 /// The signals that mean "tear down": what mpirun, Hydra and Slurm send or forward.
 pub const TEARDOWN_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGUSR1, SIGHUP];
 
+/// Not a signal: this host's guard died while the daemon was up (recorded like a signal, so that
+/// every wait loop ends and the run tears down; the teardown then reports the host).
+pub const GUARD_LOST: i32 = -1;
+
+/// Something the signal thread tells at once when a teardown signal arrives.
+pub trait OnSignal: Send + Sync {
+    fn on_signal(&self, sig: i32);
+}
+
 #[derive(Clone, Default)]
 pub struct Signals {
     first: Arc<AtomicI32>,
     count: Arc<AtomicUsize>,
 }
 
+/// The process's installed signals (one per process), for `guard_lost`.
+static INSTALLED: OnceLock<Signals> = OnceLock::new();
+/// Told by the signal thread; dropped listeners are skipped and forgotten.
+static LISTENERS: Mutex<Vec<Weak<dyn OnSignal>>> = Mutex::new(Vec::new());
+
 impl Signals {
-    /// Installs the handlers; a thread records each arrival.
+    /// Installs the handlers; a thread records each arrival and tells the listeners.
     pub fn install() -> Result<Self> {
+        if let Some(installed) = INSTALLED.get() {
+            return Ok(installed.clone());
+        }
         let signals = Signals::default();
         let mut iter =
             SignalIter::new(TEARDOWN_SIGNALS).context("failed to install signal handlers")?;
@@ -27,18 +46,22 @@ impl Signals {
             .name("signals".into())
             .spawn(move || {
                 for sig in iter.forever() {
-                    let _ =
-                        recorder
-                            .first
-                            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                    recorder.record(sig);
                     recorder.count.fetch_add(1, Ordering::SeqCst);
+                    tell_listeners(sig);
                 }
             })
             .context("failed to start the signal thread")?;
-        Ok(signals)
+        Ok(INSTALLED.get_or_init(|| signals).clone())
     }
 
-    /// The first teardown signal received, if any.
+    fn record(&self, sig: i32) {
+        let _ = self
+            .first
+            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The first teardown signal received (or `GUARD_LOST`), if any.
     pub fn received(&self) -> Option<i32> {
         match self.first.load(Ordering::SeqCst) {
             0 => None,
@@ -52,7 +75,36 @@ impl Signals {
     }
 }
 
+/// Registers a listener for teardown signals; it is told until it is dropped.
+pub fn listen(listener: Weak<dyn OnSignal>) {
+    let mut all = LISTENERS.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|l| l.strong_count() > 0);
+    all.push(listener);
+}
+
+fn tell_listeners(sig: i32) {
+    let live: Vec<Arc<dyn OnSignal>> = LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for l in live {
+        l.on_signal(sig);
+    }
+}
+
+/// Records that this host's guard died: every wait loop sees it as a teardown request.
+pub fn guard_lost() {
+    if let Some(signals) = INSTALLED.get() {
+        signals.record(GUARD_LOST);
+    }
+}
+
 pub fn name(sig: i32) -> String {
+    if sig == GUARD_LOST {
+        return "the death of a host's guard".to_owned();
+    }
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| format!("signal {sig}"))

@@ -2,8 +2,10 @@
 //! on failure, the failing tasks with their hosts and the daemon's error for each.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +15,8 @@ use wait_timeout::ChildExt;
 use crate::engine::Engine;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of the CLI's output is kept for an error message (its end).
+const KEEP_OUTPUT: usize = 16 << 10;
 
 /// `docker stack deploy`: compose files are parsed by the Docker CLI, which has no Engine API
 /// equivalent, so this one step runs the CLI against the manager's socket.
@@ -38,6 +42,10 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         .context(
             "failed to run `docker stack deploy` (is the docker CLI installed on rank 0's node?)",
         )?;
+    // Both pipes are read while the CLI runs: a deploy that prints more than a pipe holds
+    // (many services, long warnings) would otherwise block until the deadline.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
@@ -49,16 +57,44 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
             file.display()
         );
     };
-    let output = child.wait_with_output()?;
+    // The pipes end with the CLI (unless something it started keeps them): a short wait at most.
+    let _ = stdout.recv_timeout(Duration::from_secs(1));
+    let err = stderr
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_default();
     if !status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
         bail!(
-            "failed to deploy the stack {name} from {}: {}",
+            "failed to deploy the stack {name} from {} ({status}): {}",
             file.display(),
-            err.trim()
+            String::from_utf8_lossy(&err).trim()
         );
     }
     Ok(())
+}
+
+/// Reads a child's pipe to its end on a thread; the bytes are kept only up to a bound (the end
+/// of an error message is what matters, and the CLI ends on a deadline anyway).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else {
+            let _ = tx.send(kept);
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > KEEP_OUTPUT {
+                kept.drain(..kept.len() - KEEP_OUTPUT);
+            }
+        }
+        let _ = tx.send(kept);
+    });
+    rx
 }
 
 /// Progress of a stack: services with their running and desired replica counts.

@@ -10,6 +10,7 @@
 //!     daemon.json                    the dockerd configuration mpiswarm wrote
 //!     docker.sock                    the Engine API
 //!     rk/                            rootlesskit's state (its API and slirp4netns sockets)
+//!     tmp/                           the daemons' TMPDIR (e.g. containerd's stack dumps)
 //!     data/  run/                    dockerd's data root and exec root
 //! ```
 

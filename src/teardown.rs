@@ -91,6 +91,39 @@ pub fn descendants(root: i32) -> Vec<ProcInfo> {
     found
 }
 
+/// Live descendants of `root` from /proc/PID/stat alone (pid, parent, state): the cheap scan that
+/// the kill loop repeats until the tree is gone.
+fn descendant_pids(root: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let zombie = matches!(fields.next(), Some("Z" | "X"));
+        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
+            children.entry(ppid).or_default().push((pid, zombie));
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
+            stack.push(child);
+            if !zombie {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// Sends SIGKILL; a process already gone counts as killed.
 pub fn kill_hard(pid: i32) -> Result<()> {
     match kill(Pid::from_raw(pid), Signal::SIGKILL) {
@@ -109,26 +142,40 @@ pub fn reap_children() {
 }
 
 /// Kills every descendant of this process (which should be a child subreaper, so that orphans
-/// stay in its tree) until none is left, or fails at the deadline naming the survivors.
+/// stay in its tree) until none is left, or fails at the deadline naming every survivor and
+/// every kill that failed. A failed kill does not stop the sweep: the others are still killed.
 pub fn kill_own_tree(deadline: Instant) -> Result<()> {
     let me = std::process::id() as i32;
+    let mut failed: HashMap<i32, String> = HashMap::new();
     loop {
-        let alive = descendants(me);
+        let alive = descendant_pids(me);
         if alive.is_empty() {
             reap_children();
             return Ok(());
         }
-        for p in &alive {
-            kill_hard(p.pid)?;
+        let mut refused = 0;
+        for &pid in &alive {
+            if let Err(e) = kill_hard(pid) {
+                failed.insert(pid, format!("{e:#}"));
+                refused += 1;
+            }
         }
         reap_children();
-        if Instant::now() >= deadline {
+        // Waiting cannot help when every survivor refused the signal (EPERM does not pass).
+        if Instant::now() >= deadline || refused == alive.len() {
             let list: Vec<String> = alive
                 .iter()
-                .map(|p| format!("{} ({})", p.pid, p.cmdline))
+                .map(|&pid| {
+                    let cmd = proc_info(pid).map(|p| p.cmdline).unwrap_or_default();
+                    match failed.get(&pid) {
+                        Some(e) => format!("{pid} ({cmd}): {e}"),
+                        None => format!("{pid} ({cmd})"),
+                    }
+                })
                 .collect();
             bail!(
-                "failed to kill these processes before the deadline: {}",
+                "failed to kill {} process(es) of the daemon's tree: {}",
+                list.len(),
                 list.join(", ")
             );
         }

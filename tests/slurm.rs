@@ -62,7 +62,11 @@ fn sbatch(args: &[&str], extra_env: &[(&str, String)]) -> Command {
         .arg(format!("MPISWARM={}", binary().display()))
         .arg(format!("OMPI_MCA_btl_tcp_if_include={SUBNET}"))
         .arg(format!("OMPI_MCA_oob_tcp_if_include={SUBNET}"))
-        .arg("OMPI_MCA_btl=self,tcp");
+        .arg("OMPI_MCA_btl=self,tcp")
+        .arg(format!(
+            "OMPI_MCA_orte_tmpdir_base={}",
+            launcher_tmp().display()
+        ));
     for (k, v) in extra_env {
         cmd.arg(format!("{k}={v}"));
     }

@@ -72,6 +72,72 @@ fn paper_stack_serves_http_by_name_across_hosts() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// 60 services, deployed by a CLI that prints more than a pipe holds: mpiswarm must read the
+/// output while the CLI runs (docker 20.10's CLI itself prints one short line per service, so a
+/// wrapper in front of it adds 128 KiB on each of stdout and stderr first).
+#[test]
+fn a_stack_of_60_services_deploys_though_the_cli_prints_more_than_a_pipe_holds() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let dir = shared_dir().join("noisy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut compose = String::from("version: \"3.3\"\nservices:\n");
+    for i in 0..60 {
+        compose.push_str(&format!(
+            "  s{i:02}:\n    image: mpiswarm/busybox:latest\n    command: [\"sleep\", \"3600\"]\n    deploy:\n      replicas: 1\n      endpoint_mode: dnsrr\n"
+        ));
+    }
+    let stack = dir.join("stack-60.yml");
+    std::fs::write(&stack, compose).unwrap();
+    let docker = dir.join("docker");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\n# The real CLI, after 128 KiB on stdout and on stderr.\n\
+         head -c 131072 /dev/zero | tr '\\0' o\nhead -c 131072 /dev/zero | tr '\\0' e >&2\n\
+         exec /usr/bin/docker \"$@\"\n",
+    )
+    .unwrap();
+    for f in [&dir, &stack, &docker] {
+        let _ = std::process::Command::new("chmod")
+            .arg("a+rx")
+            .arg(f)
+            .status();
+    }
+    let path = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        dir.display()
+    );
+    let stack = stack.display().to_string();
+    let out = run_with_deadline(
+        mpirun_env(
+            3,
+            3,
+            &[("PATH", &path)],
+            &[
+                "up",
+                "--load",
+                &image,
+                "--stack",
+                &stack,
+                "--stack-name",
+                "many",
+                "--timeout",
+                "240s",
+                "--",
+                "true",
+            ],
+        ),
+        Duration::from_secs(300),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("stack many: 60/60 replicas running"),
+        "{stderr}"
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
 #[test]
 fn a_large_archive_reaches_every_host_intact() {
     let Some(_c) = cluster() else { return };

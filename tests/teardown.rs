@@ -5,9 +5,15 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The README's promise: a host whose rank (or guard) is killed outright is clean within a second.
+const KILLED_HOST_CLEAN: Duration = Duration::from_secs(1);
+/// Every host clean after a rank's SIGKILL: Open MPI 4.1's own second (mpirun's delay before it
+/// signals the surviving ranks) plus our teardown.
+const EVERY_HOST_CLEAN: Duration = Duration::from_millis(1300);
 
 /// A 3-host swarm running the paper's stack (5 containers), waiting for a signal.
 fn swarm_with_stack() -> Background {
@@ -54,6 +60,14 @@ fn signal_to_mpirun(sig: &str) {
         stderr.contains("torn down: 3 host(s) clean"),
         "no teardown report:\n{stderr}"
     );
+    // Nothing of the user's is left in any node-local temporary directory (e.g. a daemon's
+    // goroutine dump, which containerd writes into its TMPDIR on SIGUSR1).
+    let files = user_temp_files();
+    assert!(
+        files.is_empty(),
+        "files left after SIG{sig}:\n{}",
+        files.join("\n")
+    );
 }
 
 #[test]
@@ -71,32 +85,79 @@ fn sigusr1_to_mpirun() {
     signal_to_mpirun("USR1");
 }
 
+/// A batch system that signals every process of a job step by pid (Slurm's process tracking
+/// does) reaches the daemons too: containerd then dumps its goroutine stacks into its TMPDIR,
+/// which must be inside the state directory, so that the teardown removes the dump with it.
 #[test]
-fn sigkill_to_a_nonzero_rank() {
+fn sigusr1_to_every_daemon_leaves_no_file_in_temp_dirs() {
     let Some(_c) = cluster() else { return };
     let bg = swarm_with_stack();
+    for name in ["containerd", "dockerd"] {
+        let status = Command::new("pkill")
+            .args(["-USR1", "-u", USER, "-x", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "no {name} to signal");
+    }
+    // containerd writes its dump at once; give it a moment before the teardown kills it.
+    std::thread::sleep(Duration::from_millis(500));
+    bg.signal("USR1");
+    let _ = bg.wait(Duration::from_secs(30));
+    let files = user_temp_files();
+    assert!(files.is_empty(), "files left:\n{}", files.join("\n"));
+    assert_clean(Duration::from_secs(3));
+}
+
+/// Kills one rank; its host must be clean within a second, every host within `EVERY_HOST_CLEAN`.
+fn sigkill_one_rank(bg: Background, rank: u32) {
     let ranks = ranks();
-    let victim = ranks.iter().find(|r| r.2 == 2).expect("rank 2");
+    let victim = ranks
+        .iter()
+        .find(|r| r.2 == rank)
+        .unwrap_or_else(|| panic!("no rank {rank}: {ranks:?}"));
+    let trees = daemon_trees();
+    let (own, others): (Vec<Tree>, Vec<Tree>) = trees.into_iter().partition(|t| t.host == victim.1);
+    assert_eq!(own.len(), 1, "one daemon tree on {}", victim.1);
+    let t0 = Instant::now();
     kill9(&[victim.0]);
+    let what = format!("SIGKILL to rank {rank}");
+    assert_gone_within(&what, &own, t0, KILLED_HOST_CLEAN);
+    assert_gone_within(&what, &others, t0, EVERY_HOST_CLEAN);
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
 
 #[test]
+fn sigkill_to_a_nonzero_rank() {
+    let Some(_c) = cluster() else { return };
+    sigkill_one_rank(swarm_with_stack(), 2);
+}
+
+/// Open MPI 4.1's defaults, 4 hosts with 8 tasks: mpirun signals the surviving ranks a second
+/// after the death, and a rank stuck in an MPI call towards the dead peer must still start its
+/// host's teardown at once.
+#[test]
+fn sigkill_to_a_nonzero_rank_of_eight_on_four_hosts() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(8, 4, &[]);
+    assert_eq!(daemon_trees().len(), 4, "one daemon per host");
+    sigkill_one_rank(bg, 2);
+}
+
+#[test]
 fn sigkill_to_rank_0() {
     let Some(_c) = cluster() else { return };
-    let bg = swarm_with_stack();
-    let ranks = ranks();
-    kill9(&[ranks[0].0]);
-    let _ = bg.wait(Duration::from_secs(30));
-    assert_clean(Duration::from_secs(3));
+    sigkill_one_rank(swarm_with_stack(), 0);
 }
 
 #[test]
 fn sigkill_to_mpirun() {
     let Some(_c) = cluster() else { return };
     let bg = swarm_with_stack();
+    let trees = daemon_trees();
+    let t0 = Instant::now();
     kill9(&[bg.mpirun_pid()]);
+    assert_gone_within("SIGKILL to mpirun", &trees, t0, EVERY_HOST_CLEAN);
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
@@ -107,8 +168,47 @@ fn sigkill_to_every_rank_at_once() {
     let bg = swarm_with_stack();
     let pids: Vec<u32> = ranks().iter().map(|r| r.0).collect();
     assert_eq!(pids.len(), 3);
+    let trees = daemon_trees();
+    let t0 = Instant::now();
     kill9(&pids);
+    assert_gone_within("SIGKILL to every rank", &trees, t0, KILLED_HOST_CLEAN);
     let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
+
+/// An OOM kill or a `kill -9` of one host's guard: that host's daemon tree dies with it, its
+/// rank cleans the host at once (state directory included), and the run fails naming the host.
+#[test]
+fn sigkill_to_a_guard() {
+    let Some(_c) = cluster() else { return };
+    let bg = swarm_with_stack();
+    let trees = daemon_trees();
+    let victim = trees
+        .iter()
+        .find(|t| t.host == "msh2")
+        .expect("a daemon on msh2")
+        .clone();
+    // rootlesskit, its namespaced child, slirp4netns, dockerd, containerd at least.
+    assert!(victim.procs.len() >= 5, "{victim:?}");
+    let t0 = Instant::now();
+    kill9(&[victim.guard]);
+    assert_gone_within(
+        "SIGKILL to msh2's guard",
+        std::slice::from_ref(&victim),
+        t0,
+        KILLED_HOST_CLEAN,
+    );
+    let listeners = swarm_listeners("msh2");
+    assert!(listeners.is_empty(), "msh2 still listens: {listeners:?}");
+    let out = bg.wait(Duration::from_secs(30));
+    let stderr = text(&out).1;
+    assert!(!out.status.success(), "the run must fail:\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("msh2 (rank") && l.contains("the guard (pid")),
+        "the failure must name msh2 and its guard:\n{stderr}"
+    );
     assert_clean(Duration::from_secs(3));
 }
 
@@ -122,10 +222,33 @@ fn the_residue_check_detects_planted_leftovers() {
         .unwrap();
     let dir = format!("/tmp/mpiswarm-{}/jplanted-msh3", uid_of(USER));
     std::fs::create_dir_all(&dir).unwrap();
+    // Files of the user in temporary directories, whatever their names.
+    let files = [
+        "/tmp/planted.log",
+        "/var/tmp/planted-dir/x",
+        "/dev/shm/planted",
+    ];
+    for f in files {
+        let parent = std::path::Path::new(f).parent().unwrap();
+        std::fs::create_dir_all(parent).unwrap();
+        std::fs::write(f, "x").unwrap();
+        let status = Command::new("chown").args([USER, f]).status().unwrap();
+        assert!(status.success());
+    }
     std::thread::sleep(Duration::from_millis(300));
     let found = residue().expect_err("planted leftovers must be found");
     assert!(found.contains("msh2: process"), "{found}");
     assert!(found.contains("jplanted-msh3"), "{found}");
+    for f in files {
+        assert!(
+            found.contains(&format!("file {f} ")),
+            "{f} not found:\n{found}"
+        );
+    }
+    for f in files {
+        std::fs::remove_file(f).unwrap();
+    }
+    std::fs::remove_dir("/var/tmp/planted-dir").unwrap();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let _ = Command::new("pkill").args(["-u", USER, "sleep"]).status();
@@ -133,8 +256,9 @@ fn the_residue_check_detects_planted_leftovers() {
     assert_clean(Duration::from_secs(3));
 }
 
-/// After a run whose guard died with it (a node-level kill), `mpiswarm cleanup` removes the
-/// orphaned daemon and directory on that host, and leaves a live run on other hosts alone.
+/// After a run whose guard died with its rank (a node-level kill), the daemon's tree is gone with
+/// the guard, and `mpiswarm cleanup` removes the orphaned directory on that host, and leaves a live
+/// run on other hosts alone.
 #[test]
 fn cleanup_removes_orphans_and_spares_live_runs() {
     let Some(_c) = cluster() else { return };
@@ -145,7 +269,7 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
         .collect();
 
     // A second run on msh3 alone, then everything of it that mpiswarm owns killed at once:
-    // mpirun, rank and guard. Its daemon survives as an orphan.
+    // mpirun, rank and guard. Its state directory survives as an orphan.
     let mut orphan_run = mpirun(1, 1, &["up"]);
     let hostfile = std::env::temp_dir().join("mpiswarm-test-hosts.msh3");
     std::fs::write(&hostfile, "msh3 slots=8\n").unwrap();
@@ -179,11 +303,13 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     kill9(&victims);
     let _ = orphan.wait();
     std::thread::sleep(Duration::from_millis(500));
-    let left =
-        residue_on(&["msh3".to_owned()]).expect_err("the orphaned daemon should still be there");
+    // The daemon's tree died with its guard (parent death signals); its state directory stays.
+    let left = residue_on(&["msh3".to_owned()])
+        .expect_err("the orphaned state directory should still be there");
+    assert!(left.contains("msh3: directory /tmp/mpiswarm-"), "{left}");
     assert!(
-        left.contains("rootlesskit") || left.contains("dockerd"),
-        "{left}"
+        !left.contains("rootlesskit") && !left.contains("dockerd"),
+        "the daemon outlived its guard:\n{left}"
     );
 
     let out = on_host("msh3", &format!("{} cleanup", binary().display()));

@@ -181,6 +181,11 @@ pub fn hosts(n: usize) -> Vec<String> {
 
 /// An mpirun command over the first `nhosts` simulated hosts, ranks placed round-robin by node.
 pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
+    mpirun_env(np, nhosts, &[], args)
+}
+
+/// As `mpirun`, with environment variables set for every rank (`-x NAME=VALUE`).
+pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str]) -> Command {
     let hostfile = std::env::temp_dir().join(format!("mpiswarm-test-hosts.{nhosts}"));
     let lines: String = hosts(nhosts)
         .iter()
@@ -201,7 +206,12 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
             SUBNET,
         ])
         .args(["--mca", "btl", "self,tcp"])
-        .arg(binary())
+        .args(["--mca", "orte_tmpdir_base"])
+        .arg(launcher_tmp());
+    for (name, value) in env {
+        cmd.arg("-x").arg(format!("{name}={value}"));
+    }
+    cmd.arg(binary())
         .args(args)
         // Ranks start in the launcher's working directory: make it one the test user can enter
         // (the checkout may be in root's home).
@@ -365,6 +375,8 @@ pub struct Background {
 
 impl Background {
     pub fn start(np: usize, nhosts: usize, extra: &[&str]) -> Background {
+        // Not in a temporary directory: a run killed outright leaves its ready file (the user's
+        // own file), and the residue check looks for every file of the user there.
         let ready_file = user_dir().join(format!("ready.{}", std::process::id()));
         let _ = std::fs::remove_file(&ready_file);
         let ready = ready_file.display().to_string();
@@ -439,6 +451,175 @@ impl Drop for Background {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_file(&self.ready_file);
         }
     }
+}
+
+/// A directory in the shared test directory where the test user's runs may write files (ready
+/// files, reports): `scripts/residue` leaves the test harness's own directory alone.
+pub fn out_dir() -> PathBuf {
+    user_dir()
+}
+
+/// Open MPI's session directories (the launcher's files, not mpiswarm's): in the harness's own
+/// directory, so that the residue check's look at the temporary directories sees only what
+/// mpiswarm leaves there (a launcher killed outright leaves its session directory behind).
+pub fn launcher_tmp() -> PathBuf {
+    let dir = shared_dir().join("launcher-tmp");
+    std::fs::create_dir_all(&dir).expect("create the launcher temp dir");
+    chmod(&dir, 0o1777);
+    dir
+}
+
+/// One host's daemon tree as it runs now: its guard and every descendant of it.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub host: String,
+    pub guard: u32,
+    /// (pid, start time) of the guard's descendants: rootlesskit, its namespaced child,
+    /// slirp4netns, dockerd, containerd, shims, containers.
+    pub procs: Vec<(u32, u64)>,
+    /// The host's state directory.
+    pub dir: PathBuf,
+}
+
+/// (ppid, start time, zombie) of a process, from /proc.
+fn proc_stat(pid: u32) -> Option<(u32, u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    let zombie = matches!(*fields.first()?, "Z" | "X");
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+        zombie,
+    ))
+}
+
+/// Every host's daemon tree (one guard per host).
+pub fn daemon_trees() -> Vec<Tree> {
+    let procs: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| proc_stat(pid).map(|(ppid, start, _)| (pid, ppid, start)))
+        .collect();
+    let mut trees = Vec::new();
+    for guard in pids_matching("mpiswarm guard") {
+        let host = host_of(guard).unwrap_or_else(|| panic!("guard {guard} on no host"));
+        let mut found = Vec::new();
+        let mut parents = vec![guard];
+        while let Some(parent) = parents.pop() {
+            for (pid, ppid, start) in &procs {
+                if *ppid == parent {
+                    found.push((*pid, *start));
+                    parents.push(*pid);
+                }
+            }
+        }
+        let dir = PathBuf::from(host_socket(&host).expect("state dir"))
+            .parent()
+            .expect("socket in a dir")
+            .to_path_buf();
+        trees.push(Tree {
+            host,
+            guard,
+            procs: found,
+            dir,
+        });
+    }
+    trees.sort_by(|a, b| a.host.cmp(&b.host));
+    trees
+}
+
+fn tree_left(tree: &Tree) -> Vec<String> {
+    let mut left: Vec<String> = tree
+        .procs
+        .iter()
+        .filter(|(pid, start)| proc_stat(*pid).is_some_and(|(_, s, zombie)| s == *start && !zombie))
+        .map(|(pid, _)| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            format!(
+                "process {pid} ({})",
+                cmd.chars().take(80).collect::<String>()
+            )
+        })
+        .collect();
+    if tree.dir.exists() {
+        left.push(format!("directory {}", tree.dir.display()));
+    }
+    left
+}
+
+/// Waits until every given tree's processes and state directory are gone; returns, per host,
+/// when that host became clean (measured from `since`), or what was left at `limit` after it.
+pub fn wait_gone(
+    trees: &[Tree],
+    since: Instant,
+    limit: Duration,
+) -> Result<Vec<(String, Duration)>, String> {
+    let mut clean: Vec<Option<Duration>> = vec![None; trees.len()];
+    loop {
+        for (i, tree) in trees.iter().enumerate() {
+            if clean[i].is_none() && tree_left(tree).is_empty() {
+                clean[i] = Some(since.elapsed());
+            }
+        }
+        if clean.iter().all(Option::is_some) {
+            return Ok(trees
+                .iter()
+                .zip(clean)
+                .map(|(t, c)| (t.host.clone(), c.expect("all clean")))
+                .collect());
+        }
+        if since.elapsed() >= limit {
+            let left: Vec<String> = trees
+                .iter()
+                .flat_map(|t| {
+                    tree_left(t)
+                        .into_iter()
+                        .map(move |l| format!("{}: {l}", t.host))
+                })
+                .collect();
+            return Err(left.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that every tree is gone within `limit` of `since`; prints when each host was clean.
+pub fn assert_gone_within(what: &str, trees: &[Tree], since: Instant, limit: Duration) {
+    match wait_gone(trees, since, limit) {
+        Ok(times) => {
+            for (host, t) in times {
+                eprintln!("{what}: {host} clean {:.3} s after it", t.as_secs_f64());
+            }
+        }
+        Err(left) => panic!("{what}: not clean within {limit:?}:\n{left}"),
+    }
+}
+
+/// Sockets bound to the swarm ports on a host (in its network namespace).
+pub fn swarm_listeners(host: &str) -> Vec<String> {
+    let out = on_host_as_root(host, "ss -Htuanl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|a| [":2377", ":7946", ":4789"].iter().any(|p| a.ends_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Files of the test user (or of its sub-uids) in the node-local temporary directories, outside
+/// the test harness's own directory.
+pub fn user_temp_files() -> Vec<String> {
+    let out = Command::new(script("residue"))
+        .output()
+        .expect("run residue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": file "))
+        .map(str::to_owned)
+        .collect()
 }
