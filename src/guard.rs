@@ -98,10 +98,19 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
     }
 
-    wait_for_teardown(&mut daemon, &sig_read, &mut out);
+    let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut out);
     stop_helpers.store(true, Ordering::SeqCst);
 
-    let result = teardown_host(&dir);
+    let result = teardown_host(&dir).and_then(|()| match intruder {
+        Some(s) => Err(anyhow!(
+            "{}",
+            GuardEvent::Intruder {
+                uid: s.uid,
+                port: s.port
+            }
+        )),
+        None => Ok(()),
+    });
     match &result {
         Ok(()) => emit(&mut out, &GuardEvent::Clean),
         Err(e) => emit(&mut out, &GuardEvent::Dirty(format!("{e:#}"))),
@@ -158,12 +167,32 @@ fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBo
         });
 }
 
-/// Blocks until the lifeline says teardown or closes, or a signal arrives; reports an early
-/// daemon exit on the way.
-fn wait_for_teardown(daemon: &mut Option<Child>, sig_read: &UnixStream, out: &mut impl Write) {
+/// Blocks until the lifeline says teardown or closes, or a signal arrives, or another user binds
+/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way.
+fn wait_for_teardown(
+    daemon: &mut Option<Child>,
+    sig_read: &UnixStream,
+    addr: Ipv4Addr,
+    out: &mut impl Write,
+) -> Option<crate::squatters::Squatter> {
     let stdin = std::io::stdin();
     let mut lifeline = stdin.lock();
+    let udp_ports: Vec<u16> = daemon::SWARM_PORTS
+        .iter()
+        .filter(|(_, proto)| *proto == "udp")
+        .map(|(port, _)| *port)
+        .collect();
     loop {
+        if let Some(s) = crate::squatters::scan(addr, &udp_ports).into_iter().next() {
+            emit(
+                out,
+                &GuardEvent::Intruder {
+                    uid: s.uid,
+                    port: s.port,
+                },
+            );
+            return Some(s);
+        }
         let mut fds = [
             PollFd::new(lifeline.as_fd(), PollFlags::POLLIN),
             PollFd::new(sig_read.as_fd(), PollFlags::POLLIN),
@@ -171,14 +200,14 @@ fn wait_for_teardown(daemon: &mut Option<Child>, sig_read: &UnixStream, out: &mu
         let ready = poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0);
         if ready > 0 {
             if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                return;
+                return None;
             }
             if fds[0].revents().is_some_and(|r| !r.is_empty()) {
                 let mut line = String::new();
                 match lifeline.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return None,
                     Ok(_) => match GuardCommand::decode(&line) {
-                        Ok(GuardCommand::Teardown) => return,
+                        Ok(GuardCommand::Teardown) => return None,
                         Err(e) => tracing::warn!("{e:#}"),
                     },
                 }
@@ -402,6 +431,11 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
         match GuardEvent::decode(&line) {
             Ok(event) => {
                 verdict |= event.is_verdict();
+                if let GuardEvent::Intruder { .. } = &event {
+                    // The whole job stops now, not at the next phase.
+                    tracing::error!("{event}");
+                    crate::signals::intruder();
+                }
                 // The handle may be gone already; keep reading until the guard's end anyway.
                 let _ = tx.send(event);
             }

@@ -2,7 +2,8 @@
 //! guard on its stdout, commands from the rank on the guard's stdin (the lifeline).
 //!
 //! Events: `started PID`, `exited STATUS` (the daemon ended early), `backlog deepened PORT,...` or
-//! `backlog failed MSG` (slirp4netns' accept queues), then one verdict: `clean` or `dirty MSG`.
+//! `backlog failed MSG` (slirp4netns' accept queues), `intruder UID PORT` (another user bound a
+//! swarm port here), then one verdict: `clean` or `dirty MSG`.
 //! Command: `teardown`; the lifeline's end (the rank died) means the same.
 
 use std::fmt;
@@ -18,6 +19,8 @@ pub enum GuardEvent {
     Exited(String),
     /// The outcome of deepening slirp4netns' accept queues: the ports, or why not.
     Backlog(Result<Vec<u16>, String>),
+    /// Another user bound a swarm UDP port on this host's address: the guard tears down.
+    Intruder { uid: u32, port: u16 },
     /// Verdict: the host is torn down and nothing is left.
     Clean,
     /// Verdict: the teardown left something; what.
@@ -35,6 +38,7 @@ impl GuardEvent {
                 format!("backlog deepened {}", ports.join(","))
             }
             GuardEvent::Backlog(Err(why)) => format!("backlog failed {}", one_line(why)),
+            GuardEvent::Intruder { uid, port } => format!("intruder {uid} {port}"),
             GuardEvent::Clean => "clean".to_owned(),
             GuardEvent::Dirty(what) => format!("dirty {}", one_line(what)),
         }
@@ -55,6 +59,13 @@ impl GuardEvent {
                     .collect::<Result<_>>()?)),
                 ("failed", why) => GuardEvent::Backlog(Err(why.to_owned())),
                 _ => return Err(bad()),
+            },
+            "intruder" => match rest.split_once(' ') {
+                Some((uid, port)) => GuardEvent::Intruder {
+                    uid: uid.parse().map_err(|_| bad())?,
+                    port: port.parse().map_err(|_| bad())?,
+                },
+                None => return Err(bad()),
             },
             "clean" if rest.is_empty() => GuardEvent::Clean,
             "dirty" => GuardEvent::Dirty(rest.to_owned()),
@@ -78,6 +89,11 @@ impl fmt::Display for GuardEvent {
                 write!(f, "backlog deepened on port(s) {ports:?}")
             }
             GuardEvent::Backlog(Err(why)) => write!(f, "backlog not deepened: {why}"),
+            GuardEvent::Intruder { uid, port } => write!(
+                f,
+                "another user (uid {uid}) bound the swarm port {port}/udp on this host, where it \
+                 would receive the job's traffic: the job was stopped (use exclusive nodes)"
+            ),
             GuardEvent::Clean => write!(f, "clean"),
             GuardEvent::Dirty(what) => write!(f, "not clean: {what}"),
         }
@@ -124,6 +140,10 @@ mod tests {
             GuardEvent::Backlog(Ok(vec![2377, 7946])),
             GuardEvent::Backlog(Ok(vec![])),
             GuardEvent::Backlog(Err("no listener on port 2377".into())),
+            GuardEvent::Intruder {
+                uid: 1002,
+                port: 4789,
+            },
             GuardEvent::Clean,
             GuardEvent::Dirty("failed to remove /tmp/x: busy".into()),
         ];

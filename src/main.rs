@@ -27,6 +27,7 @@ mod preflight;
 mod progress;
 mod report;
 mod signals;
+mod squatters;
 mod stack;
 mod statedir;
 mod swarm;

@@ -16,6 +16,10 @@ pub const TEARDOWN_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGUSR1, SIGHUP];
 /// every wait loop ends and the run tears down; the teardown then reports the host).
 pub const GUARD_LOST: i32 = -1;
 
+/// Not a signal: another user bound a swarm port on this host (recorded like a signal, so that
+/// the whole job stops at once; the guard's verdict names the user).
+pub const INTRUDER: i32 = -2;
+
 /// Something the signal thread tells at once when a teardown signal arrives.
 pub trait OnSignal: Send + Sync {
     fn on_signal(&self, sig: i32);
@@ -96,14 +100,25 @@ fn tell_listeners(sig: i32) {
 
 /// Records that this host's guard died: every wait loop sees it as a teardown request.
 pub fn guard_lost() {
+    record_event(GUARD_LOST);
+}
+
+/// Records that another user took a swarm port on this host.
+pub fn intruder() {
+    record_event(INTRUDER);
+}
+
+fn record_event(code: i32) {
     if let Some(signals) = INSTALLED.get() {
-        signals.record(GUARD_LOST);
+        signals.record(code);
     }
 }
 
 pub fn name(sig: i32) -> String {
-    if sig == GUARD_LOST {
-        return "the death of a host's guard".to_owned();
+    match sig {
+        GUARD_LOST => return "the death of a host's guard".to_owned(),
+        INTRUDER => return "another user's socket on a swarm port".to_owned(),
+        _ => {}
     }
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_owned())

@@ -92,3 +92,48 @@ fn swarm_ports_drop_traffic_from_hosts_outside_the_job() {
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(5));
 }
+
+#[test]
+fn another_user_binding_the_vxlan_port_stops_the_job_and_is_named() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(3, 3, &[]);
+    let other_uid = uid_of(OTHER);
+    // SO_REUSEADDR lets a socket of another uid bind slirp4netns' address and port, and take its
+    // unicast datagrams. python3 holds the socket until the job reacts (at most 20 s).
+    let squat = Command::new(script("simcluster"))
+        .env("SIM_USER", OTHER)
+        .args([
+            "exec",
+            &host(2),
+            "python3 -c \"import socket,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); \
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(('10.77.0.12',4789)); \
+             print('bound', flush=True); time.sleep(20)\"",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the squatter");
+    let t0 = std::time::Instant::now();
+    let out = bg.wait(Duration::from_secs(30));
+    let mut squat = squat;
+    let _ = squat.kill();
+    let squat_out = squat.wait_with_output().unwrap();
+    let stderr = text(&out).1;
+    assert!(
+        String::from_utf8_lossy(&squat_out.stdout).contains("bound"),
+        "the other user could not bind the port: {squat_out:?}"
+    );
+    assert!(!out.status.success(), "the job went on: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another user (uid {other_uid}) bound the swarm port 4789/udp"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&host(2)), "the host is not named: {stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_clean(Duration::from_secs(5));
+}
