@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::guard;
+
+/// How young a directory without a lock or record must be to count as a run still starting.
+const STARTING: Duration = Duration::from_secs(10);
 use crate::statedir;
 use crate::teardown;
 
@@ -48,7 +51,15 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     let root = statedir::user_root(base);
     let me = nix::unistd::getuid().as_raw();
     let suffix = format!("-{}", crate::host::hostname());
-    for dir in guard::state_dirs_under(&root) {
+    if std::fs::symlink_metadata(&root).is_err() {
+        return report;
+    }
+    // The same checks as `up`: a per-user root planted by someone else (or a symlink) is refused.
+    if let Err(e) = statedir::check_user_root(&root) {
+        report.errors.push(format!("{e:#}"));
+        return report;
+    }
+    for dir in statedir::state_dirs_under(&root) {
         // Only this host's runs: a state base shared between hosts must not be cleaned blindly.
         if !dir
             .file_name()
@@ -57,9 +68,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             continue;
         }
         let shown = dir.display().to_string();
-        if let Some(record) = guard::read_record(&dir)
-            && guard::is_alive(&record)
-        {
+        if is_live(&dir) {
             report.skipped_live.push(shown);
             continue;
         }
@@ -74,13 +83,30 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     report
 }
 
+/// A run is live while its rank or guard holds the run lock, or (without a lock file) while its
+/// guard's record names a live process, or while it is only starting: a directory younger than
+/// `STARTING` with neither lock nor record may be a run that has not taken its lock yet.
+fn is_live(dir: &Path) -> bool {
+    match statedir::run_lock_held(dir) {
+        Some(held) => held,
+        None => {
+            let record = guard::read_record(dir);
+            if let Some(r) = &record {
+                return guard::is_alive(r);
+            }
+            std::fs::symlink_metadata(dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < STARTING)
+        }
+    }
+}
+
 /// Kills whatever still runs from a dead run's state directory (orphans of a dead guard) and
 /// removes the directory; records what it did in `report`. True when the directory is gone (or
 /// would be, on a dry run).
 fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
-    let needle = dir.to_string_lossy().into_owned();
     for p in teardown::all_processes() {
-        if p.uid == me && !p.zombie && p.cmdline.contains(&needle) {
+        if p.uid == me && !p.zombie && belongs_to_run(p.pid, dir) {
             report
                 .killed
                 .push(format!("{} ({})", p.pid, short(&p.cmdline)));
@@ -97,7 +123,7 @@ fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
     while Instant::now() < deadline
         && teardown::all_processes()
             .iter()
-            .any(|p| p.uid == me && !p.zombie && p.cmdline.contains(&needle))
+            .any(|p| p.uid == me && !p.zombie && belongs_to_run(p.pid, dir))
     {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -134,6 +160,24 @@ pub fn after_guard_death(dir: &Path) -> Result<String> {
             String::new()
         }
     ))
+}
+
+/// Whether a process is one of a run's own (its guard, rootlesskit and its child, slirp4netns,
+/// dockerd): one of its arguments is exactly one of the paths they are started with, never just
+/// a string that contains the directory's name.
+fn belongs_to_run(pid: i32, dir: &Path) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let d = dir.display();
+    let own = [
+        format!("{d}"),
+        format!("--state-dir={d}/rk"),
+        format!("{d}/rk/.s4nn.sock"),
+        format!("{d}/daemon.json"),
+    ];
+    raw.split(|b| *b == 0)
+        .any(|arg| own.iter().any(|o| o.as_bytes() == arg))
 }
 
 fn short(cmdline: &str) -> String {

@@ -70,6 +70,8 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
+    // Held for the guard's life: `cleanup` leaves a run alone while anyone holds it.
+    let _run_lock = crate::statedir::hold_run_lock(&dir.path)?;
     StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
@@ -486,25 +488,19 @@ fn wait_dead(pid: u32, deadline: Instant) -> String {
 /// Reads a guard record, for `cleanup`.
 pub fn read_record(dir: &Path) -> Option<GuardRecord> {
     let mut text = String::new();
-    std::fs::File::open(dir.join("guard.json"))
-        .ok()?
-        .read_to_string(&mut text)
-        .ok()?;
+    std::fs::File::open(
+        StateDir {
+            path: dir.to_path_buf(),
+        }
+        .guard_record(),
+    )
+    .ok()?
+    .read_to_string(&mut text)
+    .ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// True while the guard that wrote `record` is still running (pid and start time both match).
 pub fn is_alive(record: &GuardRecord) -> bool {
     teardown::proc_info(record.pid).is_some_and(|p| p.start_time == record.start_time && !p.zombie)
-}
-
-pub fn state_dirs_under(root: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -20,12 +20,16 @@ use crate::statedir::StateDir;
 /// One host's running daemon; dropping it tears the host down.
 pub struct HostDaemon {
     pub guard: GuardHandle,
+    /// Held until the host is torn down (see statedir::hold_run_lock).
+    pub run_lock: std::fs::File,
     pub engine: Engine,
     pub addr: Ipv4Addr,
 }
 
 /// A daemon whose guard has been started, not yet answering.
 pub struct Launched {
+    /// Held for the rank's life (see statedir::hold_run_lock).
+    run_lock: std::fs::File,
     guard: GuardHandle,
     addr: Ipv4Addr,
     warnings: Vec<Check>,
@@ -45,8 +49,10 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
+    let run_lock = crate::statedir::hold_run_lock(&dir.path)?;
     let guard = GuardHandle::spawn(dir, addr, cfg.port_driver, cfg.vxlan_nolearning)?;
     Ok(Launched {
+        run_lock,
         guard,
         addr,
         warnings,
@@ -98,6 +104,7 @@ impl Launched {
         );
         Ok(HostDaemon {
             guard: self.guard,
+            run_lock: self.run_lock,
             engine,
             addr: self.addr,
         })

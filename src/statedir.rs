@@ -91,6 +91,50 @@ pub fn check_user_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run lock: every process of a live run (its rank and its guard) holds a shared lock on
+/// `run.lock` in the state directory, so `cleanup` can tell a live run from a dead one without
+/// trusting pids (the lock goes with the last of them, whatever kills it).
+pub fn hold_run_lock(dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("run.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+        .with_context(|| format!("failed to lock {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether some process holds the run lock of `dir` (a missing lock file proves nothing).
+pub fn run_lock_held(dir: &Path) -> Option<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dir.join("run.lock"))
+        .ok()?;
+    Some(rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err())
+}
+
+/// This user's state directories under `root`: real directories only (a symlink is never
+/// followed), owned by this user.
+pub fn state_dirs_under(root: &Path) -> Vec<PathBuf> {
+    let me = nix::unistd::getuid().as_raw();
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl StateDir {
     pub fn path_for(base: &Path, job: &str, host: &str) -> PathBuf {
         user_root(base).join(job_dir_name(job, host))

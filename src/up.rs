@@ -447,8 +447,14 @@ impl Run<'_> {
         marks: Option<&Milestones>,
     ) -> Result<()> {
         let t = Instant::now();
-        let HostDaemon { mut guard, .. } = daemon;
+        let HostDaemon {
+            mut guard,
+            run_lock,
+            ..
+        } = daemon;
         let local = guard.teardown(TEARDOWN_DEADLINE);
+        // The run is over on this host: `cleanup` may now treat what is left as a dead run's.
+        drop(run_lock);
         if local.is_ok() {
             self.tl.done("teardown", t);
         }

@@ -137,3 +137,69 @@ fn another_user_binding_the_vxlan_port_stops_the_job_and_is_named() {
     );
     assert_clean(Duration::from_secs(5));
 }
+
+#[test]
+fn cleanup_refuses_a_per_user_root_planted_by_another_user() {
+    let Some(_c) = cluster() else { return };
+    let root = format!("/tmp/mpiswarm-{}", uid_of(USER));
+    let bait = "/tmp/mpiswarm-test-bait";
+    // The other user plants the test user's per-user root as a symlink to a directory of its own.
+    let planted = as_other(&host(1), &format!("mkdir -p {bait} && ln -s {bait} {root}"));
+    assert!(planted.status.success(), "{planted:?}");
+    let bin = binary().display().to_string();
+    let out = on_host(&host(1), &format!("{bin} cleanup"));
+    let cleaned = on_host(&host(1), &format!("{bin} up 2>&1; echo exit=$?"));
+    let _ = Command::new("rm").args(["-rf", &root, bait]).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "cleanup accepted a planted root: {out:?}"
+    );
+    assert!(
+        stderr.contains("is not a directory owned by you"),
+        "{stderr}"
+    );
+    // `up` refuses it as well (outside MPI it runs as one rank).
+    let up = String::from_utf8_lossy(&cleaned.stdout);
+    assert!(up.contains("is not a directory owned by you"), "{up}");
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn cleanup_in_a_loop_while_up_starts_leaves_the_run_unharmed() {
+    let Some(_c) = cluster() else { return };
+    let bin = binary().display().to_string();
+    let looping = Command::new(script("simcluster"))
+        .args([
+            "exec",
+            &host(1),
+            &format!("for i in $(seq 300); do {bin} cleanup >/dev/null 2>&1; done"),
+        ])
+        .spawn()
+        .expect("start the cleanup loop");
+    let out = run_with_deadline(
+        mpirun(
+            2,
+            2,
+            &[
+                "up",
+                "--",
+                "sh",
+                "-c",
+                "docker info >/dev/null && docker node ls -q | wc -l",
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    let mut looping = looping;
+    let _ = looping.kill();
+    let _ = looping.wait();
+    let _ = on_host(&host(1), "pkill -f 'mpiswarm cleanup'; true");
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "the run was harmed by cleanup:\n{stderr}"
+    );
+    assert_eq!(stdout.trim(), "2", "{stdout}\n{stderr}");
+    assert_clean(Duration::from_secs(5));
+}
