@@ -16,8 +16,6 @@ use rustix::net::getsockname;
 use rustix::net::sockopt::socket_acceptconn;
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
 
-use crate::teardown;
-
 /// A listening TCP socket held by some process: where to find it, and what it listens on.
 #[derive(Debug)]
 struct Listener {
@@ -41,7 +39,7 @@ pub fn deepen(
     let give_up = || stop.load(Ordering::SeqCst) || Instant::now() >= deadline;
     // Found once: scanning every process is the expensive part, and slirp4netns starts first.
     let (slirp, slirp_start) = loop {
-        if let Some(p) = teardown::descendants(root).into_iter().find(|p| {
+        if let Some(p) = crate::procfs::descendants(root).into_iter().find(|p| {
             let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
             argv0.rsplit('/').next() == Some("slirp4netns")
         }) {
@@ -83,7 +81,7 @@ fn deepen_one(l: &Listener, addr: Ipv4Addr) -> Result<()> {
     let pid = Pid::from_raw(l.pid).with_context(|| format!("invalid pid {}", l.pid))?;
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).context("pidfd_open")?;
     // The pidfd now pins this process: check it is the one found, not a new one with its pid.
-    if !teardown::proc_info(l.pid).is_some_and(|p| p.start_time == l.start_time && !p.zombie) {
+    if !crate::procfs::proc_info(l.pid).is_some_and(|p| p.start_time == l.start_time && !p.zombie) {
         bail!("pid {} is no longer the slirp4netns found earlier", l.pid);
     }
     let socket = pidfd_getfd(&pidfd, l.fd, PidfdGetfdFlags::empty()).context("pidfd_getfd")?;

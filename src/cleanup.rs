@@ -105,7 +105,7 @@ fn is_live(dir: &Path) -> bool {
 /// removes the directory; records what it did in `report`. True when the directory is gone (or
 /// would be, on a dry run).
 fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
-    for p in teardown::all_processes() {
+    for p in crate::procfs::all_processes() {
         if p.uid == me && !p.zombie && belongs_to_run(p.pid, dir) {
             report
                 .killed
@@ -121,7 +121,7 @@ fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
     // Processes inside the daemon's PID namespace die with its init; give them a moment.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline
-        && teardown::all_processes()
+        && crate::procfs::all_processes()
             .iter()
             .any(|p| p.uid == me && !p.zombie && belongs_to_run(p.pid, dir))
     {

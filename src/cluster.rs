@@ -122,12 +122,12 @@ impl Follower {
                 && let Some((_, Message::LeaderPid { pid })) =
                     Message::poll(&self.node, Some(0), Kind::LeaderPid)
             {
-                leader = crate::teardown::proc_info(pid).map(|p| (p.pid, p.start_time));
+                leader = crate::procfs::proc_info(pid).map(|p| (p.pid, p.start_time));
             }
             if last_check.elapsed() >= LEADER_CHECK {
                 last_check = std::time::Instant::now();
                 if let Some((pid, start)) = leader
-                    && !crate::teardown::proc_info(pid)
+                    && !crate::procfs::proc_info(pid)
                         .is_some_and(|p| p.start_time == start && !p.zombie)
                 {
                     tracing::error!(

@@ -73,7 +73,7 @@ pub fn allow(guard_pid: u32, peers: &[Ipv4Addr]) -> Result<()> {
 /// rootlesskit's child in the daemon's user namespace (not slirp4netns, its other child).
 fn namespaced_child(guard_pid: u32) -> Option<i32> {
     let own = std::fs::read_link("/proc/self/ns/user").ok();
-    let tree = crate::teardown::descendants(guard_pid as i32);
+    let tree = crate::procfs::descendants(guard_pid as i32);
     let rootlesskit = tree
         .iter()
         .find(|p| p.ppid == guard_pid as i32 && p.cmdline.starts_with("rootlesskit"))?

@@ -24,7 +24,6 @@ use anyhow::{Context, Result, anyhow};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
-use wait_timeout::ChildExt;
 
 use crate::cli::{GuardArgs, PortDriver};
 use crate::guard_protocol::{GuardCommand, GuardEvent};
@@ -58,7 +57,7 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         .advertise_addr
         .parse()
         .with_context(|| format!("invalid advertise address {:?}", args.advertise_addr))?;
-    let me = teardown::proc_info(std::process::id() as i32)
+    let me = crate::procfs::proc_info(std::process::id() as i32)
         .ok_or_else(|| anyhow!("cannot read /proc/self"))?;
     let record = GuardRecord {
         pid: me.pid,
@@ -135,7 +134,7 @@ fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool
             while inner.is_none() && !stop.load(Ordering::SeqCst) {
                 // Its child in another user namespace: not slirp4netns, its other child.
                 let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
-                inner = teardown::descendants(rootlesskit as i32)
+                inner = crate::procfs::descendants(rootlesskit as i32)
                     .into_iter()
                     .find(|p| {
                         p.ppid == rootlesskit as i32
@@ -381,10 +380,7 @@ impl GuardHandle {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
-        if self.child.wait_timeout(left)?.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        crate::deadline::wait_or_kill(&mut self.child, left)?;
         verdict.unwrap_or_else(|| Err(anyhow!("the guard gave no verdict")))
     }
 
@@ -502,5 +498,6 @@ pub fn read_record(dir: &Path) -> Option<GuardRecord> {
 
 /// True while the guard that wrote `record` is still running (pid and start time both match).
 pub fn is_alive(record: &GuardRecord) -> bool {
-    teardown::proc_info(record.pid).is_some_and(|p| p.start_time == record.start_time && !p.zombie)
+    crate::procfs::proc_info(record.pid)
+        .is_some_and(|p| p.start_time == record.start_time && !p.zombie)
 }

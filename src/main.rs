@@ -24,6 +24,7 @@ mod mpi_buffer;
 mod offer;
 mod outputs;
 mod preflight;
+mod procfs;
 mod progress;
 mod report;
 mod signals;

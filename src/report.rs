@@ -70,7 +70,7 @@ pub fn since_process_start() -> f64 {
         .flatten()
         .unwrap_or(100) as f64;
     let start =
-        crate::teardown::proc_info(std::process::id() as i32).map(|p| p.start_time as f64 / ticks);
+        crate::procfs::proc_info(std::process::id() as i32).map(|p| p.start_time as f64 / ticks);
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok());

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use wait_timeout::ChildExt;
 
 use crate::engine::Engine;
 
@@ -49,9 +48,7 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
-    let Some(status) = child.wait_timeout(left)? else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let Some(status) = crate::deadline::wait_or_kill(&mut child, left)? else {
         bail!(
             "`docker stack deploy` of {} did not finish before the deadline",
             file.display()

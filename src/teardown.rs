@@ -1,7 +1,7 @@
 //! Tearing down a host fast and completely: kill a whole process tree with SIGKILL (the data is
 //! discarded anyway), then delete the state directory, including files owned by sub-uids.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,118 +11,6 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use wait_timeout::ChildExt;
-
-/// One process as /proc shows it.
-#[derive(Debug, Clone)]
-pub struct ProcInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub uid: u32,
-    pub zombie: bool,
-    /// Start time in clock ticks since boot: with the pid, identifies a process across pid reuse.
-    pub start_time: u64,
-    pub cmdline: String,
-}
-
-/// Reads one process's entry; `None` when it is gone.
-pub fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let state = fields.first()?;
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start_time = fields.get(19)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok())?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default();
-    Some(ProcInfo {
-        pid,
-        ppid,
-        uid,
-        zombie: *state == "Z" || *state == "X",
-        start_time,
-        cmdline,
-    })
-}
-
-pub fn all_processes() -> Vec<ProcInfo> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(proc_info)
-        .collect()
-}
-
-/// Every live (non-zombie) descendant of `root`.
-pub fn descendants(root: i32) -> Vec<ProcInfo> {
-    let procs = all_processes();
-    let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
-    for p in &procs {
-        children.entry(p.ppid).or_default().push(p);
-    }
-    let mut found = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            if seen.insert(child.pid) {
-                stack.push(child.pid);
-                if !child.zombie {
-                    found.push((*child).clone());
-                }
-            }
-        }
-    }
-    found
-}
-
-/// Live descendants of `root` from /proc/PID/stat alone (pid, parent, state): the cheap scan that
-/// the kill loop repeats until the tree is gone.
-fn descendant_pids(root: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
-    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let mut fields = rest.split(' ');
-        let zombie = matches!(fields.next(), Some("Z" | "X"));
-        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
-            children.entry(ppid).or_default().push((pid, zombie));
-        }
-    }
-    let mut found = Vec::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
-            stack.push(child);
-            if !zombie {
-                found.push(child);
-            }
-        }
-    }
-    found
-}
 
 /// Sends SIGKILL; a process already gone counts as killed.
 pub fn kill_hard(pid: i32) -> Result<()> {
@@ -148,7 +36,7 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
     let me = std::process::id() as i32;
     let mut failed: HashMap<i32, String> = HashMap::new();
     loop {
-        let alive = descendant_pids(me);
+        let alive = crate::procfs::descendant_pids(me);
         if alive.is_empty() {
             reap_children();
             return Ok(());
@@ -166,7 +54,9 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
             let list: Vec<String> = alive
                 .iter()
                 .map(|&pid| {
-                    let cmd = proc_info(pid).map(|p| p.cmdline).unwrap_or_default();
+                    let cmd = crate::procfs::proc_info(pid)
+                        .map(|p| p.cmdline)
+                        .unwrap_or_default();
                     match failed.get(&pid) {
                         Some(e) => format!("{pid} ({cmd}): {e}"),
                         None => format!("{pid} ({cmd})"),
@@ -207,17 +97,12 @@ pub fn remove_state_dir(dir: &Path, timeout: Duration) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("failed to start rootlesskit to remove {}", dir.display()))?;
-    let status = match child.wait_timeout(timeout)? {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "failed to remove {} within {:?}: rm inside the user namespace hung",
-                dir.display(),
-                timeout
-            );
-        }
+    let Some(status) = crate::deadline::wait_or_kill(&mut child, timeout)? else {
+        bail!(
+            "failed to remove {} within {:?}: rm inside the user namespace hung",
+            dir.display(),
+            timeout
+        );
     };
     if dir.exists() {
         let mut err = String::new();

@@ -1,0 +1,115 @@
+//! Processes as /proc shows them: one process's entry, every process, a process's descendants.
+//! Read fresh each time; a process that is gone is simply absent.
+
+use std::collections::{HashMap, HashSet};
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, identifies a process across pid reuse.
+    pub start_time: u64,
+    pub cmdline: String,
+}
+
+/// Reads one process's entry; `None` when it is gone.
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start_time = fields.get(19)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid,
+        uid,
+        zombie: *state == "Z" || *state == "X",
+        start_time,
+        cmdline,
+    })
+}
+
+pub fn all_processes() -> Vec<ProcInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .collect()
+}
+
+/// Every live (non-zombie) descendant of `root`.
+pub fn descendants(root: i32) -> Vec<ProcInfo> {
+    let procs = all_processes();
+    let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child.pid) {
+                stack.push(child.pid);
+                if !child.zombie {
+                    found.push((*child).clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Live descendants of `root` from /proc/PID/stat alone (pid, parent, state): the cheap scan that
+/// the kill loop repeats until the tree is gone.
+pub fn descendant_pids(root: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let zombie = matches!(fields.next(), Some("Z" | "X"));
+        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
+            children.entry(ppid).or_default().push((pid, zombie));
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
+            stack.push(child);
+            if !zombie {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
