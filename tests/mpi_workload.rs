@@ -48,10 +48,9 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
     )
     .unwrap();
     let launcher = format!(
-        "mpirun.openmpi --allow-run-as-root --hostfile {} -np 3 --map-by node --mca plm_rsh_agent {} \
-         --mca oob_tcp_if_include {SUBNET} --mca btl_tcp_if_include {SUBNET} --mca btl self,tcp",
+        "mpirun.openmpi --allow-run-as-root --hostfile {} -np 3 --map-by node {}",
         hostfile.display(),
-        AGENT
+        mca_options().join(" ")
     );
     let mut cmd = Command::new(copy.join("run.sh"));
     cmd.current_dir("/tmp")

@@ -179,6 +179,23 @@ pub fn hosts(n: usize) -> Vec<String> {
     (1..=n).map(host).collect()
 }
 
+/// Open MPI's options for the simulated cluster, from scripts/simcluster (their one source).
+pub fn mca_options() -> Vec<String> {
+    static OPTIONS: OnceLock<Vec<String>> = OnceLock::new();
+    OPTIONS
+        .get_or_init(|| {
+            let out = Command::new(script("simcluster"))
+                .arg("mca")
+                .output()
+                .expect("simcluster mca");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .clone()
+}
+
 /// An mpirun command over the first `nhosts` simulated hosts, ranks placed round-robin by node.
 pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
     mpirun_env(np, nhosts, &[], args)
@@ -196,16 +213,7 @@ pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str])
     cmd.args(["--allow-run-as-root", "--hostfile"])
         .arg(&hostfile)
         .args(["-np", &np.to_string(), "--map-by", "node"])
-        .args(["--mca", "plm_rsh_agent", AGENT])
-        .args([
-            "--mca",
-            "oob_tcp_if_include",
-            SUBNET,
-            "--mca",
-            "btl_tcp_if_include",
-            SUBNET,
-        ])
-        .args(["--mca", "btl", "self,tcp"])
+        .args(mca_options())
         .args(["--mca", "orte_tmpdir_base"])
         .arg(launcher_tmp());
     for (name, value) in env {
