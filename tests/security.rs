@@ -61,6 +61,7 @@ fn swarm_ports_drop_traffic_from_hosts_outside_the_job() {
     let before = dropped(&host(1));
     // msh4 is not in the job: VXLAN frames and gossip from it must not reach msh1's daemon.
     let target = "10.77.0.11";
+    let mut sent = Vec::new();
     for port in [4789, 7946] {
         let out = as_other(
             &host(4),
@@ -69,11 +70,12 @@ fn swarm_ports_drop_traffic_from_hosts_outside_the_job() {
             ),
         );
         assert!(out.status.success(), "{out:?}");
+        sent.push(out);
     }
     let udp_dropped = dropped(&host(1));
     assert!(
         udp_dropped >= before + 10,
-        "dropped {before} -> {udp_dropped}: frames from outside got through"
+        "dropped {before} -> {udp_dropped}: frames from outside got through ({sent:?})"
     );
     // slirp4netns accepts TCP on the host's side, then connects inside: that SYN is dropped.
     let _ = as_other(
@@ -132,7 +134,7 @@ fn another_user_binding_the_vxlan_port_stops_the_job_and_is_named() {
     assert!(stderr.contains(&host(2)), "the host is not named: {stderr}");
     assert!(
         t0.elapsed() < Duration::from_secs(15),
-        "took {:?}",
+        "took {:?}:\n{stderr}",
         t0.elapsed()
     );
     assert_clean(Duration::from_secs(5));
