@@ -11,9 +11,14 @@ use common::*;
 
 /// The README's promise: a host whose rank (or guard) is killed outright is clean within a second.
 const KILLED_HOST_CLEAN: Duration = Duration::from_secs(1);
-/// Every host clean after a rank's SIGKILL: Open MPI 4.1's own second (mpirun's delay before it
-/// signals the surviving ranks) plus our teardown.
+/// Every host clean after a rank's SIGKILL (issue 13's target, Open MPI 4.1 defaults, 4 hosts with
+/// 8 tasks): Open MPI's own second (mpirun's delay before it signals the surviving ranks) plus
+/// our teardown.
 const EVERY_HOST_CLEAN: Duration = Duration::from_millis(1300);
+/// The other kill tests: every host clean before Open MPI's own SIGKILL of the survivors (2 s), so
+/// that no host waits for it; with room for a busy 2-core machine (the target above is measured
+/// by the 8-task test).
+const EVERY_HOST_CLEAN_BEFORE_MPIRUNS_SIGKILL: Duration = Duration::from_millis(1900);
 
 /// A 3-host swarm running the paper's stack (5 containers), waiting for a signal.
 fn swarm_with_stack() -> Background {
@@ -108,8 +113,8 @@ fn sigusr1_to_every_daemon_leaves_no_file_in_temp_dirs() {
     assert_clean(Duration::from_secs(3));
 }
 
-/// Kills one rank; its host must be clean within a second, every host within `EVERY_HOST_CLEAN`.
-fn sigkill_one_rank(bg: Background, rank: u32) {
+/// Kills one rank; its host must be clean within a second, every host within `every`.
+fn sigkill_one_rank(bg: Background, rank: u32, every: Duration) {
     let ranks = ranks();
     let victim = ranks
         .iter()
@@ -122,7 +127,7 @@ fn sigkill_one_rank(bg: Background, rank: u32) {
     kill9(&[victim.0]);
     let what = format!("SIGKILL to rank {rank}");
     assert_gone_within(&what, &own, t0, KILLED_HOST_CLEAN);
-    assert_gone_within(&what, &others, t0, EVERY_HOST_CLEAN);
+    assert_gone_within(&what, &others, t0, every);
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
@@ -130,7 +135,11 @@ fn sigkill_one_rank(bg: Background, rank: u32) {
 #[test]
 fn sigkill_to_a_nonzero_rank() {
     let Some(_c) = cluster() else { return };
-    sigkill_one_rank(swarm_with_stack(), 2);
+    sigkill_one_rank(
+        swarm_with_stack(),
+        2,
+        EVERY_HOST_CLEAN_BEFORE_MPIRUNS_SIGKILL,
+    );
 }
 
 /// Open MPI 4.1's defaults, 4 hosts with 8 tasks: mpirun signals the surviving ranks a second
@@ -141,13 +150,17 @@ fn sigkill_to_a_nonzero_rank_of_eight_on_four_hosts() {
     let Some(_c) = cluster() else { return };
     let bg = Background::start(8, 4, &[]);
     assert_eq!(daemon_trees().len(), 4, "one daemon per host");
-    sigkill_one_rank(bg, 2);
+    sigkill_one_rank(bg, 2, EVERY_HOST_CLEAN);
 }
 
 #[test]
 fn sigkill_to_rank_0() {
     let Some(_c) = cluster() else { return };
-    sigkill_one_rank(swarm_with_stack(), 0);
+    sigkill_one_rank(
+        swarm_with_stack(),
+        0,
+        EVERY_HOST_CLEAN_BEFORE_MPIRUNS_SIGKILL,
+    );
 }
 
 #[test]
@@ -157,7 +170,12 @@ fn sigkill_to_mpirun() {
     let trees = daemon_trees();
     let t0 = Instant::now();
     kill9(&[bg.mpirun_pid()]);
-    assert_gone_within("SIGKILL to mpirun", &trees, t0, EVERY_HOST_CLEAN);
+    assert_gone_within(
+        "SIGKILL to mpirun",
+        &trees,
+        t0,
+        EVERY_HOST_CLEAN_BEFORE_MPIRUNS_SIGKILL,
+    );
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
