@@ -12,6 +12,7 @@ mod engine;
 mod guard;
 mod host;
 mod images;
+mod mtu;
 mod preflight;
 mod report;
 mod signals;
@@ -61,6 +62,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
+            export_overlay_mtu(cfg.overlay_mtu);
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
@@ -73,6 +75,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
+            export_overlay_mtu(cfg.overlay_mtu);
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
@@ -91,6 +94,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Guard(args) => guard::run(&args),
     }
+}
+
+/// Puts the overlay MTU in this process's environment, so that rank 0's command and `docker stack
+/// deploy` (compose files: `${MPISWARM_OVERLAY_MTU}`) inherit it.
+fn export_overlay_mtu(mtu: u32) {
+    // SAFETY: called before MPI, signal handling or any other thread starts: nothing else reads
+    // or writes the environment at the same time.
+    unsafe { std::env::set_var(mtu::ENV, mtu.to_string()) };
 }
 
 /// Launchers abort the whole job when the first rank fails: a rank that stays quiet about an

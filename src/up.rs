@@ -251,6 +251,7 @@ fn lifecycle(
             daemon.as_ref().map(|d| &d.engine),
             &hosts,
             image,
+            cfg.overlay_mtu,
             deadline,
         )?;
         tl.done("verify", t);
@@ -269,9 +270,10 @@ fn lifecycle(
             swarm_ready + c.started_in
         );
         let ran = match &cfg.ready_file {
-            Some(path) => write_ready_file(path, d.engine.socket(), hosts.len()).map(|()| {
-                ready_file = Some(ReadyFile(path.clone()));
-            }),
+            Some(path) => write_ready_file(path, d.engine.socket(), hosts.len(), cfg.overlay_mtu)
+                .map(|()| {
+                    ready_file = Some(ReadyFile(path.clone()));
+                }),
             None => Ok(()),
         }
         .and_then(|()| run_or_wait(c, &cfg.command, d.engine.socket(), signals));
@@ -606,9 +608,10 @@ impl Drop for ReadyFile {
     }
 }
 
-fn write_ready_file(path: &Path, socket: &Path, nodes: usize) -> Result<()> {
+fn write_ready_file(path: &Path, socket: &Path, nodes: usize, mtu: u32) -> Result<()> {
     let text = format!(
-        "DOCKER_HOST=unix://{}\nMPISWARM_NODES={nodes}\nexport DOCKER_HOST MPISWARM_NODES\n",
+        "DOCKER_HOST=unix://{}\nMPISWARM_NODES={nodes}\nMPISWARM_OVERLAY_MTU={mtu}\n\
+         export DOCKER_HOST MPISWARM_NODES MPISWARM_OVERLAY_MTU\n",
         socket.display()
     );
     StateDir::write_private(path, text.as_bytes())

@@ -37,11 +37,12 @@ pub fn run(
     engine: Option<&Engine>,
     hosts: &[String],
     image: &str,
+    overlay_mtu: u32,
     deadline: Instant,
 ) -> Result<()> {
     let local = if c.is_root() {
         let e = engine.expect("rank 0 leads its host");
-        deploy_probes(e, hosts, image, deadline).map(|()| 0.0)
+        deploy_probes(e, hosts, image, overlay_mtu, deadline).map(|()| 0.0)
     } else {
         Ok(0.0)
     };
@@ -113,9 +114,15 @@ fn judge(rows: Vec<Row>, hosts: &[String]) -> Result<()> {
     }
 }
 
-fn deploy_probes(engine: &Engine, hosts: &[String], image: &str, deadline: Instant) -> Result<()> {
-    let net =
-        json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true, "CheckDuplicate": true});
+fn deploy_probes(
+    engine: &Engine,
+    hosts: &[String],
+    image: &str,
+    mtu: u32,
+    deadline: Instant,
+) -> Result<()> {
+    let net = json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true,
+        "CheckDuplicate": true, "Options": crate::mtu::options(mtu)});
     let r = engine.request("POST", "/networks/create", Some(&net), CALL_TIMEOUT)?;
     if !(200..300).contains(&r.status) && r.status != 409 {
         bail!("failed to create the probe network: {}", r.message());
