@@ -112,6 +112,13 @@ pub struct UpArgs {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub managers: u16,
 
+    /// MTU option of the overlay networks mpiswarm creates (Docker's meaning: the link under
+    /// VXLAN; containers get 50 bytes less), exported to the command, the ready file and `docker
+    /// stack deploy` as MPISWARM_OVERLAY_MTU [default: 65520, slirp4netns' MTU; see README: the
+    /// data path]. Lower it (e.g. 1500) if a host's network drops IP fragments.
+    #[arg(long, value_name = "BYTES")]
+    pub overlay_mtu: Option<u32>,
+
     /// Turn learning off on the overlay's vxlan devices (needed for cross-host overlay traffic
     /// with --port-driver builtin; see README).
     #[arg(long)]

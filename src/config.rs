@@ -45,6 +45,8 @@ pub struct UpConfig {
     /// Every host leader starts its daemon before MPI is up (else only rank 0 does).
     pub early_start_all: bool,
     pub vxlan_nolearning: bool,
+    /// MTU of the overlay networks mpiswarm creates (and exports as MPISWARM_OVERLAY_MTU).
+    pub overlay_mtu: u32,
     pub command: Vec<String>,
 }
 
@@ -118,6 +120,9 @@ impl UpConfig {
                     .is_ok_and(|n| n.get() >= EARLY_START_MIN_CPUS),
             },
             vxlan_nolearning: args.vxlan_nolearning,
+            overlay_mtu: crate::mtu::check_overlay(
+                args.overlay_mtu.unwrap_or(crate::mtu::DEFAULT_OVERLAY_MTU),
+            )?,
             command: args.command.clone(),
         })
     }

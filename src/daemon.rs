@@ -47,7 +47,7 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     let mut cmd = Command::new("rootlesskit");
     cmd.args([
         "--net=slirp4netns",
-        "--mtu=65520",
+        &format!("--mtu={}", crate::mtu::SLIRP_MTU),
         "--slirp4netns-sandbox=auto",
         "--slirp4netns-seccomp=auto",
         "--disable-host-loopback",

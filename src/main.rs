@@ -21,6 +21,7 @@ mod job;
 mod logging;
 mod messages;
 mod mpi_buffer;
+mod mtu;
 mod offer;
 mod outputs;
 mod preflight;
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
+            export_overlay_mtu(cfg.overlay_mtu);
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
@@ -88,6 +90,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
+            export_overlay_mtu(cfg.overlay_mtu);
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
@@ -106,6 +109,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Guard(args) => guard::run(&args),
     }
+}
+
+/// Puts the overlay MTU in this process's environment, so that rank 0's command and `docker stack
+/// deploy` (compose files: `${MPISWARM_OVERLAY_MTU}`) inherit it.
+fn export_overlay_mtu(mtu: u32) {
+    // SAFETY: called before MPI, signal handling or any other thread starts: nothing else reads
+    // or writes the environment at the same time.
+    unsafe { std::env::set_var(mtu::ENV, mtu.to_string()) };
 }
 
 /// Launchers abort the whole job when the first rank fails: a rank that stays quiet about an

@@ -70,8 +70,10 @@ impl ReadyFile {
         };
         let host = format!("unix://{}", socket.display());
         let text = format!(
-            "DOCKER_HOST={}\nMPISWARM_NODES={nodes}\nexport DOCKER_HOST MPISWARM_NODES\n",
-            shell_quote(&host)
+            "DOCKER_HOST={}\nMPISWARM_NODES={nodes}\nMPISWARM_OVERLAY_MTU={}\n\
+             export DOCKER_HOST MPISWARM_NODES MPISWARM_OVERLAY_MTU\n",
+            shell_quote(&host),
+            cfg.overlay_mtu
         );
         StateDir::write_private(path, text.as_bytes())
             .with_context(|| format!("failed to write the ready file {}", path.display()))?;

@@ -19,6 +19,8 @@ pub fn create_gwbridge(engine: &Engine) -> Result<()> {
             "com.docker.network.bridge.enable_icc": "true",
             "com.docker.network.bridge.enable_ip_masquerade": "true",
             "com.docker.network.bridge.name": "docker_gwbridge",
+            // As large as slirp4netns' link behind it (Docker's default is 1500).
+            crate::mtu::DRIVER_OPTION: crate::mtu::SLIRP_MTU.to_string(),
         },
         "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
     });

@@ -277,7 +277,14 @@ impl Run<'_> {
         }
         if let Some(image) = &self.cfg.probe_image {
             let t = Instant::now();
-            crate::verify::run(self.leaders, &daemon.engine, hosts, image, self.deadline)?;
+            crate::verify::run(
+                self.leaders,
+                &daemon.engine,
+                hosts,
+                image,
+                self.cfg.overlay_mtu,
+                self.deadline,
+            )?;
             self.tl.done("verify", t);
         }
         marks.bring_up = self.start.elapsed().as_secs_f64() + self.started_in;

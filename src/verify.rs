@@ -36,11 +36,12 @@ pub fn run(
     engine: &Engine,
     hosts: &[String],
     image: &str,
+    overlay_mtu: u32,
     deadline: Instant,
 ) -> Result<()> {
     let root = leaders.is_root();
     let local = if root {
-        deploy_probes(engine, hosts, image, deadline)
+        deploy_probes(engine, hosts, image, overlay_mtu, deadline)
     } else {
         Ok(())
     };
@@ -116,9 +117,15 @@ fn failing_pairs(rows: &[Row], hosts: &[String]) -> Vec<String> {
     failing
 }
 
-fn deploy_probes(engine: &Engine, hosts: &[String], image: &str, deadline: Instant) -> Result<()> {
-    let net =
-        json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true, "CheckDuplicate": true});
+fn deploy_probes(
+    engine: &Engine,
+    hosts: &[String],
+    image: &str,
+    mtu: u32,
+    deadline: Instant,
+) -> Result<()> {
+    let net = json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true,
+        "CheckDuplicate": true, "Options": crate::mtu::options(mtu)});
     let r = engine.request("POST", "/networks/create", Some(&net), CALL_TIMEOUT)?;
     if !r.is_success() && r.status != 409 {
         bail!("failed to create the probe network: {}", r.message());

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the image of the containerized MPI workload without any registry: Open MPI's runtime as
 # installed on this machine (its Debian packages' files and every library they load), the ring
-# program compiled here with mpicc, busybox for a shell, and the nc-based rsh agent. Written as a
-# `docker save` archive; cached: rebuilt only when the inputs or Open MPI's version change.
+# program and the pingpong benchmark compiled here with mpicc, busybox for a shell, and the
+# nc-based rsh agent. Written as a `docker save` archive; cached: rebuilt only when the inputs or Open MPI's version change.
 #
 #   build-image.sh [OUT.tar]      default: ${XDG_CACHE_HOME:-$HOME/.cache}/mpiswarm/mpi-ring.tar
 set -euo pipefail
@@ -12,7 +12,7 @@ out=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/mpiswarm/mpi-ring.tar}
 tag=mpiswarm/mpi-ring:latest
 pkgs=(openmpi-bin libopenmpi3 openmpi-common libpmix2)
 
-key=$( (cat "$here/ring.c" "$here/rsh-nc" "$0" "$root/scripts/make-test-image";
+key=$( (cat "$here/ring.c" "$here/pingpong.c" "$here/rsh-nc" "$0" "$root/scripts/make-test-image";
         dpkg-query -W "${pkgs[@]}") | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
   echo "$out (cached)"
@@ -25,6 +25,7 @@ rootfs=$work/rootfs
 mkdir -p "$rootfs/usr/local/bin"
 
 mpicc.openmpi -O2 -o "$rootfs/usr/local/bin/ring" "$here/ring.c"
+mpicc.openmpi -O2 -o "$rootfs/usr/local/bin/pingpong" "$here/pingpong.c"
 install -m 0755 "$here/rsh-nc" "$rootfs/usr/local/bin/rsh-nc"
 
 # Debian's merged /usr: /lib and /lib64 are links into /usr, in the image as here.

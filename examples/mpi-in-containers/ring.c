@@ -1,10 +1,31 @@
 /* A small MPI program for the containerized workload: a token goes round the ring (each rank
- * adds its number), then an allreduce sums rank+1 over all ranks. Each rank says where it runs;
- * rank 0 checks both results and exits non-zero if either is wrong. */
+ * adds its number), then an allreduce sums rank+1 over all ranks. Each rank says where it runs
+ * (container, node, and its addresses, MPI's traffic among them); rank 0 checks both results and
+ * exits non-zero if either is wrong. */
+#include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <mpi.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+/* The container's IPv4 addresses other than loopback, comma-separated. */
+static void addresses(char *out, size_t len) {
+    struct ifaddrs *all, *a;
+    out[0] = 0;
+    if (getifaddrs(&all) != 0) return;
+    for (a = all; a; a = a->ifa_next) {
+        char ip[INET_ADDRSTRLEN];
+        if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+        inet_ntop(AF_INET, &((struct sockaddr_in *)a->ifa_addr)->sin_addr, ip, sizeof ip);
+        if (strncmp(ip, "127.", 4) == 0 || strlen(out) + strlen(ip) + 2 > len) continue;
+        if (out[0]) strcat(out, ",");
+        strcat(out, ip);
+    }
+    freeifaddrs(all);
+}
 
 int main(int argc, char **argv) {
     int rank, size;
@@ -15,7 +36,10 @@ int main(int argc, char **argv) {
     char host[256] = "?";
     gethostname(host, sizeof host);
     const char *node = getenv("NODE");
-    printf("rank %d of %d in container %s on node %s\n", rank, size, host, node ? node : "?");
+    char addrs[512];
+    addresses(addrs, sizeof addrs);
+    printf("rank %d of %d at %s in container %s on node %s\n", rank, size, addrs, host,
+           node ? node : "?");
     fflush(stdout);
 
     int token = 0;
