@@ -112,15 +112,22 @@ fn another_user_binding_the_vxlan_port_stops_the_job_and_is_named() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the squatter");
+    // Every host is torn down while the other user still holds the port (it does for 20 s).
     let t0 = std::time::Instant::now();
-    let out = bg.wait(Duration::from_secs(30));
+    let cleaned = wait_clean(Duration::from_secs(12));
+    let took = t0.elapsed();
     let mut squat = squat;
     let _ = squat.kill();
     let squat_out = squat.wait_with_output().unwrap();
+    let out = bg.wait(Duration::from_secs(30));
     let stderr = text(&out).1;
     assert!(
         String::from_utf8_lossy(&squat_out.stdout).contains("bound"),
         "the other user could not bind the port: {squat_out:?}"
+    );
+    assert!(
+        cleaned.is_ok(),
+        "hosts not clean {took:?} after the squatter came: {cleaned:?}\n{stderr}"
     );
     assert!(!out.status.success(), "the job went on: {stderr}");
     assert!(
@@ -130,11 +137,6 @@ fn another_user_binding_the_vxlan_port_stops_the_job_and_is_named() {
         "{stderr}"
     );
     assert!(stderr.contains(&host(2)), "the host is not named: {stderr}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(15),
-        "took {:?}:\n{stderr}",
-        t0.elapsed()
-    );
     assert_clean(Duration::from_secs(5));
 }
 
