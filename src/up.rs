@@ -288,28 +288,37 @@ impl Run<'_> {
             self.tl.done("verify", t);
         }
         marks.bring_up = self.start.elapsed().as_secs_f64() + self.started_in;
-        if self.is_root() {
-            info!(
-                "swarm ready: {} node(s) ({}) in {:.2} s",
-                hosts.len(),
-                hosts.join(", "),
-                marks.swarm_ready
-            );
-            let ready =
-                crate::outputs::ReadyFile::write(self.cfg, daemon.engine.socket(), hosts.len());
-            let code = ready.and_then(|_ready| {
-                crate::workload::run_or_wait(
-                    self.leaders,
-                    &self.cfg.command,
-                    daemon.engine.socket(),
-                    self.signals,
-                )
-            });
-            self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
-            code
-        } else {
-            crate::workload::wait_for_stop(self.leaders, self.signals).map(|()| 0)
+        self.use_swarm(daemon, hosts, marks)
+    }
+
+    /// The swarm in use: rank 0 runs the command or waits (then tells every host to stop), the
+    /// other hosts wait to be told; returns the exit code.
+    fn use_swarm(
+        &mut self,
+        daemon: &HostDaemon,
+        hosts: &[String],
+        marks: &Milestones,
+    ) -> Result<i32> {
+        if !self.is_root() {
+            return crate::workload::wait_for_stop(self.leaders, self.signals).map(|()| 0);
         }
+        info!(
+            "swarm ready: {} node(s) ({}) in {:.2} s",
+            hosts.len(),
+            hosts.join(", "),
+            marks.swarm_ready
+        );
+        let ready = crate::outputs::ReadyFile::write(self.cfg, daemon.engine.socket(), hosts.len());
+        let code = ready.and_then(|_ready| {
+            crate::workload::run_or_wait(
+                self.leaders,
+                &self.cfg.command,
+                daemon.engine.socket(),
+                self.signals,
+            )
+        });
+        self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
+        code
     }
 
     /// The labels stacks can place by, for each host's node (rank 0).
@@ -371,26 +380,7 @@ impl Run<'_> {
                 hosts.len()
             );
         }
-        // What rank 0 needs of every host (addresses, labels), once; the manager addresses (for
-        // the workers) and the join tokens then go to every host.
-        let facts = HostFacts {
-            addr: daemon.addr,
-            ranks: self.leaders.ranks_here(),
-            offer: crate::offer::here(),
-        };
-        let all = self.leaders.gather_to_root(
-            &facts,
-            "say their addresses",
-            self.deadline,
-            Interrupt::BySignal,
-        )?;
-        self.facts = all.unwrap_or_default();
-        let addrs: Vec<Ipv4Addr> = self.facts.iter().map(|f| f.addr).collect();
-        let peers: Vec<Ipv4Addr> = self.leaders.broadcast_value(
-            self.is_root().then_some(&addrs),
-            "learn the hosts' addresses",
-            self.deadline,
-        )?;
+        let peers = self.share_facts(daemon)?;
         self.open_ports(daemon, &peers)?;
         let through: Vec<String> = peers
             .iter()
@@ -443,6 +433,29 @@ impl Run<'_> {
             self.tl.done("join", t);
         }
         joined
+    }
+
+    /// What rank 0 needs of every host (addresses, labels) goes to it once; every host's address
+    /// then goes to every host (the firewall lets them in; workers join through the managers').
+    fn share_facts(&mut self, daemon: &HostDaemon) -> Result<Vec<Ipv4Addr>> {
+        let facts = HostFacts {
+            addr: daemon.addr,
+            ranks: self.leaders.ranks_here(),
+            offer: crate::offer::here(),
+        };
+        let all = self.leaders.gather_to_root(
+            &facts,
+            "say their addresses",
+            self.deadline,
+            Interrupt::BySignal,
+        )?;
+        self.facts = all.unwrap_or_default();
+        let addrs: Vec<Ipv4Addr> = self.facts.iter().map(|f| f.addr).collect();
+        self.leaders.broadcast_value(
+            self.is_root().then_some(&addrs),
+            "learn the hosts' addresses",
+            self.deadline,
+        )
     }
 
     /// Tears this host down, agrees that every host is clean, and at rank 0 reports (with the
