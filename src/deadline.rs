@@ -4,19 +4,28 @@
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use wait_timeout::ChildExt;
-
 /// Waits for `child` at most `timeout`; past it the child is killed and reaped, and `None` says
-/// it did not finish.
+/// it did not finish. Polls `try_wait` rather than waiting on SIGCHLD: in the guard, a child
+/// subreaper, another thread may reap the child first (ECHILD), and that must not be fatal; a
+/// child reaped elsewhere counts as finished with status 0 (callers check the effect itself).
 pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    match child.wait_timeout(timeout)? {
-        Some(status) => Ok(Some(status)),
-        None => {
-            // Already gone between the timeout and the kill counts as killed.
-            let _ = child.kill();
-            child.wait()?;
-            Ok(None)
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
+                return Ok(Some(std::os::unix::process::ExitStatusExt::from_raw(0)));
+            }
+            Err(e) => return Err(e),
         }
+        if Instant::now() >= deadline {
+            // Already gone between the check and the kill counts as killed.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5).min(timeout));
     }
 }
 

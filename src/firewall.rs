@@ -70,20 +70,13 @@ pub fn allow(guard_pid: u32, peers: &[Ipv4Addr]) -> Result<()> {
     }
 }
 
-/// rootlesskit's child in the daemon's user namespace (not slirp4netns, its other child).
+/// rootlesskit's namespaced child under the guard `guard_pid`.
 fn namespaced_child(guard_pid: u32) -> Option<i32> {
-    let own = std::fs::read_link("/proc/self/ns/user").ok();
-    let tree = crate::procfs::descendants(guard_pid as i32);
-    let rootlesskit = tree
-        .iter()
+    let rootlesskit = crate::procfs::descendants(guard_pid as i32)
+        .into_iter()
         .find(|p| p.ppid == guard_pid as i32 && p.cmdline.starts_with("rootlesskit"))?
         .pid;
-    tree.iter()
-        .find(|p| {
-            p.ppid == rootlesskit
-                && std::fs::read_link(format!("/proc/{}/ns/user", p.pid)).ok() != own
-        })
-        .map(|p| p.pid)
+    crate::procfs::rootlesskit_child(rootlesskit)
 }
 
 #[cfg(test)]

@@ -132,16 +132,7 @@ fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool
         .spawn(move || {
             let mut inner = None;
             while inner.is_none() && !stop.load(Ordering::SeqCst) {
-                // Its child in another user namespace: not slirp4netns, its other child.
-                let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
-                inner = crate::procfs::descendants(rootlesskit as i32)
-                    .into_iter()
-                    .find(|p| {
-                        p.ppid == rootlesskit as i32
-                            && std::fs::read_link(format!("/proc/{}/ns/user", p.pid)).ok()
-                                != own_userns
-                    })
-                    .map(|p| p.pid as u32);
+                inner = crate::procfs::rootlesskit_child(rootlesskit as i32).map(|p| p as u32);
                 std::thread::sleep(Duration::from_millis(50));
             }
             if let Some(pid) = inner {

@@ -113,3 +113,18 @@ pub fn descendant_pids(root: i32) -> Vec<i32> {
     }
     found
 }
+
+/// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace): in
+/// another user namespace and another network namespace than this process. slirp4netns, its
+/// other child, is in that user namespace too but in the host's network namespace.
+pub fn rootlesskit_child(rootlesskit: i32) -> Option<i32> {
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    let (own_user, own_net) = (ns("self", "user"), ns("self", "net"));
+    descendants(rootlesskit)
+        .into_iter()
+        .find(|p| {
+            let pid = p.pid.to_string();
+            p.ppid == rootlesskit && ns(&pid, "user") != own_user && ns(&pid, "net") != own_net
+        })
+        .map(|p| p.pid)
+}
