@@ -45,7 +45,17 @@ pub struct UpConfig {
     /// Every host leader starts its daemon before MPI is up (else only rank 0 does).
     pub early_start_all: bool,
     pub vxlan_nolearning: bool,
+    /// `--collect`: where to keep the job's logs and facts at teardown, and in how much time.
+    pub collect: Option<Collect>,
     pub command: Vec<String>,
+}
+
+/// What `--collect DIR --collect-timeout DURATION` asks for.
+#[derive(Debug, Clone)]
+pub struct Collect {
+    pub dir: PathBuf,
+    /// The time collection may add to the teardown.
+    pub budget: Duration,
 }
 
 impl HostConfig {
@@ -118,6 +128,19 @@ impl UpConfig {
                     .is_ok_and(|n| n.get() >= EARLY_START_MIN_CPUS),
             },
             vxlan_nolearning: args.vxlan_nolearning,
+            collect: match &args.collect {
+                Some(dir) if dir.as_os_str().is_empty() => bail!("--collect needs a directory"),
+                Some(dir) => Some(Collect {
+                    dir: dir.clone(),
+                    budget: parse_duration(&args.collect_timeout).with_context(|| {
+                        format!(
+                            "--collect-timeout {:?} is not a valid duration",
+                            args.collect_timeout
+                        )
+                    })?,
+                }),
+                None => None,
+            },
             command: args.command.clone(),
         })
     }
