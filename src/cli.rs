@@ -107,6 +107,22 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
 
+    /// At teardown, before anything is killed, keep what the job produced under DIR/<job>/:
+    /// every service's logs from every host, tasks.json, nodes.json, each host's daemon log and
+    /// report.json (written by rank 0; DIR must be writable by you and by no other user).
+    #[arg(long, value_name = "DIR")]
+    pub collect: Option<PathBuf>,
+
+    /// Time --collect may add to the teardown (what is not collected by then is named in
+    /// DIR/<job>/INCOMPLETE), in seconds or with a unit: 5s, 1500ms.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        requires = "collect"
+    )]
+    pub collect_timeout: String,
+
     /// The first K hosts become managers (a Raft majority survives the loss of a minority);
     /// the other hosts join through them in turn.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]

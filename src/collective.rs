@@ -24,6 +24,19 @@ use crate::signals::{self, Signals};
 const CHUNK: usize = 4 << 20;
 /// A failure's message is cut to this many bytes in an agreement.
 const MAX_ERROR: usize = 4096;
+/// What rank 0 holds at once in a streamed gather, over all hosts (one chunk per host).
+const GATHER_ROUND: usize = 16 << 20;
+/// A streamed gather's chunk per host: no smaller than this however many hosts there are.
+const GATHER_MIN_CHUNK: usize = 64 << 10;
+
+/// How a streamed gather ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gathered {
+    /// Every leader's source reached its end.
+    Complete,
+    /// A leader asked to stop (its time ran out); what was sent so far arrived.
+    Stopped,
+}
 
 /// Whether a teardown signal ends a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +272,49 @@ impl Leaders {
                     let n = (n as usize).min(CHUNK);
                     sink(&buf[8..8 + n]);
                     total += n as u64;
+                }
+            }
+        }
+    }
+
+    /// Streams every leader's `source` to rank 0, which hands each piece to `sink` with the
+    /// sender's host index, in order per host. Each round every leader sends at most one chunk
+    /// (rank 0 holds at most `GATHER_ROUND` bytes at once, whatever the number of hosts); a
+    /// leader whose `stop` says so ends the stream everywhere after the rounds already done.
+    /// The waits never end on a first signal (this runs during teardown), only at `deadline`.
+    pub fn gather_stream(
+        &mut self,
+        mut source: Option<&mut dyn std::io::Read>,
+        mut sink: impl FnMut(usize, &[u8]),
+        stop: impl Fn() -> bool,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Gathered> {
+        let chunk = (GATHER_ROUND / self.hosts().max(1)).clamp(GATHER_MIN_CHUNK, CHUNK);
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let len = match source.as_mut().map(|s| read_full(*s, &mut buf)) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    tracing::warn!("{}: failed to read what to send to {what}: {e}", self.host);
+                    source = None;
+                    0
+                }
+                None => 0,
+            };
+            let vote = if stop() { u64::MAX } else { len as u64 };
+            let width = self.all_reduce_max(vote, what, deadline, Interrupt::Never)?;
+            match width {
+                u64::MAX => return Ok(Gathered::Stopped),
+                0 => return Ok(Gathered::Complete),
+                _ => {}
+            }
+            let record = buf[..len].to_vec();
+            let records =
+                self.gather_fixed(record, width as usize, what, deadline, Interrupt::Never)?;
+            for (host, piece) in records.iter().flatten().enumerate() {
+                if !piece.is_empty() {
+                    sink(host, piece);
                 }
             }
         }

@@ -47,7 +47,17 @@ pub struct UpConfig {
     pub vxlan_nolearning: bool,
     /// MTU of the overlay networks mpiswarm creates (and exports as MPISWARM_OVERLAY_MTU).
     pub overlay_mtu: u32,
+    /// `--collect`: where to keep the job's logs and facts at teardown, and in how much time.
+    pub collect: Option<Collect>,
     pub command: Vec<String>,
+}
+
+/// What `--collect DIR --collect-timeout DURATION` asks for.
+#[derive(Debug, Clone)]
+pub struct Collect {
+    pub dir: PathBuf,
+    /// The time collection may add to the teardown.
+    pub budget: Duration,
 }
 
 impl HostConfig {
@@ -123,6 +133,19 @@ impl UpConfig {
             overlay_mtu: crate::mtu::check_overlay(
                 args.overlay_mtu.unwrap_or(crate::mtu::DEFAULT_OVERLAY_MTU),
             )?,
+            collect: match &args.collect {
+                Some(dir) if dir.as_os_str().is_empty() => bail!("--collect needs a directory"),
+                Some(dir) => Some(Collect {
+                    dir: dir.clone(),
+                    budget: parse_duration(&args.collect_timeout).with_context(|| {
+                        format!(
+                            "--collect-timeout {:?} is not a valid duration",
+                            args.collect_timeout
+                        )
+                    })?,
+                }),
+                None => None,
+            },
             command: args.command.clone(),
         })
     }

@@ -134,6 +134,46 @@ impl Engine {
             .unwrap_or(false)
     }
 
+    /// A GET whose body is kept only up to `cap` bytes: the transfer stops there. Returns the
+    /// response and whether the body was cut (container logs can be far larger than wanted).
+    pub fn get_capped(
+        &self,
+        path: &str,
+        cap: usize,
+        timeout: Duration,
+    ) -> Result<(Response, bool)> {
+        let mut easy = self.handle("GET", path, timeout)?;
+        let mut body = Vec::new();
+        let mut cut = false;
+        let performed = {
+            let mut transfer = easy.transfer();
+            transfer.write_function(|data| {
+                let room = cap.saturating_sub(body.len());
+                if data.len() > room {
+                    body.extend_from_slice(&data[..room]);
+                    cut = true;
+                    // Fewer bytes than offered ends the transfer.
+                    return Ok(0);
+                }
+                body.extend_from_slice(data);
+                Ok(data.len())
+            })?;
+            transfer.perform()
+        };
+        if let Err(e) = performed
+            && !(cut && e.is_write_error())
+        {
+            return Err(e).with_context(|| {
+                format!(
+                    "failed to call GET {path} on the Docker daemon at {}",
+                    self.socket.display()
+                )
+            });
+        }
+        let status = easy.response_code()?;
+        Ok((Response { status, body }, cut))
+    }
+
     /// Streams a request body from `source` (e.g. an image archive), without holding it in memory.
     pub fn post_stream(
         &self,

@@ -5,6 +5,8 @@ mod backlog;
 mod cleanup;
 mod cli;
 mod cluster;
+mod collect;
+mod collect_out;
 mod collective;
 mod config;
 mod daemon;

@@ -1,5 +1,5 @@
 //! The files rank 0 writes for the user: the ready file (sourced by a shell to reach the swarm)
-//! and, checked here before anything starts, the report's directory.
+//! and, checked here before anything starts, the directories of the report and of `--collect`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,24 +20,49 @@ pub fn check(cfg: &UpConfig) -> Result<()> {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).with_context(|| {
-            format!(
-                "{flag} {}: cannot write in {}",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        let meta = std::fs::metadata(&dir)
-            .with_context(|| format!("{flag} {}: cannot read {}", path.display(), dir.display()))?;
-        if let Some(why) =
-            shared_dir_problem(meta.mode(), meta.uid(), nix::unistd::getuid().as_raw())
-        {
-            bail!(
-                "{flag} {}: {} {why}; put it in a directory only you can write (e.g. your home directory)",
-                path.display(),
-                dir.display()
-            );
-        }
+        check_dir(flag, path, &dir)?;
+    }
+    // --collect DIR: DIR itself when it exists, else the directory it will be made in.
+    if let Some(collect) = &cfg.collect {
+        let dir = &collect.dir;
+        let checked = match dir.parent() {
+            _ if dir.exists() => dir.clone(),
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        check_dir("--collect", dir, &checked)?;
+    }
+    Ok(())
+}
+
+/// `dir` (where `flag`'s `path` goes) must be writable by this user and by no other.
+fn check_dir(flag: &str, path: &Path, dir: &Path) -> Result<()> {
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .with_context(|| {
+        format!(
+            "{flag} {}: cannot write in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("{flag} {}: cannot read {}", path.display(), dir.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "{flag} {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
+    }
+    if let Some(why) = shared_dir_problem(meta.mode(), meta.uid(), nix::unistd::getuid().as_raw()) {
+        bail!(
+            "{flag} {}: {} {why}; put it in a directory only you can write (e.g. your home directory)",
+            path.display(),
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -466,6 +466,14 @@ impl Run<'_> {
         hosts: &[String],
         marks: Option<&Milestones>,
     ) -> Result<()> {
+        // Before anything is killed: what the job produced, kept under --collect DIR.
+        let t = Instant::now();
+        let collected = self.cfg.collect.as_ref().and_then(|plan| {
+            crate::collect::at_teardown(self.leaders, self.signals, plan, &daemon, hosts, self.job)
+        });
+        if self.cfg.collect.is_some() {
+            self.tl.done("collect", t);
+        }
         let t = Instant::now();
         let HostDaemon {
             mut guard,
@@ -493,21 +501,38 @@ impl Run<'_> {
             Interrupt::Never,
         )?;
         self.leaders.drain();
-        let (Some(per_host), Some(marks)) = (per_host, marks) else {
+        let Some(per_host) = per_host else {
             return Ok(());
         };
-        self.report(per_host, hosts, marks)
+        self.report(per_host, hosts, marks, collected.as_deref())
     }
 
-    fn report(&self, per_host: Vec<HostTimes>, hosts: &[String], marks: &Milestones) -> Result<()> {
+    /// Rank 0's summary and `--report`, when bring-up got that far; the report also goes into
+    /// the `--collect` directory (with zero milestones if bring-up did not finish).
+    fn report(
+        &self,
+        per_host: Vec<HostTimes>,
+        hosts: &[String],
+        marks: Option<&Milestones>,
+        collected: Option<&std::path::Path>,
+    ) -> Result<()> {
+        let unreached = Milestones::default();
         let report = RunReport {
             hosts: hosts.len(),
             ranks: self.ranks,
-            swarm_ready_s: marks.swarm_ready,
-            bring_up_s: marks.bring_up,
+            swarm_ready_s: marks.unwrap_or(&unreached).swarm_ready,
+            bring_up_s: marks.unwrap_or(&unreached).bring_up,
             phases: phase_stats(&per_host),
             per_host,
         };
+        if let Some(dir) = collected
+            && let Err(e) = report.write(&dir.join("report.json"))
+        {
+            tracing::warn!("--collect: {e:#}");
+        }
+        if marks.is_none() {
+            return Ok(());
+        }
         let slowest = report
             .phases
             .iter()
