@@ -80,6 +80,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
             export_overlay_mtu(cfg.overlay_mtu);
+            if cfg.collect.is_some() {
+                signals::first_signal_waits_for_collection();
+            }
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }

@@ -2,7 +2,7 @@
 //! The signal thread also tells this rank's guard at once (whatever the main thread is blocked
 //! in, e.g. an MPI call towards a dead peer), and a guard's death is recorded like a signal.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::{Context, Result};
@@ -33,6 +33,15 @@ pub struct Signals {
 
 /// The process's installed signals (one per process), for `guard_lost`.
 static INSTALLED: OnceLock<Signals> = OnceLock::new();
+/// Set with --collect: the listeners hear only a second signal.
+static FIRST_WAITS: AtomicBool = AtomicBool::new(false);
+
+/// The first teardown signal goes only to the wait loops, not straight to the guards: the
+/// daemon must stay up until the job's results are collected. A second signal still goes through.
+pub fn first_signal_waits_for_collection() {
+    FIRST_WAITS.store(true, Ordering::SeqCst);
+}
+
 /// Told by the signal thread; dropped listeners are skipped and forgotten.
 static LISTENERS: Mutex<Vec<Weak<dyn OnSignal>>> = Mutex::new(Vec::new());
 
@@ -51,8 +60,12 @@ impl Signals {
             .spawn(move || {
                 for sig in iter.forever() {
                     recorder.record(sig);
-                    recorder.count.fetch_add(1, Ordering::SeqCst);
-                    tell_listeners(sig);
+                    let nth = recorder.count.fetch_add(1, Ordering::SeqCst) + 1;
+                    // With --collect the first signal must leave the daemon up for collecting
+                    // (the main loop tears down after it); a second one means now.
+                    if nth > 1 || !FIRST_WAITS.load(Ordering::SeqCst) {
+                        tell_listeners(sig);
+                    }
                 }
             })
             .context("failed to start the signal thread")?;
