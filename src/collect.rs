@@ -55,16 +55,12 @@ pub fn at_teardown(
     let read_until = start + plan.budget.mul_f64(READ_SHARE);
     let skipped = signals.urgent();
     let host = leaders.host.clone();
-    let mut out = leaders
-        .is_root()
-        .then(|| Output::create(&plan.dir, job, hosts));
-    let mut out = match out.take() {
-        Some(Ok(o)) => Some(o),
-        Some(Err(e)) => {
-            warn!("--collect: {e:#}");
-            None
-        }
-        None => None,
+    let mut out = if leaders.is_root() {
+        Output::create(&plan.dir, job, hosts)
+            .inspect_err(|e| warn!("--collect: {e:#}"))
+            .ok()
+    } else {
+        None
     };
     if let Some(o) = out.as_mut() {
         if skipped {
