@@ -126,6 +126,13 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
             .ok()
             .and_then(|s| s.trim().parse().ok()),
     ));
+    checks.push(shared_node_check(
+        &crate::procfs::all_processes()
+            .iter()
+            .map(|p| p.uid)
+            .collect::<Vec<_>>(),
+        nix::unistd::getuid().as_raw(),
+    ));
     checks.push(check_state_base(&host.state_base));
     if let Some(addr) = addr {
         checks.push(check_ports(addr));
@@ -368,6 +375,32 @@ fn udp_buffer_check(rmem_max: Option<u64>) -> Check {
     }
 }
 
+/// Other users' processes on the node (regular uids from 1000, not `nobody`): they could send
+/// from this node's own address, which no firewall tells from the job's, or take a swarm port.
+fn shared_node_check(uids: &[u32], me: u32) -> Check {
+    let mut others: Vec<u32> = uids
+        .iter()
+        .copied()
+        .filter(|&u| u >= 1000 && u != me && u != 65534)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if others.is_empty() {
+        return ok("shared-node", "no other user's processes here");
+    }
+    let shown: Vec<String> = others.iter().take(5).map(u32::to_string).collect();
+    bad(
+        "shared-node",
+        Status::Warn,
+        format!(
+            "processes of {} other user(s) run on this node (uid {})",
+            others.len(),
+            shown.join(", ")
+        ),
+        "they could reach the swarm from this node's own address: ask for whole nodes (#SBATCH --exclusive)",
+    )
+}
+
 fn check_tun() -> Check {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -560,6 +593,17 @@ mod tests {
         let small = udp_buffer_check(Some(212_992));
         assert_eq!(small.status, Status::Warn);
         assert!(small.fix.contains("rmem_max"), "{small:?}");
+    }
+
+    #[test]
+    fn other_users_on_the_node_are_a_warning_naming_them() {
+        assert_eq!(
+            shared_node_check(&[0, 100, 1001, 65534], 1001).status,
+            Status::Ok
+        );
+        let shared = shared_node_check(&[1001, 1002, 1002, 0], 1001);
+        assert_eq!(shared.status, Status::Warn);
+        assert!(shared.detail.contains("1 other user(s)") && shared.detail.contains("1002"));
     }
 
     #[test]
