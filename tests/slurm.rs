@@ -129,10 +129,15 @@ fn long_lived(extra: &[&str]) -> (std::process::Child, String, PathBuf) {
     // --parsable prints the id at once; --wait holds the process until the job ends.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ready.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before its swarm was ready"
-        );
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            panic!(
+                "the job ended before its swarm was ready: sbatch said {}\njob {job}'s output:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                job_output(&job)
+            );
+        }
         assert!(Instant::now() < deadline, "swarm not ready within 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
