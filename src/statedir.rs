@@ -54,23 +54,32 @@ pub fn job_dir_name(job: &str, host: &str) -> String {
 /// Makes `$BASE/mpiswarm-<uid>` private, refusing one that another user could have planted.
 pub fn ensure_user_root(base: &Path) -> Result<PathBuf> {
     let root = user_root(base);
-    match DirBuilder::new().mode(0o700).create(&root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "failed to create {} (is {} writable and node-local? set --state-dir)",
-                    root.display(),
-                    base.display()
-                )
-            });
+    // Another run's teardown or a `cleanup` removes the root once it is empty: if it vanishes
+    // between creating and checking it, create it again.
+    for attempt in 0.. {
+        match DirBuilder::new().mode(0o700).create(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "failed to create {} (is {} writable and node-local? set --state-dir)",
+                        root.display(),
+                        base.display()
+                    )
+                });
+            }
+        }
+        match check_user_root(&root) {
+            Ok(()) => break,
+            Err(_) if attempt < 20 && std::fs::symlink_metadata(&root).is_err() => continue,
+            Err(e) => return Err(e),
         }
     }
-    check_user_root(&root)?;
-    let meta = std::fs::symlink_metadata(&root)
-        .with_context(|| format!("failed to inspect {}", root.display()))?;
-    if meta.mode() & 0o077 != 0 {
+    // Gone again already: creating the run's directory below it finds out, and retries.
+    if let Ok(meta) = std::fs::symlink_metadata(&root)
+        && meta.mode() & 0o077 != 0
+    {
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("failed to make {} private", root.display()))?;
     }
@@ -158,9 +167,10 @@ impl StateDir {
     pub fn create(base: &Path, job: &str, host: &str) -> Result<Self> {
         let path = Self::path_for(base, job, host);
         Self::check_socket_length(&path)?;
-        // Another run's teardown may remove an empty parent between the two steps: retry once.
+        // Another run's teardown (or a `cleanup`) may remove an empty parent between the two
+        // steps: retry.
         let mut created = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-        for _ in 0..2 {
+        for _ in 0..20 {
             ensure_user_root(base)?;
             created = DirBuilder::new().mode(0o700).create(&path);
             if !matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
