@@ -160,7 +160,7 @@ fn deepen_one(l: &Listener, addr: Ipv4Addr) -> Result<()> {
 fn take_socket(pid: i32, start_time: u64, fd: i32) -> Result<std::os::fd::OwnedFd> {
     let target = Pid::from_raw(pid).with_context(|| format!("invalid pid {pid}"))?;
     let pidfd = pidfd_open(target, PidfdFlags::empty()).context("pidfd_open")?;
-    if !crate::procfs::proc_info(pid).is_some_and(|p| p.start_time == start_time && !p.zombie) {
+    if !crate::procfs::still_running(pid, start_time) {
         bail!("pid {pid} is no longer the slirp4netns found earlier");
     }
     pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).context("pidfd_getfd")

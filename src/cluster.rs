@@ -127,8 +127,7 @@ impl Follower {
             if last_check.elapsed() >= LEADER_CHECK {
                 last_check = std::time::Instant::now();
                 if let Some((pid, start)) = leader
-                    && !crate::procfs::proc_info(pid)
-                        .is_some_and(|p| p.start_time == start && !p.zombie)
+                    && !crate::procfs::still_running(pid, start)
                 {
                     tracing::error!(
                         "the leader of this host (pid {pid}) is gone without saying how the job ended"

@@ -489,6 +489,5 @@ pub fn read_record(dir: &Path) -> Option<GuardRecord> {
 
 /// True while the guard that wrote `record` is still running (pid and start time both match).
 pub fn is_alive(record: &GuardRecord) -> bool {
-    crate::procfs::proc_info(record.pid)
-        .is_some_and(|p| p.start_time == record.start_time && !p.zombie)
+    crate::procfs::still_running(record.pid, record.start_time)
 }

@@ -114,6 +114,11 @@ pub fn descendant_pids(root: i32) -> Vec<i32> {
     found
 }
 
+/// True while the process that had `pid` and `start_time` runs (not reused, not a zombie).
+pub fn still_running(pid: i32, start_time: u64) -> bool {
+    proc_info(pid).is_some_and(|p| p.start_time == start_time && !p.zombie)
+}
+
 /// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace): in
 /// another user namespace and another network namespace than this process. slirp4netns, its
 /// other child, is in that user namespace too but in the host's network namespace.
