@@ -144,28 +144,29 @@ pub fn join(
 }
 
 /// A swarm node as the Engine API's `GET /nodes` describes it (the fields membership needs).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// A node that is still joining may lack any of them: absent means "not yet".
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 struct Node {
     description: NodeDescription,
     status: NodeStatus,
     manager_status: Option<ManagerStatus>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 struct NodeDescription {
     hostname: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 struct NodeStatus {
     state: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 struct ManagerStatus {
     reachability: String,
 }
@@ -177,6 +178,7 @@ struct EditableNode {
     #[serde(rename = "ID")]
     id: String,
     version: Version,
+    #[serde(default)]
     description: NodeDescription,
     spec: serde_json::Map<String, Value>,
 }
@@ -293,6 +295,9 @@ mod tests {
         ]))
         .unwrap();
         let hosts: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        // A node still joining may come without a description yet.
+        let joining: Vec<Node> = serde_json::from_value(serde_json::json!([{"ID": "x"}])).unwrap();
+        assert_eq!(missing_members(&joining, &hosts, 1), ["a", "b", "c", "d"]);
         assert_eq!(missing_members(&nodes, &hosts, 1), ["c", "d"]);
         // b is Ready but not a manager: with two managers it is missing too.
         assert_eq!(missing_members(&nodes, &hosts, 2), ["b", "c", "d"]);
