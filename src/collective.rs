@@ -15,7 +15,7 @@ use mpi::traits::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{Kind, Message};
+use crate::messages::{Kind, ManagerInvitation, Message};
 use crate::mpi_buffer::Lent;
 use crate::progress::Progress;
 use crate::signals::{self, Signals};
@@ -443,6 +443,33 @@ impl Leaders {
             }
             if self.is_root() {
                 self.progress.collect(&self.comm);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Rank 0: sends a manager's join invitation to the host of index `host` alone.
+    pub fn send_manager_invitation(&self, host: usize, bytes: &[u8]) {
+        ManagerInvitation::send(&self.comm, host as i32, bytes);
+    }
+
+    /// A manager host: waits for its join invitation from rank 0 until the deadline or a
+    /// teardown signal. Only a probe is pending meanwhile: giving up leaves MPI usable.
+    pub fn receive_manager_invitation(&self, deadline: Instant) -> Result<Vec<u8>> {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if let Some(bytes) = ManagerInvitation::poll(&self.comm, Some(0)) {
+                return Ok(bytes);
+            }
+            if let Some(sig) = self.signals.received() {
+                bail!(
+                    "interrupted by {} while waiting for the manager join invitation from rank 0",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out waiting for the manager join invitation from rank 0");
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));

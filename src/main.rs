@@ -30,6 +30,7 @@ mod preflight;
 mod procfs;
 mod progress;
 mod report;
+mod seal;
 mod signals;
 mod squatters;
 mod stack;

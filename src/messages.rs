@@ -1,5 +1,6 @@
 //! The point-to-point messages ranks send each other outside the agreements, as one enum: each
-//! kind has its own MPI tag and one integer of payload, mapped here and nowhere else.
+//! kind has its own MPI tag and one integer of payload, mapped here and nowhere else. One message
+//! carries bytes instead: a manager's join invitation, which only its recipient may hold.
 
 use mpi::Tag;
 use mpi::topology::SimpleCommunicator;
@@ -114,12 +115,40 @@ impl Message {
     }
 
     /// Receives every queued message of any kind and drops it, so that none is in flight when MPI
-    /// is finalized (both sides may have sent at once).
+    /// is finalized (both sides may have sent at once, or a failed phase left an invitation).
     pub fn drain(comm: &SimpleCommunicator) {
         while Kind::ALL
             .iter()
             .any(|&kind| Message::poll(comm, None, kind).is_some())
+            || ManagerInvitation::poll(comm, None).is_some()
         {}
+    }
+}
+
+/// Rank 0 to one host that becomes a manager: its join invitation (manager address and token),
+/// sent to that host alone rather than broadcast, so that no worker ever holds the manager token.
+pub struct ManagerInvitation;
+
+impl ManagerInvitation {
+    const TAG: Tag = 107;
+
+    /// Sends `bytes` to `rank` of `comm` (small: delivered eagerly).
+    pub fn send(comm: &SimpleCommunicator, rank: i32, bytes: &[u8]) {
+        comm.process_at_rank(rank).send_with_tag(bytes, Self::TAG);
+    }
+
+    /// A queued invitation from `from` (any rank if `None`); never blocks.
+    pub fn poll(comm: &SimpleCommunicator, from: Option<i32>) -> Option<Vec<u8>> {
+        let status = match from {
+            Some(rank) => comm
+                .process_at_rank(rank)
+                .immediate_probe_with_tag(Self::TAG),
+            None => comm.any_process().immediate_probe_with_tag(Self::TAG),
+        }?;
+        let (bytes, _) = comm
+            .process_at_rank(status.source_rank())
+            .receive_vec_with_tag::<u8>(Self::TAG);
+        Some(bytes)
     }
 }
 
@@ -145,8 +174,9 @@ mod tests {
     #[test]
     fn tags_are_distinct() {
         let mut tags: Vec<Tag> = Kind::ALL.iter().map(|k| k.tag()).collect();
+        tags.push(ManagerInvitation::TAG);
         tags.sort_unstable();
         tags.dedup();
-        assert_eq!(tags.len(), Kind::ALL.len());
+        assert_eq!(tags.len(), Kind::ALL.len() + 1);
     }
 }

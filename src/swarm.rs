@@ -34,38 +34,67 @@ pub fn create_gwbridge(engine: &Engine) -> Result<()> {
     }
 }
 
-/// What a host needs to join: a manager's address and a token (worker or manager).
-pub struct JoinInfo {
-    pub manager: String,
-    pub worker_token: String,
-    pub manager_token: String,
+/// The role a host joins in; each has its own join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRole {
+    Worker,
+    Manager,
 }
 
-impl JoinInfo {
-    /// One line each, for the broadcast from rank 0; the tokens never leave memory otherwise.
-    pub fn encode(&self) -> Vec<u8> {
-        format!(
-            "{}\n{}\n{}",
-            self.manager, self.worker_token, self.manager_token
-        )
-        .into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(bytes).context("the join information is not text")?;
-        let mut lines = text.split('\n');
-        match (lines.next(), lines.next(), lines.next()) {
-            (Some(m), Some(w), Some(t)) if !m.is_empty() && !w.is_empty() => Ok(JoinInfo {
-                manager: m.to_owned(),
-                worker_token: w.to_owned(),
-                manager_token: t.to_owned(),
-            }),
-            _ => bail!("malformed join information from rank 0"),
+impl JoinRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Worker => "worker",
+            JoinRole::Manager => "manager",
         }
     }
 }
 
-pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<JoinInfo> {
+/// What a host needs to join in one role: a manager's address and that role's token, and no
+/// other. Rank 0 broadcasts the worker's invitation to every host and sends the manager's to the
+/// hosts that become managers only, so a worker never holds the manager token.
+pub struct Invitation {
+    pub manager: String,
+    role: JoinRole,
+    token: String,
+}
+
+/// Both invitations, as `swarm init` leaves them on rank 0.
+pub struct Invitations {
+    pub worker: Invitation,
+    pub manager: Invitation,
+}
+
+impl Invitation {
+    /// One line each, for MPI; the token never leaves memory otherwise.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}\n{}", self.role.as_str(), self.manager, self.token).into_bytes()
+    }
+
+    /// An invitation received from rank 0, which must be for `role`.
+    pub fn decode(bytes: &[u8], role: JoinRole) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).context("the join invitation is not text")?;
+        let mut lines = text.split('\n');
+        match (lines.next(), lines.next(), lines.next(), lines.next()) {
+            (Some(r), Some(m), Some(t), None) if !m.is_empty() && !t.is_empty() => {
+                if r != role.as_str() {
+                    bail!(
+                        "rank 0 sent a {r} join invitation where a {} one was due",
+                        role.as_str()
+                    );
+                }
+                Ok(Invitation {
+                    manager: m.to_owned(),
+                    role,
+                    token: t.to_owned(),
+                })
+            }
+            _ => bail!("malformed join invitation from rank 0"),
+        }
+    }
+}
+
+pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<Invitations> {
     let body = json!({
         "ListenAddr": "0.0.0.0:2377",
         "AdvertiseAddr": format!("{addr}:2377"),
@@ -76,40 +105,47 @@ pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<Joi
         .call("POST", "/swarm/init", Some(&body), CALL_TIMEOUT)
         .context("failed to initialize the swarm")?;
     let swarm = engine.get_json("/swarm", CALL_TIMEOUT)?;
-    let token = |kind: &str| {
-        swarm
+    let invitation = |role: JoinRole, kind: &str| {
+        let token = swarm
             .pointer(&format!("/JoinTokens/{kind}"))
             .and_then(Value::as_str)
-            .map(str::to_owned)
-            .with_context(|| format!("the daemon returned no {kind} join token"))
+            .with_context(|| format!("the daemon returned no {kind} join token"))?;
+        Ok::<_, anyhow::Error>(Invitation {
+            manager: format!("{addr}:2377"),
+            role,
+            token: token.to_owned(),
+        })
     };
-    Ok(JoinInfo {
-        manager: format!("{addr}:2377"),
-        worker_token: token("Worker")?,
-        manager_token: token("Manager")?,
+    Ok(Invitations {
+        worker: invitation(JoinRole::Worker, "Worker")?,
+        manager: invitation(JoinRole::Manager, "Manager")?,
     })
 }
 
-/// Joins, retrying with backoff until the deadline: the manager may still be settling.
-/// `remote` is the manager to join through; `as_manager` picks the token.
+/// This daemon's node ID in the swarm: what tells the job's nodes from any other.
+pub fn node_id(engine: &Engine) -> Result<String> {
+    let info = engine.get_json("/info", CALL_TIMEOUT)?;
+    info.pointer("/Swarm/NodeID")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .context("failed to learn this host's swarm node ID: the daemon gives none")
+}
+
+/// Joins in the invitation's role, retrying with backoff until the deadline: the manager may
+/// still be settling. `remote` is the manager to join through.
 pub fn join(
     engine: &Engine,
     addr: Ipv4Addr,
-    info: &JoinInfo,
+    invitation: &Invitation,
     remote: &str,
-    as_manager: bool,
     deadline: Instant,
 ) -> Result<()> {
-    let token = if as_manager {
-        &info.manager_token
-    } else {
-        &info.worker_token
-    };
     let body = json!({
         "ListenAddr": "0.0.0.0:2377",
         "AdvertiseAddr": format!("{addr}:2377"),
         "RemoteAddrs": [remote],
-        "JoinToken": token,
+        "JoinToken": invitation.token,
     });
     let mut pause = Duration::from_millis(50);
     let mut attempts = 0;
@@ -133,8 +169,8 @@ pub fn join(
         };
         if Instant::now() + pause >= deadline {
             bail!(
-                "failed to join the swarm at {} after {attempts} attempt(s): {error}",
-                info.manager
+                "failed to join the swarm as a {} through {remote} after {attempts} attempt(s): {error}",
+                invitation.role.as_str()
             );
         }
         tracing::debug!("join attempt {attempts} failed: {error}; retrying");
@@ -147,28 +183,40 @@ pub fn join(
 /// A node that is still joining may lack any of them: absent means "not yet".
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct Node {
-    description: NodeDescription,
-    status: NodeStatus,
-    manager_status: Option<ManagerStatus>,
+pub(crate) struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    pub manager_status: Option<ManagerStatus>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct NodeDescription {
-    hostname: String,
+pub(crate) struct NodeDescription {
+    pub hostname: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct NodeStatus {
-    state: String,
+pub(crate) struct NodeStatus {
+    pub state: String,
+    /// The address the managers see the node at.
+    pub addr: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct ManagerStatus {
-    reachability: String,
+pub(crate) struct ManagerStatus {
+    pub reachability: String,
+    /// The manager's advertised address.
+    pub addr: String,
+}
+
+/// Every node of the swarm as `GET /nodes` lists it.
+pub(crate) fn list_nodes(engine: &Engine) -> Result<Vec<Node>> {
+    serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
+        .context("unexpected reply to GET /nodes")
 }
 
 /// A node as `POST /nodes/{id}/update` needs it: its spec is sent back whole, with labels added.
@@ -216,26 +264,26 @@ pub fn label_nodes(engine: &Engine, labels: &[(String, Vec<(String, String)>)]) 
     Ok(())
 }
 
-/// Waits until every host is a Ready node, and the first `managers` hosts reachable managers.
+/// Waits until every host's node (`ids[i]` is host `i`'s node ID) is Ready, and the first
+/// `managers` hosts' reachable managers.
 pub fn wait_members(
     engine: &Engine,
     hosts: &[String],
+    ids: &[String],
     managers: usize,
     deadline: Instant,
 ) -> Result<()> {
     let mut missing = Vec::new();
-    let seen = crate::deadline::poll_until(deadline, Duration::from_millis(50), || {
-        let nodes = engine.get_json("/nodes", CALL_TIMEOUT).and_then(|v| {
-            serde_json::from_value::<Vec<Node>>(v).context("unexpected reply to GET /nodes")
-        });
-        match nodes {
-            Ok(nodes) => {
-                missing = missing_members(&nodes, hosts, managers);
-                missing.is_empty().then_some(Ok(()))
+    let seen =
+        crate::deadline::poll_until(deadline, Duration::from_millis(50), || {
+            match list_nodes(engine) {
+                Ok(nodes) => {
+                    missing = missing_members(&nodes, hosts, ids, managers);
+                    missing.is_empty().then_some(Ok(()))
+                }
+                Err(e) => Some(Err(e)),
             }
-            Err(e) => Some(Err(e)),
-        }
-    });
+        });
     match seen {
         Some(result) => result,
         None => bail!(
@@ -245,15 +293,22 @@ pub fn wait_members(
     }
 }
 
-/// The hosts not (yet) members as they should be: a Ready node with their host name, and for
-/// the first `managers` hosts a reachable manager.
-fn missing_members<'a>(nodes: &[Node], hosts: &'a [String], managers: usize) -> Vec<&'a str> {
+/// The hosts not (yet) members as they should be: their own node (by ID, and with their host
+/// name) Ready, and for the first `managers` hosts a reachable manager. By ID, so that another
+/// daemon calling itself by a host's name does not stand in for it.
+fn missing_members<'a>(
+    nodes: &[Node],
+    hosts: &'a [String],
+    ids: &[String],
+    managers: usize,
+) -> Vec<&'a str> {
     hosts
         .iter()
         .enumerate()
         .filter(|(i, h)| {
             !nodes.iter().any(|n| {
-                n.description.hostname == **h
+                ids.get(*i).is_some_and(|id| *id == n.id)
+                    && n.description.hostname == **h
                     && n.status.state == "ready"
                     && (*i >= managers
                         || n.manager_status
@@ -270,36 +325,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn join_info_survives_its_encoding_and_refuses_garbage() {
-        let info = JoinInfo {
+    fn an_invitation_survives_its_encoding_and_keeps_its_role() {
+        let worker = Invitation {
             manager: "10.0.0.1:2377".into(),
-            worker_token: "SWMTKN-1-w".into(),
-            manager_token: "SWMTKN-1-m".into(),
+            role: JoinRole::Worker,
+            token: "SWMTKN-1-w".into(),
         };
-        let back = JoinInfo::decode(&info.encode()).unwrap();
+        let back = Invitation::decode(&worker.encode(), JoinRole::Worker).unwrap();
         assert_eq!(
-            (back.manager, back.worker_token, back.manager_token),
-            (info.manager, info.worker_token, info.manager_token)
+            (back.manager.as_str(), back.role, back.token.as_str()),
+            ("10.0.0.1:2377", JoinRole::Worker, "SWMTKN-1-w")
         );
-        assert!(JoinInfo::decode(b"only-one-line").is_err());
-        assert!(JoinInfo::decode(b"\n\n").is_err());
+        // A worker's invitation is never taken for a manager's, nor garbage for either.
+        assert!(Invitation::decode(&worker.encode(), JoinRole::Manager).is_err());
+        assert!(Invitation::decode(b"only-one-line", JoinRole::Worker).is_err());
+        assert!(Invitation::decode(b"worker\n\n", JoinRole::Worker).is_err());
+        assert!(Invitation::decode(b"worker\na\nb\nc", JoinRole::Worker).is_err());
     }
 
     #[test]
     fn members_need_ready_nodes_and_reachable_managers() {
         let nodes: Vec<Node> = serde_json::from_value(serde_json::json!([
-            {"Description": {"Hostname": "a"}, "Status": {"State": "ready"},
+            {"ID": "ia", "Description": {"Hostname": "a"}, "Status": {"State": "ready"},
              "ManagerStatus": {"Reachability": "reachable"}},
-            {"Description": {"Hostname": "b"}, "Status": {"State": "ready"}},
-            {"Description": {"Hostname": "c"}, "Status": {"State": "down"}},
+            {"ID": "ib", "Description": {"Hostname": "b"}, "Status": {"State": "ready"}},
+            {"ID": "ic", "Description": {"Hostname": "c"}, "Status": {"State": "down"}},
+            // Another daemon calling itself d does not stand in for d's own node.
+            {"ID": "xd", "Description": {"Hostname": "d"}, "Status": {"State": "ready"}},
         ]))
         .unwrap();
         let hosts: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let ids: Vec<String> = ["ia", "ib", "ic", "id"].map(String::from).to_vec();
         // A node still joining may come without a description yet.
-        let joining: Vec<Node> = serde_json::from_value(serde_json::json!([{"ID": "x"}])).unwrap();
-        assert_eq!(missing_members(&joining, &hosts, 1), ["a", "b", "c", "d"]);
-        assert_eq!(missing_members(&nodes, &hosts, 1), ["c", "d"]);
+        let joining: Vec<Node> = serde_json::from_value(serde_json::json!([{"ID": "ia"}])).unwrap();
+        assert_eq!(
+            missing_members(&joining, &hosts, &ids, 1),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(missing_members(&nodes, &hosts, &ids, 1), ["c", "d"]);
         // b is Ready but not a manager: with two managers it is missing too.
-        assert_eq!(missing_members(&nodes, &hosts, 2), ["b", "c", "d"]);
+        assert_eq!(missing_members(&nodes, &hosts, &ids, 2), ["b", "c", "d"]);
     }
 }

@@ -16,6 +16,7 @@ use crate::config::UpConfig;
 use crate::host_daemon::{self, HostDaemon, Launched};
 use crate::report::{HostTimes, RunReport, Timeline, phase_stats};
 use crate::signals::Signals;
+use crate::swarm::JoinRole;
 use crate::{host, swarm};
 
 /// How long the whole teardown (every host, agreed) may take before ranks give up waiting.
@@ -184,7 +185,7 @@ impl Run<'_> {
     fn start_daemon(
         &mut self,
         early: Option<Result<Launched>>,
-    ) -> Result<(HostDaemon, Option<swarm::JoinInfo>)> {
+    ) -> Result<(HostDaemon, Option<swarm::Invitations>)> {
         let outputs = if self.is_root() {
             crate::outputs::check(self.cfg)
         } else {
@@ -232,15 +233,26 @@ impl Run<'_> {
     fn with_swarm(
         &mut self,
         daemon: &HostDaemon,
-        join: Option<swarm::JoinInfo>,
+        join: Option<swarm::Invitations>,
         hosts: &[String],
         marks: &mut Milestones,
     ) -> Result<i32> {
-        self.join(daemon, join, hosts)?;
+        let node_id = self.join(daemon, join, hosts)?;
+        let node_ids = self.leaders.gather_to_root(
+            &node_id,
+            "say their swarm node IDs",
+            self.deadline,
+            Interrupt::BySignal,
+        )?;
+        let node_ids = node_ids.unwrap_or_default();
         let managers = self.managers(hosts.len());
         self.phase("confirm swarm membership", Some("membership"), |run| {
             if run.is_root() {
-                swarm::wait_members(&daemon.engine, hosts, managers, run.deadline)?;
+                swarm::wait_members(&daemon.engine, hosts, &node_ids, managers, run.deadline)?;
+                // Sealed in this order: once the tokens are rotated nobody else can join, so
+                // the strangers listed after it are all there will be.
+                crate::seal::rotate_tokens(&daemon.engine)?;
+                crate::seal::remove_strangers(&daemon.engine, &node_ids, run.deadline)?;
                 swarm::label_nodes(&daemon.engine, &run.node_labels(hosts))?;
             }
             Ok(())
@@ -365,13 +377,15 @@ impl Run<'_> {
     }
 
     /// Managers join one at a time (Raft adds one member per change), then the workers all at
-    /// once, spread over the managers so that no single one takes every join.
+    /// once, spread over the managers so that no single one takes every join. Every host gets the
+    /// worker's invitation; only the hosts that become managers get the manager's. Returns this
+    /// host's swarm node ID.
     fn join(
         &mut self,
         daemon: &HostDaemon,
-        join: Option<swarm::JoinInfo>,
+        invitations: Option<swarm::Invitations>,
         hosts: &[String],
-    ) -> Result<()> {
+    ) -> Result<String> {
         let managers = self.managers(hosts.len());
         if self.cfg.managers > hosts.len() && self.is_root() {
             tracing::warn!(
@@ -382,56 +396,80 @@ impl Run<'_> {
         }
         let peers = self.share_facts(daemon)?;
         self.open_ports(daemon, &peers)?;
-        let through: Vec<String> = peers
-            .iter()
-            .take(managers)
-            .map(Ipv4Addr::to_string)
-            .collect();
+        let (worker, manager) = invitations.map(|i| (i.worker, i.manager)).unzip();
         let payload = self.leaders.broadcast(
-            join.map(|i| i.encode()),
-            "receive the join token",
+            worker.map(|i| i.encode()),
+            "receive the worker join invitation",
             self.deadline,
         )?;
-        let info = swarm::JoinInfo::decode(&payload)?;
+        let worker = swarm::Invitation::decode(&payload, JoinRole::Worker)?;
         drop(payload);
+        if let Some(manager) = manager {
+            let bytes = manager.encode();
+            for host in 1..managers {
+                self.leaders.send_manager_invitation(host, &bytes);
+            }
+        }
         let t = Instant::now();
+        self.join_managers(daemon, hosts, managers)?;
+        let node_id = self.join_workers(daemon, &worker, &peers, managers);
+        if !self.is_root() {
+            self.tl.done("join", t);
+        }
+        node_id
+    }
+
+    /// The hosts after rank 0's that become managers join one at a time, each with the
+    /// invitation rank 0 sent it alone.
+    fn join_managers(
+        &mut self,
+        daemon: &HostDaemon,
+        hosts: &[String],
+        managers: usize,
+    ) -> Result<()> {
         let index = self.leaders.index();
         for (turn, manager_host) in hosts.iter().enumerate().take(managers).skip(1) {
             self.phase(&format!("join manager {manager_host}"), None, |run| {
                 if index == turn {
+                    let bytes = run.leaders.receive_manager_invitation(run.deadline)?;
+                    let invitation = swarm::Invitation::decode(&bytes, JoinRole::Manager)?;
+                    let remote = invitation.manager.clone();
                     swarm::join(
                         &daemon.engine,
                         daemon.addr,
-                        &info,
-                        &info.manager,
-                        true,
+                        &invitation,
+                        &remote,
                         run.deadline,
                     )?;
                 }
                 Ok(())
             })?;
         }
+        Ok(())
+    }
+
+    /// The other hosts join as workers, all at once, through the managers in turn; every host
+    /// then says its node ID.
+    fn join_workers(
+        &mut self,
+        daemon: &HostDaemon,
+        worker: &swarm::Invitation,
+        peers: &[Ipv4Addr],
+        managers: usize,
+    ) -> Result<String> {
+        let index = self.leaders.index();
         self.leaders
-            .begin_progress("workers joined", hosts.len().saturating_sub(managers));
+            .begin_progress("workers joined", peers.len().saturating_sub(managers));
         let joined = self.phase("join the swarm", None, |run| {
             if index >= managers {
-                let via = format!("{}:2377", through[index % managers]);
-                swarm::join(
-                    &daemon.engine,
-                    daemon.addr,
-                    &info,
-                    &via,
-                    false,
-                    run.deadline,
-                )?;
+                let via = format!("{}:2377", peers[index % managers]);
+                swarm::join(&daemon.engine, daemon.addr, worker, &via, run.deadline)?;
                 run.leaders.progress_done();
             }
-            Ok(())
+            // Managers too: rank 0 tells the job's nodes from any other by these IDs.
+            swarm::node_id(&daemon.engine)
         });
         self.leaders.progress.end();
-        if !self.is_root() {
-            self.tl.done("join", t);
-        }
         joined
     }
 
