@@ -209,3 +209,72 @@ fn cleanup_in_a_loop_while_up_starts_leaves_the_run_unharmed() {
     assert_eq!(stdout.trim(), "2", "{stdout}\n{stderr}");
     assert_clean(Duration::from_secs(5));
 }
+
+/// The join tokens rank 0's daemon gave out, in the order seen: (worker, manager) per poll.
+fn tokens_seen(polls: &str) -> Vec<(String, String)> {
+    polls
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let token = |kind: &str| {
+                v.pointer(&format!("/JoinTokens/{kind}"))?
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            Some((token("Worker")?, token("Manager")?))
+        })
+        .collect()
+}
+
+#[test]
+fn join_tokens_seen_during_bring_up_no_longer_work_once_ready() {
+    let Some(_c) = cluster() else { return };
+    // As the test user on rank 0's host, rank 0's daemon polled from its start until told to
+    // stop: what anyone able to read the tokens during bring-up would have kept.
+    let stop = user_dir().join(format!("stop-polling.{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let poller = Command::new(script("simcluster"))
+        .args([
+            "exec",
+            &host(1),
+            &format!(
+                "while [ ! -e {stop} ]; do for s in /tmp/mpiswarm-{uid}/*-{h}/docker.sock; do \
+                 [ -S \"$s\" ] && curl -s --max-time 1 --unix-socket \"$s\" http://d/v1.41/swarm \
+                 && echo; done; sleep 0.02; done",
+                stop = stop.display(),
+                uid = uid_of(USER),
+                h = host(1),
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start polling rank 0's daemon");
+    let bg = Background::start(3, 3, &[]);
+    std::fs::write(&stop, "").unwrap();
+    let polls = wait_output(poller, Duration::from_secs(10));
+    let _ = std::fs::remove_file(&stop);
+    let seen = tokens_seen(&String::from_utf8_lossy(&polls.stdout));
+    let current = |kind: &str| {
+        let out = bg.docker(&format!("swarm join-token -q {kind}"));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (worker, manager) = (current("worker"), current("manager"));
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    let (early_worker, early_manager) = seen
+        .first()
+        .expect("no join token seen during bring-up")
+        .clone();
+    // Compared whole, shown never (a failure's output is no place for a live token).
+    assert!(
+        early_worker != worker,
+        "the worker token seen during bring-up ({} polls) is still the swarm's once it is ready",
+        seen.len()
+    );
+    assert!(
+        early_manager != manager,
+        "the manager token seen during bring-up is still the swarm's once it is ready"
+    );
+    assert_clean(Duration::from_secs(5));
+}
