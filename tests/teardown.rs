@@ -61,8 +61,10 @@ fn signal_to_mpirun(sig: &str) {
     let out = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
     let stderr = text(&out).1;
+    // Where the launcher SIGKILLs the ranks 0.5 s after the signal, the guards clean the hosts
+    // and rank 0's report is lost (README, Signals).
     assert!(
-        stderr.contains("torn down: 3 host(s) clean"),
+        !graceful_signal(sig) || stderr.contains("torn down: 3 host(s) clean"),
         "no teardown report:\n{stderr}"
     );
     // Nothing of the user's is left in any node-local temporary directory (e.g. a daemon's
@@ -297,7 +299,8 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
         .collect();
     let at = args.iter().position(|a| a == "--hostfile").unwrap();
     args[at + 1] = hostfile.display().to_string();
-    orphan_run = Command::new("mpirun.openmpi");
+    // The same launcher (the machine's, or a second userland's through `simcluster login`).
+    orphan_run = Command::new(orphan_run.get_program());
     orphan_run
         .args(&args)
         .current_dir("/tmp")

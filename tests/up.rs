@@ -99,7 +99,8 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
         "{:?}",
         nodes
     );
-    bg.signal("INT");
+    // SIGUSR1: every launcher passes it on at once, so rank 0 reports (see graceful_signal).
+    bg.signal("USR1");
     let out = bg.wait(Duration::from_secs(30));
     assert!(text(&out).1.contains("torn down"), "{}", text(&out).1);
     // Started early: each host checked and launched its daemon before MPI_Init returned, so its

@@ -22,6 +22,49 @@ pub fn script(name: &str) -> PathBuf {
     root().join("scripts").join(name)
 }
 
+/// The second userland the hosts run (`SIM_USERLAND=debian13`, see scripts/userland), or `None`
+/// for the machine's own. The harness's commands inherit the variable, so scripts/simcluster
+/// enters that userland for every command it runs on a host.
+pub fn userland() -> Option<String> {
+    std::env::var("SIM_USERLAND")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "debian12")
+}
+
+/// A command of the cluster's userland run as root in the machine's own network namespace (a
+/// launcher, a Slurm client): directly, or through `simcluster login` in a second userland.
+pub fn launcher(program: &str) -> Command {
+    if userland().is_some() {
+        let mut cmd = Command::new(script("simcluster"));
+        cmd.args(["login", program]);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Whether mpirun passes `sig` on to the ranks with time for a graceful teardown. Measured:
+/// Open MPI 4.1 sends SIGTERM 1 s after SIGINT/SIGTERM and SIGKILL 1 s later; Open MPI 5
+/// (PRRTE 3) sends SIGCONT at once, SIGTERM after 250 ms and SIGKILL 250 ms later, with no
+/// option to change it. Both forward SIGUSR1 at once and never escalate it.
+pub fn graceful_signal(sig: &str) -> bool {
+    sig == "USR1" || userland().is_none()
+}
+
+/// Open MPI's option for the launcher's session directory: Open MPI 5 (PRRTE) renamed it.
+pub fn launcher_tmp_option() -> [String; 3] {
+    let (kind, name) = if userland().is_some() {
+        ("--prtemca", "prte_tmpdir_base")
+    } else {
+        ("--mca", "orte_tmpdir_base")
+    };
+    [
+        kind.to_owned(),
+        name.to_owned(),
+        launcher_tmp().display().to_string(),
+    ]
+}
+
 /// A root-owned, world-readable directory with what the test user's ranks need: the binary
 /// (the checkout itself may sit in a directory the test user cannot enter), images, fixtures.
 pub fn shared_dir() -> PathBuf {
@@ -32,7 +75,11 @@ pub fn shared_dir() -> PathBuf {
         chmod(&dir, 0o755);
         let bin = dir.join("mpiswarm");
         let tmp = dir.join("mpiswarm.tmp");
-        std::fs::copy(env!("CARGO_BIN_EXE_mpiswarm"), &tmp).expect("copy binary");
+        // A second userland needs mpiswarm built against its own MPI (scripts/test builds it).
+        let built = std::env::var_os("MPISWARM_TEST_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mpiswarm")));
+        std::fs::copy(&built, &tmp).expect("copy binary");
         chmod(&tmp, 0o755);
         std::fs::rename(&tmp, &bin).expect("install binary");
         for f in std::fs::read_dir(root().join("tests/fixtures"))
@@ -209,13 +256,12 @@ pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str])
         .map(|h| format!("{h} slots=32\n"))
         .collect();
     std::fs::write(&hostfile, lines).expect("write hostfile");
-    let mut cmd = Command::new("mpirun.openmpi");
+    let mut cmd = launcher("mpirun.openmpi");
     cmd.args(["--allow-run-as-root", "--hostfile"])
         .arg(&hostfile)
         .args(["-np", &np.to_string(), "--map-by", "node"])
         .args(mca_options())
-        .args(["--mca", "orte_tmpdir_base"])
-        .arg(launcher_tmp());
+        .args(launcher_tmp_option());
     for (name, value) in env {
         cmd.arg("-x").arg(format!("{name}={value}"));
     }
