@@ -17,7 +17,8 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
     let example = root().join("examples/mpi-in-containers");
     // The image, built once from this machine's Open MPI (cached by the script itself).
     let tar = shared_dir().join("mpi-ring.tar");
-    let built = Command::new(example.join("build-image.sh"))
+    // Built from the userland's own Open MPI (the launcher's).
+    let built = launcher(&example.join("build-image.sh").display().to_string())
         .arg(&tar)
         .output()
         .unwrap();
@@ -48,14 +49,14 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
             .collect::<String>(),
     )
     .unwrap();
-    let launcher = format!(
+    let mpirun = format!(
         "mpirun.openmpi --allow-run-as-root --hostfile {} -np 3 --map-by node {}",
         hostfile.display(),
         mca_options().join(" ")
     );
-    let mut cmd = Command::new(copy.join("run.sh"));
+    let mut cmd = launcher(&copy.join("run.sh").display().to_string());
     cmd.current_dir("/tmp")
-        .env("MPIRUN", launcher)
+        .env("MPIRUN", mpirun)
         .env("MPI_IMAGE_TAR", &tar)
         .env("MPISWARM", binary());
     let out = run_with_deadline(cmd, Duration::from_secs(300));

@@ -17,7 +17,7 @@ fn slurm() {
     UP.get_or_init(|| {
         // Each test is its own process under nextest: restart Slurm only when it is not already
         // serving every host (a restart under a starting job's `sbatch --wait` can end it early).
-        let states = Command::new("sinfo")
+        let states = launcher("sinfo")
             .args(["-h", "-N", "-o", "%t"])
             .output();
         if states.is_ok_and(|o| {
@@ -55,7 +55,7 @@ fn example(name: &str) -> String {
 
 /// `sbatch` as the test user, with the simulated network's MPI settings in the environment.
 fn sbatch(args: &[&str], extra_env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new("runuser");
+    let mut cmd = launcher("runuser");
     cmd.args(["-u", USER, "--", "env", "-i"])
         .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .arg(format!("HOME=/home/{USER}"))
@@ -65,6 +65,11 @@ fn sbatch(args: &[&str], extra_env: &[(&str, String)]) -> Command {
         .arg("OMPI_MCA_btl=self,tcp")
         .arg(format!(
             "OMPI_MCA_orte_tmpdir_base={}",
+            launcher_tmp().display()
+        ))
+        // Open MPI 5's launcher (PRRTE) reads its own variables.
+        .arg(format!(
+            "PRTE_MCA_prte_tmpdir_base={}",
             launcher_tmp().display()
         ));
     for (k, v) in extra_env {
@@ -141,7 +146,7 @@ fn long_lived(extra: &[&str]) -> (std::process::Child, String, PathBuf) {
         assert!(Instant::now() < deadline, "swarm not ready within 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let squeue = Command::new("squeue")
+    let squeue = launcher("squeue")
         .args(["-h", "-u", USER, "-o", "%i"])
         .output()
         .unwrap();
@@ -162,7 +167,7 @@ fn a_cancelled_job_leaves_nothing() {
     let (child, job, ready) = long_lived(&[]);
     assert!(residue().is_err(), "the swarm should be running");
     assert!(
-        Command::new("scancel")
+        launcher("scancel")
             .arg(&job)
             .status()
             .unwrap()

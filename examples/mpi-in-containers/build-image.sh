@@ -10,7 +10,12 @@ here=$(dirname "$(readlink -f "$0")")
 root=$(readlink -f "$here/../..")
 out=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/mpiswarm/mpi-ring.tar}
 tag=mpiswarm/mpi-ring:latest
-pkgs=(openmpi-bin libopenmpi3 openmpi-common libpmix2)
+# Open MPI 4.1 (Debian 12) or 5 (Debian 13: PRRTE inside libopenmpi40, PMIx 5).
+if dpkg-query -W libopenmpi40 >/dev/null 2>&1; then
+  pkgs=(openmpi-bin libopenmpi40 openmpi-common libpmix2t64)
+else
+  pkgs=(openmpi-bin libopenmpi3 openmpi-common libpmix2)
+fi
 
 key=$( (cat "$here/ring.c" "$here/pingpong.c" "$here/rsh-nc" "$0" "$root/scripts/make-test-image";
         dpkg-query -W "${pkgs[@]}") | sha256sum | cut -d' ' -f1)
@@ -56,7 +61,7 @@ find "$rootfs" -type f | while read -r f; do if is_elf "$f"; then ldd "$f" 2>/de
 put /lib64/ld-linux-x86-64.so.2
 
 EXTRA_ROOTFS=$rootfs \
-IMAGE_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc" \
+IMAGE_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc PRTE_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc" \
   "$root/scripts/make-test-image" "$out" "$tag" >/dev/null
 echo "$key" > "$out.key"
 chmod 0644 "$out" "$out.key"

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Runs on rank 0 against the swarm (mpiswarm up -- launch.sh): one container per node on an
 # overlay network, each named after its node (mpi-<node>) and serving a tiny remote shell; then
-# Open MPI's mpirun (orterun) in the local container starts the MPI program across all of them,
-# the containers finding each other by their service names. Exits with the MPI program's status.
+# Open MPI's mpirun (4.1's orterun or 5's PRRTE launcher) in the local container starts the MPI
+# program across all of them, the containers finding each other by their service names. Exits with the MPI program's status.
 #
 #   launch.sh [PROGRAM [ARGS...]]     default: /usr/local/bin/ring (the image also has pingpong)
 #
@@ -46,6 +46,6 @@ hosts=${hosts%,}
 echo "launch.sh: $n containers up ($hosts); running the MPI program"
 
 # shellcheck disable=SC2086 # MPI_ORTERUN_ARGS: several words
-docker exec "$cid" orterun -np "$n" --host "$hosts" --map-by node ${MPI_ORTERUN_ARGS:-} \
+docker exec "$cid" mpirun.openmpi -np "$n" --host "$hosts" --map-by node ${MPI_ORTERUN_ARGS:-} \
   --mca btl self,tcp --mca btl_tcp_if_include "$pool" --mca oob_tcp_if_include "$pool" \
   "$@"
