@@ -73,9 +73,17 @@ pub struct UpArgs {
     #[arg(long, value_name = "CIDR", default_value = "10.128.0.0/12")]
     pub address_pool: String,
 
-    /// How rootlesskit forwards the swarm ports (see README: why slirp4netns is the default).
-    #[arg(long, value_enum, default_value_t = PortDriver::Slirp4netns)]
-    pub port_driver: PortDriver,
+    /// The containers' network: `overlay` (each daemon in its own network namespace behind
+    /// slirp4netns; overlay networks, names across hosts) or `host` (containers use the node's
+    /// own interfaces at the network's speed; no overlay networks; needs rootlesskit >= 2.0 and
+    /// Docker >= 26.0). See README: the data path.
+    #[arg(long, value_enum, default_value_t = Net::Overlay)]
+    pub net: Net,
+
+    /// How rootlesskit forwards the swarm ports with --net overlay [default: slirp4netns; see
+    /// README: why].
+    #[arg(long, value_enum)]
+    pub port_driver: Option<PortDriver>,
 
     /// Image archive (as `docker save` writes it) to load on every node; repeatable. Read once on
     /// rank 0 and broadcast over MPI: no registry or shared filesystem needed.
@@ -163,6 +171,10 @@ pub struct DoctorArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Check what this network path needs (see `up --net`).
+    #[arg(long, value_enum, default_value_t = Net::Overlay)]
+    pub net: Net,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +196,7 @@ pub struct GuardArgs {
     #[arg(long)]
     pub advertise_addr: String,
     #[arg(long, value_enum)]
-    pub port_driver: PortDriver,
+    pub net: GuardNet,
     #[arg(long)]
     pub vxlan_nolearning: bool,
 }
@@ -200,6 +212,30 @@ pub enum EarlyStart {
     Auto,
     All,
     Rank0,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Net {
+    Overlay,
+    Host,
+}
+
+/// The guard's daemon network, as one flag: the overlay path with its port driver, or host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GuardNet {
+    Slirp4netns,
+    Builtin,
+    Host,
+}
+
+impl GuardNet {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardNet::Slirp4netns => "slirp4netns",
+            GuardNet::Builtin => "builtin",
+            GuardNet::Host => "host",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

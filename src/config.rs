@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{CommonArgs, EarlyStart, PortDriver, UpArgs};
+use crate::cli::{CommonArgs, EarlyStart, GuardNet, Net, PortDriver, UpArgs};
 
 /// Where and how a host's daemon is reached by the others.
 #[derive(Debug, Clone)]
@@ -21,6 +21,56 @@ pub enum AddrChoice {
 /// 0's swarm init more than it gains (measured on 2 cores: 0.13 s slower at 8 hosts).
 const EARLY_START_MIN_CPUS: usize = 4;
 
+/// The containers' network, with what each path needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Each daemon in its own network namespace behind slirp4netns, the swarm ports forwarded by
+    /// `port_driver`; overlay networks carry container traffic.
+    Overlay { port_driver: PortDriver },
+    /// The daemons (rootlesskit's detached network namespace) and every container in the node's
+    /// own network namespace: no port forwarding, no overlay networks.
+    Host,
+}
+
+impl Network {
+    /// The one flag the guard gets.
+    pub fn guard_net(self) -> GuardNet {
+        match self {
+            Network::Overlay {
+                port_driver: PortDriver::Slirp4netns,
+            } => GuardNet::Slirp4netns,
+            Network::Overlay {
+                port_driver: PortDriver::Builtin,
+            } => GuardNet::Builtin,
+            Network::Host => GuardNet::Host,
+        }
+    }
+
+    pub fn from_guard_net(net: GuardNet) -> Network {
+        match net {
+            GuardNet::Slirp4netns => Network::Overlay {
+                port_driver: PortDriver::Slirp4netns,
+            },
+            GuardNet::Builtin => Network::Overlay {
+                port_driver: PortDriver::Builtin,
+            },
+            GuardNet::Host => Network::Host,
+        }
+    }
+
+    pub fn is_host(self) -> bool {
+        self == Network::Host
+    }
+
+    /// The name users give it (`--net`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Overlay { .. } => "overlay",
+            Network::Host => "host",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub addr: AddrChoice,
@@ -34,7 +84,7 @@ pub struct UpConfig {
     pub timeout: Duration,
     pub ready_file: Option<PathBuf>,
     pub address_pool: (Ipv4Addr, u8),
-    pub port_driver: PortDriver,
+    pub network: Network,
     pub preflight: bool,
     pub load: Vec<PathBuf>,
     pub stack: Option<(PathBuf, String)>,
@@ -103,7 +153,7 @@ impl UpConfig {
             timeout,
             ready_file: args.ready_file.clone(),
             address_pool,
-            port_driver: args.port_driver,
+            network: network(args)?,
             preflight: !args.no_preflight,
             load: args.load.clone(),
             stack: match &args.stack {
@@ -148,6 +198,30 @@ impl UpConfig {
             },
             command: args.command.clone(),
         })
+    }
+}
+
+/// `--net` with the options that only mean something on the overlay path refused for `host`.
+fn network(args: &UpArgs) -> Result<Network> {
+    match args.net {
+        Net::Overlay => Ok(Network::Overlay {
+            port_driver: args.port_driver.unwrap_or(PortDriver::Slirp4netns),
+        }),
+        Net::Host => {
+            let overlay_only = [
+                (args.port_driver.is_some(), "--port-driver"),
+                (args.vxlan_nolearning, "--vxlan-nolearning"),
+                (args.overlay_mtu.is_some(), "--overlay-mtu"),
+                (args.verify, "--verify"),
+            ];
+            if let Some((_, flag)) = overlay_only.iter().find(|(given, _)| *given) {
+                bail!(
+                    "{flag} is for the overlay network, which --net host does not have (containers \
+                     use the node's own interfaces; no port forwarding): drop {flag}, or use --net overlay"
+                );
+            }
+            Ok(Network::Host)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The rootless daemon of one host: rootlesskit (user, mount, network and PID namespaces, with
-//! slirp4netns) running dockerd, with the swarm ports published on the host's advertise address.
+//! slirp4netns) running dockerd, with the swarm ports published on the host's advertise address
+//! (overlay path), or with its network namespace detached and dockerd in the node's (host path).
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::cli::PortDriver;
+use crate::config::Network;
 use crate::statedir::StateDir;
 
 /// Swarm's ports: cluster management, gossip (both protocols) and VXLAN data.
@@ -22,19 +24,17 @@ pub const SWARM_PORTS: [(u16, &str); 4] =
 const CHILD_SCRIPT: &str =
     "rm -f /run/docker /run/containerd /run/xtables.lock && exec dockerd \"$@\"";
 
+/// The name of the OCI runtime `--net host` daemons use by default (oci_runtime.rs).
+const HOST_RUNTIME: &str = "mpiswarm-host";
+
 /// Writes daemon.json and returns the rootlesskit command that runs dockerd for this host.
-pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Result<Command> {
+pub fn command(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Result<Command> {
     let p = &dir.path;
-    let config = json!({
-        "data-root": p.join("data"),
-        "exec-root": p.join("run"),
-        "pidfile": p.join("dockerd.pid"),
-        "hosts": [format!("unix://{}", dir.socket().display())],
-        // The swarm's own network, not slirp4netns', must carry container traffic.
-        "bip": "172.29.0.1/16",
-    });
     let config_path = p.join("daemon.json");
-    StateDir::write_private(&config_path, &serde_json::to_vec_pretty(&config)?)?;
+    StateDir::write_private(
+        &config_path,
+        &serde_json::to_vec_pretty(&daemon_config(dir, network)?)?,
+    )?;
 
     // The daemon's temporary files (e.g. containerd's stack dumps) go with the state directory.
     let tmp = p.join("tmp");
@@ -45,30 +45,15 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
     let log = File::create(dir.log())
         .with_context(|| format!("failed to create {}", dir.log().display()))?;
     let mut cmd = Command::new("rootlesskit");
-    cmd.args([
-        "--net=slirp4netns",
-        &format!("--mtu={}", crate::mtu::SLIRP_MTU),
-        "--slirp4netns-sandbox=auto",
-        "--slirp4netns-seccomp=auto",
-        "--disable-host-loopback",
-        "--copy-up=/etc",
-        "--copy-up=/run",
-        // Swarm tasks create /var/lib/docker paths even with another data root.
-        "--copy-up=/var/lib",
-        "--propagation=rslave",
-        // A PID namespace: killing its init kills every daemon and container at once.
-        "--pidns",
-    ]);
-    cmd.arg(format!("--port-driver={}", port_driver.as_str()));
-    cmd.arg(format!("--state-dir={}", p.join("rk").display()));
-    for (port, proto) in SWARM_PORTS {
-        cmd.arg(format!("--publish={addr}:{port}:{port}/{proto}"));
-    }
+    cmd.args(rootlesskit_args(dir, addr, network));
     // With slirp4netns' port driver the swarm ports are closed to all before dockerd starts
-    // (no window), and opened to the job's hosts once they are known (firewall.rs).
-    let script = match port_driver {
-        PortDriver::Slirp4netns => format!("{} && {CHILD_SCRIPT}", crate::firewall::close_script()),
-        PortDriver::Builtin => CHILD_SCRIPT.to_owned(),
+    // (no window), and opened to the job's hosts once they are known (firewall.rs). In the
+    // node's own namespace (host) the user has no firewall of its own.
+    let script = match network {
+        Network::Overlay {
+            port_driver: PortDriver::Slirp4netns,
+        } => format!("{} && {CHILD_SCRIPT}", crate::firewall::close_script()),
+        Network::Overlay { .. } | Network::Host => CHILD_SCRIPT.to_owned(),
     };
     cmd.args(["sh", "-c", &script, "dockerd", "--config-file"]);
     cmd.arg(&config_path);
@@ -87,6 +72,67 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, port_driver: PortDriver) -> Resul
         .stderr(log);
     die_with_parent(&mut cmd);
     Ok(cmd)
+}
+
+/// daemon.json: paths in the state directory; for `host`, no bridge, no iptables (the node's
+/// namespace is not the user's to change) and the runtime that puts containers in it.
+fn daemon_config(dir: &StateDir, network: Network) -> Result<serde_json::Value> {
+    let p = &dir.path;
+    let mut config = json!({
+        "data-root": p.join("data"),
+        "exec-root": p.join("run"),
+        "pidfile": p.join("dockerd.pid"),
+        "hosts": [format!("unix://{}", dir.socket().display())],
+    });
+    match network {
+        // The swarm's own network, not slirp4netns', must carry container traffic.
+        Network::Overlay { .. } => config["bip"] = json!("172.29.0.1/16"),
+        Network::Host => {
+            let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
+            config["bridge"] = json!("none");
+            config["iptables"] = json!(false);
+            config["ip-forward"] = json!(false);
+            config["ip-masq"] = json!(false);
+            config["runtimes"] = json!({
+                HOST_RUNTIME: { "path": exe, "runtimeArgs": [crate::oci_runtime::SUBCOMMAND] }
+            });
+            config["default-runtime"] = json!(HOST_RUNTIME);
+        }
+    }
+    Ok(config)
+}
+
+/// rootlesskit's flags: slirp4netns for the daemon's own network namespace; on the overlay path
+/// the swarm ports published on the host's address, on the host path that namespace detached
+/// (dockerd stays in the node's, where it listens on the host's address itself).
+fn rootlesskit_args(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--net=slirp4netns",
+        &format!("--mtu={}", crate::mtu::SLIRP_MTU),
+        "--slirp4netns-sandbox=auto",
+        "--slirp4netns-seccomp=auto",
+        "--disable-host-loopback",
+        "--copy-up=/etc",
+        "--copy-up=/run",
+        // Swarm tasks create /var/lib/docker paths even with another data root.
+        "--copy-up=/var/lib",
+        "--propagation=rslave",
+        // A PID namespace: killing its init kills every daemon and container at once.
+        "--pidns",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.push(format!("--state-dir={}", dir.path.join("rk").display()));
+    match network {
+        Network::Overlay { port_driver } => {
+            args.push(format!("--port-driver={}", port_driver.as_str()));
+            for (port, proto) in SWARM_PORTS {
+                args.push(format!("--publish={addr}:{port}:{port}/{proto}"));
+            }
+        }
+        Network::Host => args.push("--detach-netns".to_owned()),
+    }
+    args
 }
 
 /// rootlesskit gets SIGKILL when the thread that started it (the guard's main thread) dies, even

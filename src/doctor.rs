@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Role};
 use crate::collective::{Interrupt, Leaders};
-use crate::config::HostConfig;
+use crate::config::{HostConfig, Network};
 use crate::preflight::{self, Check, Status};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,12 +18,12 @@ pub struct HostReport {
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn run(host_cfg: &HostConfig, json: bool) -> Result<i32> {
+pub fn run(host_cfg: &HostConfig, network: Network, json: bool) -> Result<i32> {
     let host = crate::host::hostname();
     let signals = crate::signals::Signals::install()?;
     let (cluster, mut role) = Cluster::init(host.clone(), signals)?;
     let code = match &mut role {
-        Role::Leader(leaders) => match gather(leaders, host_cfg) {
+        Role::Leader(leaders) => match gather(leaders, host_cfg, network) {
             Ok(Some(reports)) => print_reports(&reports, json),
             Ok(None) => 0,
             Err(e) => {
@@ -41,10 +41,14 @@ pub fn run(host_cfg: &HostConfig, json: bool) -> Result<i32> {
 }
 
 /// This host's checks, gathered at rank 0 (`None` elsewhere).
-fn gather(leaders: &mut Leaders, host_cfg: &HostConfig) -> Result<Option<Vec<HostReport>>> {
+fn gather(
+    leaders: &mut Leaders,
+    host_cfg: &HostConfig,
+    network: Network,
+) -> Result<Option<Vec<HostReport>>> {
     let report = HostReport {
         host: leaders.host.clone(),
-        checks: host_checks(host_cfg),
+        checks: host_checks(host_cfg, network),
     };
     let deadline = Instant::now() + DEADLINE;
     let all = leaders.gather_to_root(&report, "run the checks", deadline, Interrupt::BySignal)?;
@@ -54,7 +58,7 @@ fn gather(leaders: &mut Leaders, host_cfg: &HostConfig) -> Result<Option<Vec<Hos
     }))
 }
 
-fn host_checks(host_cfg: &HostConfig) -> Vec<Check> {
+fn host_checks(host_cfg: &HostConfig, network: Network) -> Vec<Check> {
     let addr = crate::host::advertise_addr(&host_cfg.addr);
     let mut checks = vec![match &addr {
         Ok(a) => Check {
@@ -70,7 +74,7 @@ fn host_checks(host_cfg: &HostConfig) -> Vec<Check> {
             fix: "pass --advertise-addr or --iface naming this host's cluster network".into(),
         },
     }];
-    checks.extend(preflight::run_checks(host_cfg, addr.ok(), true));
+    checks.extend(preflight::run_checks(host_cfg, addr.ok(), true, network));
     checks
 }
 

@@ -26,6 +26,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
 use crate::cli::{GuardArgs, PortDriver};
+use crate::config::Network;
 use crate::guard_protocol::{GuardCommand, GuardEvent};
 use crate::signals::OnSignal;
 use crate::statedir::{GuardRecord, StateDir};
@@ -74,7 +75,8 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
-    let mut daemon = match daemon::command(&dir, addr, args.port_driver).and_then(|mut c| {
+    let network = Network::from_guard_net(args.net);
+    let mut daemon = match daemon::command(&dir, addr, network).and_then(|mut c| {
         c.spawn()
             .context("failed to start rootlesskit (is it installed and on PATH?)")
     }) {
@@ -93,7 +95,10 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     {
         start_learning_sweeper(child.id(), &dir, stop_helpers.clone());
     }
-    if args.port_driver == PortDriver::Slirp4netns
+    if network
+        == (Network::Overlay {
+            port_driver: PortDriver::Slirp4netns,
+        })
         && let Some(child) = &daemon
     {
         start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
@@ -267,7 +272,7 @@ impl GuardHandle {
     pub fn spawn(
         dir: StateDir,
         addr: Ipv4Addr,
-        port_driver: PortDriver,
+        network: Network,
         vxlan_nolearning: bool,
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
@@ -281,8 +286,8 @@ impl GuardHandle {
             .arg(&dir.path)
             .arg("--advertise-addr")
             .arg(addr.to_string())
-            .arg("--port-driver")
-            .arg(port_driver.as_str())
+            .arg("--net")
+            .arg(network.guard_net().as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Out of the rank's process group: the launcher's group kill must not hit the daemon

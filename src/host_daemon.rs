@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use tracing::debug;
 
-use crate::config::UpConfig;
+use crate::config::{Network, UpConfig};
 use crate::engine::Engine;
 use crate::guard::GuardHandle;
 use crate::guard_protocol::GuardEvent;
@@ -24,6 +24,19 @@ pub struct HostDaemon {
     pub run_lock: std::fs::File,
     pub engine: Engine,
     pub addr: Ipv4Addr,
+    pub network: Network,
+}
+
+impl HostDaemon {
+    /// Where swarm's control port listens: every address of the daemon's own namespace on the
+    /// overlay path (slirp4netns forwards the host's address to it), only the advertise address
+    /// in the node's namespace on the host path.
+    pub fn listen_addr(&self) -> String {
+        match self.network {
+            Network::Overlay { .. } => "0.0.0.0:2377".to_owned(),
+            Network::Host => format!("{}:2377", self.addr),
+        }
+    }
 }
 
 /// A daemon whose guard has been started, not yet answering.
@@ -32,6 +45,7 @@ pub struct Launched {
     run_lock: std::fs::File,
     guard: GuardHandle,
     addr: Ipv4Addr,
+    network: Network,
     warnings: Vec<Check>,
     started: Instant,
 }
@@ -42,7 +56,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
     let t = Instant::now();
     let addr = crate::host::advertise_addr(&cfg.host.addr)?;
     let warnings = if cfg.preflight {
-        crate::preflight::require(&cfg.host, addr)?
+        crate::preflight::require(&cfg.host, addr, cfg.network)?
     } else {
         Vec::new()
     };
@@ -50,11 +64,12 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
     let run_lock = crate::statedir::hold_run_lock(&dir.path)?;
-    let guard = GuardHandle::spawn(dir, addr, cfg.port_driver, cfg.vxlan_nolearning)?;
+    let guard = GuardHandle::spawn(dir, addr, cfg.network, cfg.vxlan_nolearning)?;
     Ok(Launched {
         run_lock,
         guard,
         addr,
+        network: cfg.network,
         warnings,
         started,
     })
@@ -94,9 +109,12 @@ impl Launched {
             }
         }
         tl.done("daemon", self.started);
-        let t = Instant::now();
-        crate::swarm::create_gwbridge(&engine)?;
-        tl.done("gwbridge", t);
+        // The overlay's gateway bridge; the host path has no overlay (and no bridges).
+        if !self.network.is_host() {
+            let t = Instant::now();
+            crate::swarm::create_gwbridge(&engine)?;
+            tl.done("gwbridge", t);
+        }
         debug!(
             "daemon up at {} (guard pid {})",
             engine.socket().display(),
@@ -107,6 +125,7 @@ impl Launched {
             run_lock: self.run_lock,
             engine,
             addr: self.addr,
+            network: self.network,
         })
     }
 

@@ -24,6 +24,7 @@ mod logging;
 mod messages;
 mod mpi_buffer;
 mod mtu;
+mod oci_runtime;
 mod offer;
 mod outputs;
 mod preflight;
@@ -50,6 +51,11 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The OCI runtime of `--net host` daemons is called as runc is (containerd's calling
+    // convention, runc's flags): not through the command line parser.
+    if std::env::args_os().nth(1).is_some_and(|a| a == oci_runtime::SUBCOMMAND) {
+        return oci_runtime::main(std::env::args_os().skip(2).collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -80,7 +86,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
-            export_overlay_mtu(cfg.overlay_mtu);
+            export_for_the_command(&cfg);
             if cfg.collect.is_some() {
                 signals::first_signal_waits_for_collection();
             }
@@ -96,13 +102,19 @@ fn run(cli: Cli) -> Result<i32> {
             }
             args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
-            export_overlay_mtu(cfg.overlay_mtu);
+            export_for_the_command(&cfg);
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
         Command::Doctor(args) => {
             let host = config::HostConfig::from_args(&args.common)?;
-            doctor::run(&host, args.json)
+            let network = match args.net {
+                cli::Net::Overlay => config::Network::Overlay {
+                    port_driver: cli::PortDriver::Slirp4netns,
+                },
+                cli::Net::Host => config::Network::Host,
+            };
+            doctor::run(&host, network, args.json)
         }
         Command::Cleanup(args) => {
             let base = config::HostConfig::from_args(&cli::CommonArgs {
@@ -117,12 +129,15 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Puts the overlay MTU in this process's environment, so that rank 0's command and `docker stack
-/// deploy` (compose files: `${MPISWARM_OVERLAY_MTU}`) inherit it.
-fn export_overlay_mtu(mtu: u32) {
+/// Puts the overlay MTU and the network path in this process's environment, so that rank 0's
+/// command and `docker stack deploy` (compose files: `${MPISWARM_OVERLAY_MTU}`) inherit them.
+fn export_for_the_command(cfg: &config::UpConfig) {
     // SAFETY: called before MPI, signal handling or any other thread starts: nothing else reads
     // or writes the environment at the same time.
-    unsafe { std::env::set_var(mtu::ENV, mtu.to_string()) };
+    unsafe {
+        std::env::set_var(mtu::ENV, cfg.overlay_mtu.to_string());
+        std::env::set_var("MPISWARM_NET", cfg.network.as_str());
+    }
 }
 
 /// Launchers abort the whole job when the first rank fails: a rank that stays quiet about an

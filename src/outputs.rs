@@ -95,10 +95,11 @@ impl ReadyFile {
         };
         let host = format!("unix://{}", socket.display());
         let text = format!(
-            "DOCKER_HOST={}\nMPISWARM_NODES={nodes}\nMPISWARM_OVERLAY_MTU={}\n\
-             export DOCKER_HOST MPISWARM_NODES MPISWARM_OVERLAY_MTU\n",
+            "DOCKER_HOST={}\nMPISWARM_NODES={nodes}\nMPISWARM_OVERLAY_MTU={}\nMPISWARM_NET={}\n\
+             export DOCKER_HOST MPISWARM_NODES MPISWARM_OVERLAY_MTU MPISWARM_NET\n",
             shell_quote(&host),
-            cfg.overlay_mtu
+            cfg.overlay_mtu,
+            cfg.network.as_str()
         );
         StateDir::write_private(path, text.as_bytes())
             .with_context(|| format!("failed to write the ready file {}", path.display()))?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, Network};
 use crate::daemon::SWARM_PORTS;
 use crate::statedir::{self, StateDir};
 
@@ -87,7 +87,12 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs every check; `addr` is the resolved advertise address, if it could be resolved.
-pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool) -> Vec<Check> {
+pub fn run_checks(
+    host: &HostConfig,
+    addr: Option<Ipv4Addr>,
+    with_versions: bool,
+    network: Network,
+) -> Vec<Check> {
     let mut checks = vec![check_not_root()];
     for tool in [
         "rootlesskit",
@@ -106,16 +111,24 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
     checks.push(check_userns());
     checks.push(check_tun());
     checks.push(check_kernel_fs("overlay"));
-    checks.push(check_module(
-        "vxlan",
-        Status::Fail,
-        "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)",
-    ));
-    checks.push(check_module(
-        "ip_vs",
-        Status::Warn,
-        "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
-    ));
+    match network {
+        Network::Overlay { .. } => {
+            checks.push(check_module(
+                "vxlan",
+                Status::Fail,
+                "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)",
+            ));
+            checks.push(check_module(
+                "ip_vs",
+                Status::Warn,
+                "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
+            ));
+        }
+        Network::Host => checks.push(host_network_check(
+            which("rootlesskit").map(|p| tool_version(&p)),
+            which("dockerd").map(|p| tool_version(&p)),
+        )),
+    }
     checks.push(ptrace_check(
         std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
             .ok()
@@ -143,8 +156,8 @@ pub fn run_checks(host: &HostConfig, addr: Option<Ipv4Addr>, with_versions: bool
 
 /// The checks `up` needs to pass, as one error listing every failure with its fix.
 /// Returns the warnings when nothing failed.
-pub fn require(host: &HostConfig, addr: Ipv4Addr) -> Result<Vec<Check>> {
-    let (failures, warnings): (Vec<Check>, Vec<Check>) = run_checks(host, Some(addr), false)
+pub fn require(host: &HostConfig, addr: Ipv4Addr, network: Network) -> Result<Vec<Check>> {
+    let (failures, warnings): (Vec<Check>, Vec<Check>) = run_checks(host, Some(addr), false, network)
         .into_iter()
         .filter(|c| c.status != Status::Ok)
         .partition(|c| c.status == Status::Fail);
@@ -194,6 +207,48 @@ fn check_tool(name: &str, with_version: bool) -> Check {
                 format!("{} {version}", path.display()).trim().to_owned(),
             )
         }
+    }
+}
+
+/// Oldest releases `--net host` works with: rootlesskit's `--detach-netns` (2.0) and a dockerd
+/// that does its network work in that detached namespace (26.0). Older ones start, but the
+/// containers cannot use the node's network (README: the data path).
+const HOST_NET_ROOTLESSKIT: (u32, u32) = (2, 0);
+const HOST_NET_DOCKERD: (u32, u32) = (26, 0);
+
+/// Major and minor of the first word that starts with a digit ("Docker version 26.1.5+dfsg1, ...").
+fn major_minor(version_line: &str) -> Option<(u32, u32)> {
+    let word = version_line
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = word.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// `--net host` needs both versions; the failure names what this host has and what it needs.
+fn host_network_check(rootlesskit: Option<String>, dockerd: Option<String>) -> Check {
+    let found = |v: &Option<String>| v.as_deref().and_then(major_minor);
+    let (rk, dd) = (found(&rootlesskit), found(&dockerd));
+    let new_enough = |v: Option<(u32, u32)>, min: (u32, u32)| v.is_some_and(|v| v >= min);
+    let shown = |v: Option<(u32, u32)>| v.map_or("unknown".to_owned(), |(a, b)| format!("{a}.{b}"));
+    let detail = format!(
+        "rootlesskit {} and Docker {} (--net host needs rootlesskit >= {}.{} and Docker >= {}.{})",
+        shown(rk),
+        shown(dd),
+        HOST_NET_ROOTLESSKIT.0,
+        HOST_NET_ROOTLESSKIT.1,
+        HOST_NET_DOCKERD.0,
+        HOST_NET_DOCKERD.1
+    );
+    if new_enough(rk, HOST_NET_ROOTLESSKIT) && new_enough(dd, HOST_NET_DOCKERD) {
+        ok("host-network", detail)
+    } else {
+        bad(
+            "host-network",
+            Status::Fail,
+            detail,
+            "use --net overlay on this node, or install newer rootlesskit and Docker (e.g. Debian 13's)",
+        )
     }
 }
 
@@ -586,6 +641,33 @@ fn check_memory() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_network_needs_rootlesskit_2_and_docker_26() {
+        let check = |rk: &str, dd: &str| host_network_check(Some(rk.into()), Some(dd.into()));
+        let debian13 = check(
+            "rootlesskit version 2.0.2",
+            "Docker version 26.1.5+dfsg1, build 411e817",
+        );
+        assert_eq!(debian13.status, Status::Ok, "{debian13:?}");
+        let debian12 = check(
+            "rootlesskit version 1.1.0",
+            "Docker version 20.10.24+dfsg1, build 297e128",
+        );
+        assert_eq!(debian12.status, Status::Fail);
+        assert!(
+            debian12.detail.contains("rootlesskit 1.1 and Docker 20.10"),
+            "{debian12:?}"
+        );
+        assert_eq!(
+            check("rootlesskit version 2.0.2", "Docker version 25.0.3").status,
+            Status::Fail
+        );
+        assert_eq!(
+            host_network_check(None, Some("Docker version 27.0.1".into())).status,
+            Status::Fail
+        );
+    }
 
     #[test]
     fn small_udp_buffers_are_a_warning_with_a_fix() {

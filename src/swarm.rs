@@ -94,9 +94,14 @@ impl Invitation {
     }
 }
 
-pub fn init(engine: &Engine, addr: Ipv4Addr, pool: (Ipv4Addr, u8)) -> Result<Invitations> {
+pub fn init(
+    engine: &Engine,
+    addr: Ipv4Addr,
+    listen: &str,
+    pool: (Ipv4Addr, u8),
+) -> Result<Invitations> {
     let body = json!({
-        "ListenAddr": "0.0.0.0:2377",
+        "ListenAddr": listen,
         "AdvertiseAddr": format!("{addr}:2377"),
         "DefaultAddrPool": [format!("{}/{}", pool.0, pool.1)],
         "SubnetSize": 24,
@@ -137,12 +142,13 @@ pub fn node_id(engine: &Engine) -> Result<String> {
 pub fn join(
     engine: &Engine,
     addr: Ipv4Addr,
+    listen: &str,
     invitation: &Invitation,
     remote: &str,
     deadline: Instant,
 ) -> Result<()> {
     let body = json!({
-        "ListenAddr": "0.0.0.0:2377",
+        "ListenAddr": listen,
         "AdvertiseAddr": format!("{addr}:2377"),
         "RemoteAddrs": [remote],
         "JoinToken": invitation.token,

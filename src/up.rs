@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::cli::PortDriver;
+use crate::config::Network;
 use crate::cluster::{Cluster, Role};
 use crate::collective::{Interrupt, Leaders, PhaseFailed};
 use crate::config::UpConfig;
@@ -208,7 +209,12 @@ impl Run<'_> {
                 run.leaders.progress_done();
                 let join = if run.is_root() {
                     let t = Instant::now();
-                    let info = swarm::init(&daemon.engine, daemon.addr, run.cfg.address_pool)?;
+                    let info = swarm::init(
+                        &daemon.engine,
+                        daemon.addr,
+                        &daemon.listen_addr(),
+                        run.cfg.address_pool,
+                    )?;
                     run.tl.done("swarm-init", t);
                     Some(info)
                 } else {
@@ -354,12 +360,18 @@ impl Run<'_> {
 
     /// Opens the swarm ports to the job's hosts, and to nobody else (see firewall.rs).
     fn open_ports(&mut self, daemon: &HostDaemon, peers: &[Ipv4Addr]) -> Result<()> {
-        if self.cfg.port_driver != PortDriver::Slirp4netns {
+        let port_driver = match self.cfg.network {
+            // dockerd listens in the node's namespace: no overlay data path to guard, and the
+            // control ports are swarm's mutually authenticated TLS (README: security).
+            Network::Host => return Ok(()),
+            Network::Overlay { port_driver } => port_driver,
+        };
+        if port_driver != PortDriver::Slirp4netns {
             if self.is_root() {
                 tracing::warn!(
                     "--port-driver {} hides the source addresses of incoming traffic: the swarm ports \
                      (overlay traffic included) accept packets from any host that can reach them",
-                    self.cfg.port_driver.as_str()
+                    port_driver.as_str()
                 );
             }
             return Ok(());
@@ -437,6 +449,7 @@ impl Run<'_> {
                     swarm::join(
                         &daemon.engine,
                         daemon.addr,
+                        &daemon.listen_addr(),
                         &invitation,
                         &remote,
                         run.deadline,
@@ -463,7 +476,14 @@ impl Run<'_> {
         let joined = self.phase("join the swarm", None, |run| {
             if index >= managers {
                 let via = format!("{}:2377", peers[index % managers]);
-                swarm::join(&daemon.engine, daemon.addr, worker, &via, run.deadline)?;
+                swarm::join(
+                    &daemon.engine,
+                    daemon.addr,
+                    &daemon.listen_addr(),
+                    worker,
+                    &via,
+                    run.deadline,
+                )?;
                 run.leaders.progress_done();
             }
             // Managers too: rank 0 tells the job's nodes from any other by these IDs.

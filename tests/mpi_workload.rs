@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn an_mpi_program_runs_across_containers_on_three_hosts() {
-    let Some(_c) = cluster() else { return };
+/// Runs examples/mpi-in-containers with the simulated cluster's mpirun, as a job script would;
+/// returns its output after checking that it passed on 3 different hosts.
+fn run_example(mpiswarm_args: &str) -> String {
     let example = root().join("examples/mpi-in-containers");
-    // The image, built once from this machine's Open MPI (cached by the script itself).
+    // The image, built once from the userland's own Open MPI (the launcher's; cached by the script).
     let tar = shared_dir().join("mpi-ring.tar");
-    // Built from the userland's own Open MPI (the launcher's).
     let built = launcher(&example.join("build-image.sh").display().to_string())
         .arg(&tar)
         .output()
@@ -39,7 +38,6 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
         .status();
     let _ = Command::new("chmod").arg("a+r").arg(&tar).status();
 
-    // run.sh with the simulated cluster's mpirun, as a job script would call it.
     let hostfile = shared_dir().join("hosts-workload");
     std::fs::write(
         &hostfile,
@@ -57,6 +55,7 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
     let mut cmd = launcher(&copy.join("run.sh").display().to_string());
     cmd.current_dir("/tmp")
         .env("MPIRUN", mpirun)
+        .env("MPISWARM_ARGS", mpiswarm_args)
         .env("MPI_IMAGE_TAR", &tar)
         .env("MPISWARM", binary());
     let out = run_with_deadline(cmd, Duration::from_secs(300));
@@ -66,9 +65,7 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
         "the example failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("RESULT OK"), "no checked result:\n{stdout}");
-    let nodes: BTreeSet<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("rank ") && l.contains(" of 3 "))
+    let nodes: BTreeSet<&str> = rank_lines(&stdout)
         .filter_map(|l| l.rsplit("on node ").next())
         .collect();
     assert_eq!(
@@ -76,22 +73,60 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
         3,
         "the 3 ranks must run on 3 different hosts:\n{stdout}"
     );
+    assert_clean(Duration::from_secs(5));
+    stdout
+}
+
+fn rank_lines(stdout: &str) -> impl Iterator<Item = &str> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("rank ") && l.contains(" of 3 "))
+}
+
+/// The addresses each rank's container has (ring.c prints them).
+fn rank_addresses(stdout: &str) -> impl Iterator<Item = &str> {
+    rank_lines(stdout)
+        .filter_map(|l| l.split(" at ").nth(1)?.split(' ').next())
+        .flat_map(|addrs| addrs.split(','))
+}
+
+#[test]
+fn an_mpi_program_runs_across_containers_on_three_hosts() {
+    let Some(_c) = cluster() else { return };
+    let stdout = run_example("");
     // MPI's TCP traffic is confined to the overlay's pool (btl_tcp_if_include in launch.sh): each
     // rank has one address there, and they differ, one per host, so every message of the ring
     // goes from one host to another.
-    let pool: BTreeSet<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("rank ") && l.contains(" of 3 "))
-        .filter_map(|l| l.split(" at ").nth(1)?.split(' ').next())
-        .flat_map(|addrs| addrs.split(','))
-        .filter(|a| in_pool(a))
-        .collect();
+    let pool: BTreeSet<&str> = rank_addresses(&stdout).filter(|a| in_pool(a)).collect();
     assert_eq!(
         pool.len(),
         3,
         "each rank needs its own overlay address (10.128.0.0/12):\n{stdout}"
     );
-    assert_clean(Duration::from_secs(5));
+}
+
+/// The host path (where the userland has it: README, compatibility): each container has its own
+/// node's address, so the ring's messages go from node to node on the nodes' own network.
+#[test]
+fn an_mpi_program_runs_across_containers_on_the_host_network() {
+    let Some(_c) = cluster() else { return };
+    if userland().is_none() {
+        eprintln!("skipped: --net host needs rootlesskit 2 and Docker 26 (SIM_USERLAND=debian13)");
+        return;
+    }
+    let stdout = run_example("--net host");
+    let node_addrs: BTreeSet<&str> = rank_addresses(&stdout)
+        .filter(|a| a.starts_with("10.77.0."))
+        .collect();
+    assert_eq!(
+        node_addrs.len(),
+        3,
+        "each rank's container must have its own node's address:\n{stdout}"
+    );
+    assert!(
+        rank_addresses(&stdout).all(|a| !in_pool(a)),
+        "no overlay on the host path:\n{stdout}"
+    );
 }
 
 /// In mpiswarm's default address pool, 10.128.0.0/12.

@@ -17,7 +17,7 @@ else
   pkgs=(openmpi-bin libopenmpi3 openmpi-common libpmix2)
 fi
 
-key=$( (cat "$here/ring.c" "$here/pingpong.c" "$here/rsh-nc" "$0" "$root/scripts/make-test-image";
+key=$( (cat "$here/ring.c" "$here/pingpong.c" "$here/rsh-nc" "$here/rsh-serve" "$0" "$root/scripts/make-test-image";
         dpkg-query -W "${pkgs[@]}") | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
   echo "$out (cached)"
@@ -31,7 +31,7 @@ mkdir -p "$rootfs/usr/local/bin"
 
 mpicc.openmpi -O2 -o "$rootfs/usr/local/bin/ring" "$here/ring.c"
 mpicc.openmpi -O2 -o "$rootfs/usr/local/bin/pingpong" "$here/pingpong.c"
-install -m 0755 "$here/rsh-nc" "$rootfs/usr/local/bin/rsh-nc"
+install -m 0755 "$here/rsh-nc" "$here/rsh-serve" "$rootfs/usr/local/bin/"
 
 # Debian's merged /usr: /lib and /lib64 are links into /usr, in the image as here.
 mkdir -p "$rootfs/usr/lib" "$rootfs/usr/lib64"

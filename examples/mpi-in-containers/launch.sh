@@ -1,8 +1,10 @@
 #!/bin/sh
-# Runs on rank 0 against the swarm (mpiswarm up -- launch.sh): one container per node on an
-# overlay network, each named after its node (mpi-<node>) and serving a tiny remote shell; then
-# Open MPI's mpirun (4.1's orterun or 5's PRRTE launcher) in the local container starts the MPI
-# program across all of them, the containers finding each other by their service names. Exits with the MPI program's status.
+# Runs on rank 0 against the swarm (mpiswarm up -- launch.sh): one container per node, each
+# serving a tiny remote shell (keyed by a swarm secret); then Open MPI's mpirun (4.1's orterun or
+# 5's PRRTE launcher) in the local container starts the MPI program across all of them. On the
+# overlay path (mpiswarm up --net overlay) the containers share an overlay network and find each
+# other by service name (mpi-<node>); on the host path (--net host, MPISWARM_NET=host) they use
+# their nodes' interfaces and addresses. Exits with the MPI program's status.
 #
 #   launch.sh [PROGRAM [ARGS...]]     default: /usr/local/bin/ring (the image also has pingpong)
 #
@@ -16,19 +18,30 @@ pool=${MPI_NET_CIDR:-10.128.0.0/12}     # mpiswarm's --address-pool: the overlay
 nodes=$(docker node ls --format '{{.Hostname}}' | sort)
 n=$(echo "$nodes" | wc -l)
 me=$(hostname)
+key=mpi-rsh-$$
 
 cleanup() {
   for h in $nodes; do docker service rm "mpi-$h" >/dev/null 2>&1; done
   docker network rm mpinet >/dev/null 2>&1
+  docker secret rm "$key" >/dev/null 2>&1
 }
 trap cleanup EXIT
 
-docker network create --driver overlay --attachable \
-  ${MPISWARM_OVERLAY_MTU:+--opt com.docker.network.driver.mtu=$MPISWARM_OVERLAY_MTU} mpinet >/dev/null || exit 1
+# The remote shell's key: random, a swarm secret given only to this job's containers.
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | docker secret create "$key" - >/dev/null || exit 1
+if [ "${MPISWARM_NET:-overlay}" = host ]; then
+  # --net host: every container uses its node's interfaces; no overlay, no names across hosts.
+  network=
+else
+  docker network create --driver overlay --attachable \
+    ${MPISWARM_OVERLAY_MTU:+--opt com.docker.network.driver.mtu=$MPISWARM_OVERLAY_MTU} mpinet >/dev/null || exit 1
+  network="--network mpinet --endpoint-mode dnsrr"
+fi
 for h in $nodes; do
-  docker service create --detach --quiet --no-resolve-image --name "mpi-$h" --hostname "mpi-$h" --network mpinet \
-    --endpoint-mode dnsrr --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
-    "$image" nc -ll -p 2222 -e sh >/dev/null || exit 1
+  # shellcheck disable=SC2086 # $network is several words or none
+  docker service create --detach --quiet --no-resolve-image --name "mpi-$h" --hostname "mpi-$h" $network \
+    --secret "source=$key,target=mpi-rsh" --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
+    "$image" nc -ll -p 2222 -e /usr/local/bin/rsh-serve >/dev/null || exit 1
 done
 
 # Every container running, and ours found on this node.
@@ -41,11 +54,22 @@ while :; do
   [ $tries -gt 600 ] && { echo "launch.sh: containers not running after 60 s" >&2; exit 1; }
   sleep 0.1
 done
-hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
+if [ "${MPISWARM_NET:-overlay}" = host ]; then
+  # The containers are reached at their nodes' addresses; MPI picks the nodes' interfaces itself
+  # (MPI_NET_CIDR narrows it, e.g. to the fast network).
+  hosts=$(for h in $nodes; do docker node inspect "$h" --format '{{.Status.Addr}},'; done | tr -d '\n')
+  if [ -n "${MPI_NET_CIDR:-}" ]; then
+    nets="--mca btl_tcp_if_include $MPI_NET_CIDR --mca oob_tcp_if_include $MPI_NET_CIDR"
+  else
+    nets=
+  fi
+else
+  hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
+  nets="--mca btl_tcp_if_include $pool --mca oob_tcp_if_include $pool"
+fi
 hosts=${hosts%,}
 echo "launch.sh: $n containers up ($hosts); running the MPI program"
 
-# shellcheck disable=SC2086 # MPI_ORTERUN_ARGS: several words
+# shellcheck disable=SC2086 # MPI_ORTERUN_ARGS and $nets: several words
 docker exec "$cid" mpirun.openmpi -np "$n" --host "$hosts" --map-by node ${MPI_ORTERUN_ARGS:-} \
-  --mca btl self,tcp --mca btl_tcp_if_include "$pool" --mca oob_tcp_if_include "$pool" \
-  "$@"
+  --mca btl self,tcp $nets "$@"

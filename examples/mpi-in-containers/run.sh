@@ -4,8 +4,10 @@
 # everything down, exit with the program's status.
 #
 #   MPIRUN="mpirun -np 4 --map-by node" examples/mpi-in-containers/run.sh
+#   MPISWARM_ARGS="--net host" ...       the host path (README: the data path)
 set -euo pipefail
 here=$(dirname "$(readlink -f "$0")")
 image=${MPI_IMAGE_TAR:-$("$here/build-image.sh" | sed 's/ (cached)$//')}
 read -r -a mpirun <<< "${MPIRUN:-mpirun --map-by node}"
-exec "${mpirun[@]}" "${MPISWARM:-mpiswarm}" up --load "$image" -- "$here/launch.sh"
+read -r -a extra <<< "${MPISWARM_ARGS:-}"
+exec "${mpirun[@]}" "${MPISWARM:-mpiswarm}" up "${extra[@]}" --load "$image" -- "$here/launch.sh"
