@@ -2,6 +2,7 @@
 //! owns the host's daemon and takes part in the agreements; the other ranks of the host only
 //! wait for the end), and MPI's end.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -17,6 +18,35 @@ use crate::signals::Signals;
 const FOLLOWER_POLL: Duration = Duration::from_millis(100);
 /// How often it checks that its leader still lives.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
+
+/// Open MPI's setting that makes a rank waiting inside MPI give its core away (`sched_yield`)
+/// instead of spinning.
+const YIELD_WHEN_IDLE: &str = "OMPI_MCA_mpi_yield_when_idle";
+/// Whether mpiswarm set `YIELD_WHEN_IDLE` itself (the user's command must not inherit it).
+static SET_YIELD: AtomicBool = AtomicBool::new(false);
+
+/// Asks Open MPI (read at `MPI_Init`) to yield the CPU while waiting, unless the user or the
+/// launcher chose otherwise. By default Open MPI spins in every blocking call when it thinks each
+/// rank has a core (a host's slots, not its cores, decide), and mpiswarm's ranks wait in the two
+/// communicator splits, which every rank of the job must reach: with more ranks than cores the
+/// spinning ranks starve those still on their way, and the leaders' daemons. Measured on 2 cores,
+/// 96 ranks (bench/SCALE.md): the two splits took 24-28 s spinning, 0.3-0.4 s yielding. mpiswarm
+/// computes nothing: yielding costs it no speed worth having.
+pub fn prefer_yielding_progress() {
+    if std::env::var_os(YIELD_WHEN_IDLE).is_some() {
+        return;
+    }
+    // SAFETY: called from main before MPI, signal handling or any other thread starts: nothing
+    // else reads or writes the environment at the same time.
+    unsafe { std::env::set_var(YIELD_WHEN_IDLE, "1") };
+    SET_YIELD.store(true, Ordering::SeqCst);
+}
+
+/// The variable to keep out of the user's command's environment (mpiswarm's own choice for its
+/// ranks, not the user's for their programs), if mpiswarm set it.
+pub fn own_mpi_settings() -> Option<&'static str> {
+    SET_YIELD.load(Ordering::SeqCst).then_some(YIELD_WHEN_IDLE)
+}
 
 /// What this rank does in the job.
 pub enum Role {

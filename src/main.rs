@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
             export_overlay_mtu(cfg.overlay_mtu);
+            cluster::prefer_yielding_progress();
             if cfg.collect.is_some() {
                 signals::first_signal_waits_for_collection();
             }
@@ -96,6 +97,7 @@ fn run(cli: Cli) -> Result<i32> {
             args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
             export_overlay_mtu(cfg.overlay_mtu);
+            cluster::prefer_yielding_progress();
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
