@@ -2,6 +2,7 @@
 //! owns the host's daemon and takes part in the agreements; the other ranks of the host only
 //! wait for the end), and MPI's end.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -17,6 +18,35 @@ use crate::signals::Signals;
 const FOLLOWER_POLL: Duration = Duration::from_millis(100);
 /// How often it checks that its leader still lives.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
+
+/// Open MPI's setting that makes a rank waiting inside MPI give its core away (`sched_yield`)
+/// instead of spinning.
+const YIELD_WHEN_IDLE: &str = "OMPI_MCA_mpi_yield_when_idle";
+/// Whether mpiswarm set `YIELD_WHEN_IDLE` itself (the user's command must not inherit it).
+static SET_YIELD: AtomicBool = AtomicBool::new(false);
+
+/// Asks Open MPI (read at `MPI_Init`) to yield the CPU while waiting, unless the user or the
+/// launcher chose otherwise. By default Open MPI spins in every blocking call when it thinks each
+/// rank has a core (a host's slots, not its cores, decide), and mpiswarm's ranks wait in the two
+/// communicator splits, which every rank of the job must reach: with more ranks than cores the
+/// spinning ranks starve those still on their way, and the leaders' daemons. Measured on 2 cores,
+/// 96 ranks (bench/SCALE.md): the two splits took 24-28 s spinning, 0.3-0.4 s yielding. mpiswarm
+/// computes nothing: yielding costs it no speed worth having.
+pub fn prefer_yielding_progress() {
+    if std::env::var_os(YIELD_WHEN_IDLE).is_some() {
+        return;
+    }
+    // SAFETY: called from main before MPI, signal handling or any other thread starts: nothing
+    // else reads or writes the environment at the same time.
+    unsafe { std::env::set_var(YIELD_WHEN_IDLE, "1") };
+    SET_YIELD.store(true, Ordering::SeqCst);
+}
+
+/// The variable to keep out of the user's command's environment (mpiswarm's own choice for its
+/// ranks, not the user's for their programs), if mpiswarm set it.
+pub fn own_mpi_settings() -> Option<&'static str> {
+    SET_YIELD.load(Ordering::SeqCst).then_some(YIELD_WHEN_IDLE)
+}
 
 /// What this rank does in the job.
 pub enum Role {
@@ -45,6 +75,15 @@ impl Cluster {
         let world = universe.world();
         let node = world.split_shared(0);
         let is_leader = node.rank() == 0;
+        // The other ranks of the host watch their leader's pid. Every rank of the host is here
+        // now, so one broadcast tells them all at once (a message to each, once they are waiting,
+        // would wait for each one's next look in turn: 1.3 s at 32 ranks per host).
+        let mut leader_pid = if is_leader {
+            std::process::id() as i32
+        } else {
+            0
+        };
+        node.process_at_rank(0).broadcast_into(&mut leader_pid);
         // Leaders in job order: the job's rank 0 (a leader: lowest on its host) is their rank 0.
         let color = if is_leader {
             Color::with_value(0)
@@ -53,13 +92,10 @@ impl Cluster {
         };
         let leaders = world.split_by_color(color);
         let role = match leaders {
-            Some(comm) => {
-                let l = Leaders::new(comm, universe.world(), node, host, signals);
-                l.greet_followers();
-                Role::Leader(l)
-            }
+            Some(comm) => Role::Leader(Leaders::new(comm, universe.world(), node, host, signals)),
             None => Role::Follower(Follower {
                 world: universe.world(),
+                leader: crate::procfs::proc_info(leader_pid).map(|p| (p.pid, p.start_time)),
                 node,
                 signals,
             }),
@@ -103,6 +139,8 @@ impl Cluster {
 /// job ended, passes on a signal it receives, and gives up if the leader dies.
 pub struct Follower {
     world: SimpleCommunicator,
+    /// The leader's pid and start time (`None` if it could not be read: then not watched).
+    leader: Option<(i32, u64)>,
     node: SimpleCommunicator,
     signals: Signals,
 }
@@ -110,7 +148,6 @@ pub struct Follower {
 impl Follower {
     /// Waits for the job's end and returns its exit code.
     pub fn wait_for_end(&self) -> i32 {
-        let mut leader: Option<(i32, u64)> = None;
         let mut passed_on = false;
         let mut last_check = std::time::Instant::now();
         loop {
@@ -118,15 +155,9 @@ impl Follower {
             {
                 return code;
             }
-            if leader.is_none()
-                && let Some((_, Message::LeaderPid { pid })) =
-                    Message::poll(&self.node, Some(0), Kind::LeaderPid)
-            {
-                leader = crate::procfs::proc_info(pid).map(|p| (p.pid, p.start_time));
-            }
             if last_check.elapsed() >= LEADER_CHECK {
                 last_check = std::time::Instant::now();
-                if let Some((pid, start)) = leader
+                if let Some((pid, start)) = self.leader
                     && !crate::procfs::still_running(pid, start)
                 {
                     tracing::error!(

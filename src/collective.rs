@@ -503,9 +503,7 @@ impl Leaders {
 
     /// Rank 0 tells every other leader to tear down.
     pub fn announce_stop(&self, code: i32) {
-        for rank in 1..self.comm.size() {
-            Message::Stop { code }.send(&self.comm, rank);
-        }
+        Message::Stop { code }.send_to_each(&self.comm, 1);
     }
 
     /// Leaders other than rank 0: whether rank 0 said stop.
@@ -515,9 +513,7 @@ impl Leaders {
 
     /// Rank 0: tells every other leader it is alive.
     pub fn send_heartbeats(&self) {
-        for rank in 1..self.comm.size() {
-            Message::Heartbeat.send(&self.comm, rank);
-        }
+        Message::Heartbeat.send_to_each(&self.comm, 1);
     }
 
     /// Leaders other than rank 0: true if rank 0's heartbeat arrived since the last call.
@@ -529,19 +525,9 @@ impl Leaders {
         heard
     }
 
-    /// Tells the other ranks of this host its pid (they watch it) .
-    pub fn greet_followers(&self) {
-        let pid = std::process::id() as i32;
-        for rank in 1..self.node.size() {
-            Message::LeaderPid { pid }.send(&self.node, rank);
-        }
-    }
-
     /// Tells the other ranks of this host that the job ended.
     pub fn tell_followers_end(&self, code: i32) {
-        for rank in 1..self.node.size() {
-            Message::End { code }.send(&self.node, rank);
-        }
+        Message::End { code }.send_to_each(&self.node, 1);
     }
 
     /// Receives messages nobody waited for (both sides stopped at once), so that none is left

@@ -53,7 +53,10 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     // The OCI runtime of `--net host` daemons is called as runc is (containerd's calling
     // convention, runc's flags): not through the command line parser.
-    if std::env::args_os().nth(1).is_some_and(|a| a == oci_runtime::SUBCOMMAND) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == oci_runtime::SUBCOMMAND)
+    {
         return oci_runtime::main(std::env::args_os().skip(2).collect());
     }
     let cli = match Cli::try_parse() {
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Up(args) => {
             let cfg = config::UpConfig::from_args(&args)?;
             export_for_the_command(&cfg);
+            cluster::prefer_yielding_progress();
             if cfg.collect.is_some() {
                 signals::first_signal_waits_for_collection();
             }
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> Result<i32> {
             args.command = vec!["true".into()];
             let cfg = config::UpConfig::from_args(&args)?;
             export_for_the_command(&cfg);
+            cluster::prefer_yielding_progress();
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }

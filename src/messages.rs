@@ -17,8 +17,6 @@ pub enum Message {
     Progress { phase: i32 },
     /// Rank 0 to every host leader: still alive.
     Heartbeat,
-    /// A host leader to the other ranks of its host: its pid, so they can watch it.
-    LeaderPid { pid: i32 },
     /// A host leader to the other ranks of its host: the job ended with `code`.
     End { code: i32 },
 }
@@ -30,17 +28,15 @@ pub enum Kind {
     Stop,
     Progress,
     Heartbeat,
-    LeaderPid,
     End,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 5] = [
         Kind::StopRequest,
         Kind::Stop,
         Kind::Progress,
         Kind::Heartbeat,
-        Kind::LeaderPid,
         Kind::End,
     ];
 
@@ -50,7 +46,6 @@ impl Kind {
             Kind::Stop => 102,
             Kind::Progress => 103,
             Kind::Heartbeat => 104,
-            Kind::LeaderPid => 105,
             Kind::End => 106,
         }
     }
@@ -63,7 +58,6 @@ impl Message {
             Message::Stop { .. } => Kind::Stop,
             Message::Progress { .. } => Kind::Progress,
             Message::Heartbeat => Kind::Heartbeat,
-            Message::LeaderPid { .. } => Kind::LeaderPid,
             Message::End { .. } => Kind::End,
         }
     }
@@ -74,7 +68,6 @@ impl Message {
             Message::Stop { code } | Message::End { code } => code,
             Message::Progress { phase } => phase,
             Message::Heartbeat => 0,
-            Message::LeaderPid { pid } => pid,
         }
     }
 
@@ -84,7 +77,6 @@ impl Message {
             Kind::Stop => Message::Stop { code: value },
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
-            Kind::LeaderPid => Message::LeaderPid { pid: value },
             Kind::End => Message::End { code: value },
         }
     }
@@ -93,6 +85,25 @@ impl Message {
     pub fn send(self, comm: &SimpleCommunicator, rank: i32) {
         comm.process_at_rank(rank)
             .send_with_tag(&self.payload(), self.kind().tag());
+    }
+
+    /// Sends to every rank of `comm` from `first` on, all at once: a first message to a rank
+    /// opens a connection, which completes only when that rank next looks (a waiting rank looks
+    /// every 100 ms), and one send after the other would add those waits up.
+    pub fn send_to_each(self, comm: &SimpleCommunicator, first: i32) {
+        let payload = self.payload();
+        let tag = self.kind().tag();
+        mpi::request::scope(|scope| {
+            let sent: Vec<_> = (first..comm.size())
+                .map(|rank| {
+                    comm.process_at_rank(rank)
+                        .immediate_send_with_tag(scope, &payload, tag)
+                })
+                .collect();
+            for request in sent {
+                request.wait();
+            }
+        });
     }
 
     /// A queued message of `kind` from `from` (any rank if `None`), with its sender; never blocks.
@@ -163,7 +174,6 @@ mod tests {
             Message::Stop { code: 3 },
             Message::Progress { phase: 2 },
             Message::Heartbeat,
-            Message::LeaderPid { pid: 4242 },
             Message::End { code: 1 },
         ];
         for m in all {

@@ -157,10 +157,11 @@ pub fn run_checks(
 /// The checks `up` needs to pass, as one error listing every failure with its fix.
 /// Returns the warnings when nothing failed.
 pub fn require(host: &HostConfig, addr: Ipv4Addr, network: Network) -> Result<Vec<Check>> {
-    let (failures, warnings): (Vec<Check>, Vec<Check>) = run_checks(host, Some(addr), false, network)
-        .into_iter()
-        .filter(|c| c.status != Status::Ok)
-        .partition(|c| c.status == Status::Fail);
+    let (failures, warnings): (Vec<Check>, Vec<Check>) =
+        run_checks(host, Some(addr), false, network)
+            .into_iter()
+            .filter(|c| c.status != Status::Ok)
+            .partition(|c| c.status == Status::Fail);
     if failures.is_empty() {
         return Ok(warnings);
     }

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::cli::PortDriver;
-use crate::config::Network;
 use crate::cluster::{Cluster, Role};
 use crate::collective::{Interrupt, Leaders, PhaseFailed};
+use crate::config::Network;
 use crate::config::UpConfig;
 use crate::host_daemon::{self, HostDaemon, Launched};
 use crate::report::{HostTimes, RunReport, Timeline, phase_stats};

@@ -32,15 +32,20 @@ pub fn run_or_wait(
     signals: &Signals,
 ) -> Result<i32> {
     let mut child = match command.split_first() {
-        Some((program, args)) => Some(
-            Command::new(program)
-                .args(args)
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args)
                 .env("DOCKER_HOST", format!("unix://{}", socket.display()))
                 // Its own group, so that stopping it stops everything it started.
-                .process_group(0)
-                .spawn()
-                .with_context(|| format!("failed to run {program:?} on rank 0"))?,
-        ),
+                .process_group(0);
+            if let Some(var) = crate::cluster::own_mpi_settings() {
+                cmd.env_remove(var);
+            }
+            Some(
+                cmd.spawn()
+                    .with_context(|| format!("failed to run {program:?} on rank 0"))?,
+            )
+        }
         None => {
             info!("swarm up; waiting for SIGINT, SIGTERM or SIGUSR1 to tear it down");
             None

@@ -10,7 +10,10 @@ use std::time::Duration;
 use common::*;
 
 fn addr_of(host: &str) -> String {
-    format!("10.77.0.{}", 10 + host.trim_start_matches("msh").parse::<u32>().unwrap())
+    format!(
+        "10.77.0.{}",
+        10 + host.trim_start_matches("msh").parse::<u32>().unwrap()
+    )
 }
 
 /// The one container of service `name` on `host`.
@@ -76,7 +79,11 @@ fn the_host_path_puts_every_container_on_its_nodes_interfaces() {
     }
     bg.signal("USR1");
     let out = bg.wait(Duration::from_secs(30));
-    assert!(text(&out).1.contains("torn down: 3 host(s) clean"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("torn down: 3 host(s) clean"),
+        "{}",
+        text(&out).1
+    );
     assert_clean(Duration::from_secs(5));
 }
 

@@ -17,9 +17,7 @@ fn slurm() {
     UP.get_or_init(|| {
         // Each test is its own process under nextest: restart Slurm only when it is not already
         // serving every host (a restart under a starting job's `sbatch --wait` can end it early).
-        let states = launcher("sinfo")
-            .args(["-h", "-N", "-o", "%t"])
-            .output();
+        let states = launcher("sinfo").args(["-h", "-N", "-o", "%t"]).output();
         if states.is_ok_and(|o| {
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
             o.status.success()
@@ -166,13 +164,7 @@ fn a_cancelled_job_leaves_nothing() {
     slurm();
     let (child, job, ready) = long_lived(&[]);
     assert!(residue().is_err(), "the swarm should be running");
-    assert!(
-        launcher("scancel")
-            .arg(&job)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(launcher("scancel").arg(&job).status().unwrap().success());
     let _ = wait_output(child, Duration::from_secs(90));
     assert!(!ready.exists(), "ready file left behind");
     assert_clean(Duration::from_secs(5));
