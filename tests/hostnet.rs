@@ -40,13 +40,14 @@ fn the_host_path_puts_every_container_on_its_nodes_interfaces() {
     let bg = Background::start(3, 3, &["--net", "host", "--load", &image]);
     let ready = std::fs::read_to_string(&bg.ready_file).unwrap();
     assert!(ready.contains("MPISWARM_NET=host\n"), "{ready}");
-    // The swarm's control port is dockerd's own socket in each node's namespace: no forwarder.
-    for h in hosts(3) {
-        let ss = on_host_as_root(&h, "ss -Htlnp 'sport = :2377'");
+    // The swarm's ports are dockerd's own sockets in each node's namespace: no forwarder
+    // (gossip on every node, the control port on the manager).
+    for (h, port) in [(host(1), 2377), (host(1), 7946), (host(2), 7946), (host(3), 7946)] {
+        let ss = on_host_as_root(&h, &format!("ss -Htlnp 'sport = :{port}'"));
         let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
         assert!(
-            ss.contains(&format!("{}:2377", addr_of(&h))) && ss.contains("dockerd"),
-            "{h}: 2377 should be dockerd's, on the node's address:\n{ss}"
+            ss.contains(&format!("{}:{port}", addr_of(&h))) && ss.contains("dockerd"),
+            "{h}: {port} should be dockerd's, on the node's address:\n{ss}"
         );
     }
     // A service with a container on every node; each one serves a line naming its node.
@@ -93,7 +94,7 @@ fn the_host_path_is_refused_where_rootlesskit_and_docker_are_too_old() {
     if userland().is_some() {
         // Where it works, doctor says so for the host path.
         let out = run_with_deadline(
-            mpirun(3, 3, &["doctor", "--net", "host"]),
+            mpirun(3, 3, &["doctor", "--json", "--net", "host"]),
             Duration::from_secs(60),
         );
         let (stdout, stderr) = text(&out);

@@ -10,7 +10,8 @@ here=$(dirname "$(readlink -f "$0")")
 root=$(readlink -f "$here/../..")
 out=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/mpiswarm/mpi-ring.tar}
 tag=mpiswarm/mpi-ring:latest
-# Open MPI 4.1 (Debian 12) or 5 (Debian 13: PRRTE inside libopenmpi40, PMIx 5).
+# Open MPI 4.1 (Debian 12) or 5 (Debian 13: PRRTE inside libopenmpi40, PMIx 5). The image's
+# environment names the rsh agent for both: 4.1's plm_rsh_agent, PRRTE's plm_ssh_agent.
 if dpkg-query -W libopenmpi40 >/dev/null 2>&1; then
   pkgs=(openmpi-bin libopenmpi40 openmpi-common libpmix2t64)
 else
@@ -61,7 +62,7 @@ find "$rootfs" -type f | while read -r f; do if is_elf "$f"; then ldd "$f" 2>/de
 put /lib64/ld-linux-x86-64.so.2
 
 EXTRA_ROOTFS=$rootfs \
-IMAGE_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc PRTE_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc" \
+IMAGE_ENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent=/usr/local/bin/rsh-nc PRTE_ALLOW_RUN_AS_ROOT=1 PRTE_ALLOW_RUN_AS_ROOT_CONFIRM=1 PRTE_MCA_plm_ssh_agent=/usr/local/bin/rsh-nc" \
   "$root/scripts/make-test-image" "$out" "$tag" >/dev/null
 echo "$key" > "$out.key"
 chmod 0644 "$out" "$out.key"

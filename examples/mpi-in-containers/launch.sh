@@ -65,7 +65,10 @@ if [ "${MPISWARM_NET:-overlay}" = host ]; then
   fi
 else
   hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
-  nets="--mca btl_tcp_if_include $pool --mca oob_tcp_if_include $pool"
+  nets="--mca btl_tcp_if_include $pool"
+  # Open MPI 4.1's launcher takes the pool for its own traffic too; 5's (PRRTE) matches no
+  # interface to so wide a subnet and ignores it with a warning, so it is left to choose.
+  docker exec "$cid" sh -c 'command -v prterun' >/dev/null || nets="$nets --mca oob_tcp_if_include $pool"
 fi
 hosts=${hosts%,}
 echo "launch.sh: $n containers up ($hosts); running the MPI program"
