@@ -297,6 +297,36 @@ mod tests {
         }
     }
 
+    fn up_args(flags: &[&str]) -> UpArgs {
+        use clap::Parser;
+        let argv = ["mpiswarm", "up"].iter().chain(flags);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Up(args) => args,
+            _ => unreachable!("up was parsed"),
+        }
+    }
+
+    #[test]
+    fn the_host_path_refuses_what_only_overlays_have() {
+        assert_eq!(network(&up_args(&["--net", "host"])).unwrap(), Network::Host);
+        for flags in [
+            &["--net", "host", "--verify", "--probe-image", "x"][..],
+            &["--net", "host", "--port-driver", "builtin"],
+            &["--net", "host", "--overlay-mtu", "9000"],
+            &["--net", "host", "--vxlan-nolearning"],
+        ] {
+            let err = network(&up_args(flags)).unwrap_err().to_string();
+            assert!(err.contains("--net host does not have"), "{flags:?}: {err}");
+            assert!(err.contains(flags[2]), "{flags:?} names the flag: {err}");
+        }
+        assert_eq!(
+            network(&up_args(&["--port-driver", "builtin"])).unwrap(),
+            Network::Overlay {
+                port_driver: PortDriver::Builtin
+            }
+        );
+    }
+
     #[test]
     fn cidrs() {
         assert_eq!(parse_cidr("10.128.0.0/12").unwrap().1, 12);
