@@ -30,8 +30,12 @@ trap cleanup EXIT
 # The remote shell's key: random, a swarm secret given only to this job's containers.
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | docker secret create "$key" - >/dev/null || exit 1
 if [ "${MPISWARM_NET:-overlay}" = host ]; then
-  # --net host: every container uses its node's interfaces; no overlay, no names across hosts.
+  # --net host: every container uses its node's interfaces; no overlay and no DNS across hosts,
+  # so each container gets the others' names (mpi-<node>) mapped to their nodes' addresses.
   network=
+  for h in $nodes; do
+    network="$network --host mpi-$h:$(docker node inspect "$h" --format '{{.Status.Addr}}')"
+  done
 else
   docker network create --driver overlay --attachable \
     ${MPISWARM_OVERLAY_MTU:+--opt com.docker.network.driver.mtu=$MPISWARM_OVERLAY_MTU} mpinet >/dev/null || exit 1
@@ -54,17 +58,15 @@ while :; do
   [ $tries -gt 600 ] && { echo "launch.sh: containers not running after 60 s" >&2; exit 1; }
   sleep 0.1
 done
+hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
 if [ "${MPISWARM_NET:-overlay}" = host ]; then
-  # The containers are reached at their nodes' addresses; MPI picks the nodes' interfaces itself
-  # (MPI_NET_CIDR narrows it, e.g. to the fast network).
-  hosts=$(for h in $nodes; do docker node inspect "$h" --format '{{.Status.Addr}},'; done | tr -d '\n')
+  # MPI picks the nodes' interfaces itself (MPI_NET_CIDR narrows it, e.g. to the fast network).
   if [ -n "${MPI_NET_CIDR:-}" ]; then
     nets="--mca btl_tcp_if_include $MPI_NET_CIDR --mca oob_tcp_if_include $MPI_NET_CIDR"
   else
     nets=
   fi
 else
-  hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
   nets="--mca btl_tcp_if_include $pool"
   # Open MPI 4.1's launcher takes the pool for its own traffic too; 5's (PRRTE) matches no
   # interface to so wide a subnet and ignores it with a warning, so it is left to choose.
