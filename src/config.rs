@@ -308,7 +308,10 @@ mod tests {
 
     #[test]
     fn the_host_path_refuses_what_only_overlays_have() {
-        assert_eq!(network(&up_args(&["--net", "host"])).unwrap(), Network::Host);
+        assert_eq!(
+            network(&up_args(&["--net", "host"])).unwrap(),
+            Network::Host
+        );
         for flags in [
             &["--net", "host", "--verify", "--probe-image", "x"][..],
             &["--net", "host", "--port-driver", "builtin"],

@@ -42,7 +42,12 @@ fn the_host_path_puts_every_container_on_its_nodes_interfaces() {
     assert!(ready.contains("MPISWARM_NET=host\n"), "{ready}");
     // The swarm's ports are dockerd's own sockets in each node's namespace: no forwarder
     // (gossip on every node, the control port on the manager).
-    for (h, port) in [(host(1), 2377), (host(1), 7946), (host(2), 7946), (host(3), 7946)] {
+    for (h, port) in [
+        (host(1), 2377),
+        (host(1), 7946),
+        (host(2), 7946),
+        (host(3), 7946),
+    ] {
         let ss = on_host_as_root(&h, &format!("ss -Htlnp 'sport = :{port}'"));
         let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
         assert!(
