@@ -33,6 +33,24 @@ pub enum Network {
 }
 
 impl Network {
+    /// The path `--net` names, with slirp4netns' port driver unless another is given.
+    pub fn new(net: Net, port_driver: Option<PortDriver>) -> Network {
+        match net {
+            Net::Overlay => Network::Overlay {
+                port_driver: port_driver.unwrap_or(PortDriver::Slirp4netns),
+            },
+            Net::Host => Network::Host,
+        }
+    }
+
+    /// slirp4netns forwards the swarm ports: it keeps source addresses (the firewall can filter
+    /// by them) and listens with an accept queue of one (the guard deepens it).
+    pub fn slirp4netns_forwards(self) -> bool {
+        self == Network::Overlay {
+            port_driver: PortDriver::Slirp4netns,
+        }
+    }
+
     /// The one flag the guard gets.
     pub fn guard_net(self) -> GuardNet {
         match self {
@@ -204,9 +222,7 @@ impl UpConfig {
 /// `--net` with the options that only mean something on the overlay path refused for `host`.
 fn network(args: &UpArgs) -> Result<Network> {
     match args.net {
-        Net::Overlay => Ok(Network::Overlay {
-            port_driver: args.port_driver.unwrap_or(PortDriver::Slirp4netns),
-        }),
+        Net::Overlay => Ok(Network::new(args.net, args.port_driver)),
         Net::Host => {
             let overlay_only = [
                 (args.port_driver.is_some(), "--port-driver"),

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cli::PortDriver;
 use crate::config::Network;
 use crate::statedir::StateDir;
 
@@ -49,11 +48,10 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Result<Comma
     // With slirp4netns' port driver the swarm ports are closed to all before dockerd starts
     // (no window), and opened to the job's hosts once they are known (firewall.rs). In the
     // node's own namespace (host) the user has no firewall of its own.
-    let script = match network {
-        Network::Overlay {
-            port_driver: PortDriver::Slirp4netns,
-        } => format!("{} && {CHILD_SCRIPT}", crate::firewall::close_script()),
-        Network::Overlay { .. } | Network::Host => CHILD_SCRIPT.to_owned(),
+    let script = if network.slirp4netns_forwards() {
+        format!("{} && {CHILD_SCRIPT}", crate::firewall::close_script())
+    } else {
+        CHILD_SCRIPT.to_owned()
     };
     cmd.args(["sh", "-c", &script, "dockerd", "--config-file"]);
     cmd.arg(&config_path);

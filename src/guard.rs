@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use crate::cli::{GuardArgs, PortDriver};
+use crate::cli::GuardArgs;
 use crate::config::Network;
 use crate::guard_protocol::{GuardCommand, GuardEvent};
 use crate::signals::OnSignal;
@@ -95,10 +95,7 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     {
         start_learning_sweeper(child.id(), &dir, stop_helpers.clone());
     }
-    if network
-        == (Network::Overlay {
-            port_driver: PortDriver::Slirp4netns,
-        })
+    if network.slirp4netns_forwards()
         && let Some(child) = &daemon
     {
         start_deepening_backlogs(child.id(), addr, stop_helpers.clone());

@@ -113,13 +113,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Doctor(args) => {
             let host = config::HostConfig::from_args(&args.common)?;
-            let network = match args.net {
-                cli::Net::Overlay => config::Network::Overlay {
-                    port_driver: cli::PortDriver::Slirp4netns,
-                },
-                cli::Net::Host => config::Network::Host,
-            };
-            doctor::run(&host, network, args.json)
+            doctor::run(&host, config::Network::new(args.net, None), args.json)
         }
         Command::Cleanup(args) => {
             let base = config::HostConfig::from_args(&cli::CommonArgs {

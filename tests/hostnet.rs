@@ -32,8 +32,7 @@ fn container_on(host: &str, name: &str) -> String {
 #[test]
 fn the_host_path_puts_every_container_on_its_nodes_interfaces() {
     let Some(_c) = cluster() else { return };
-    if userland().is_none() {
-        eprintln!("skipped: --net host needs rootlesskit 2 and Docker 26 (SIM_USERLAND=debian13)");
+    if !host_path_available() {
         return;
     }
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);

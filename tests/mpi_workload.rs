@@ -110,8 +110,7 @@ fn an_mpi_program_runs_across_containers_on_three_hosts() {
 #[test]
 fn an_mpi_program_runs_across_containers_on_the_host_network() {
     let Some(_c) = cluster() else { return };
-    if userland().is_none() {
-        eprintln!("skipped: --net host needs rootlesskit 2 and Docker 26 (SIM_USERLAND=debian13)");
+    if !host_path_available() {
         return;
     }
     let stdout = run_example("--net host");

@@ -43,6 +43,16 @@ pub fn launcher(program: &str) -> Command {
     }
 }
 
+/// Whether the hosts' stack has the host path (`up --net host`: rootlesskit 2 and Docker 26, the
+/// second userland); says that the test is skipped when not.
+pub fn host_path_available() -> bool {
+    let available = userland().is_some();
+    if !available {
+        eprintln!("skipped: --net host needs rootlesskit 2 and Docker 26 (SIM_USERLAND=debian13)");
+    }
+    available
+}
+
 /// Whether mpirun passes `sig` on to the ranks with time for a graceful teardown. Measured:
 /// Open MPI 4.1 sends SIGTERM 1 s after SIGINT/SIGTERM and SIGKILL 1 s later; Open MPI 5
 /// (PRRTE 3) sends SIGCONT at once, SIGTERM after 250 ms and SIGKILL 250 ms later, with no
