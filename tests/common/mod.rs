@@ -209,9 +209,14 @@ pub fn cluster() -> Option<MutexGuard<'static, ()>> {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // Each test starts from clean hosts, and fails loudly if an earlier one left something.
     if let Err(left) = wait_clean(Duration::from_secs(5)) {
+        // Fail this test, and clear what was left (a run killed outright leaves its state
+        // directories for `mpiswarm cleanup`), so that one failure does not fail every later test.
         let _ = Command::new(script("simcluster"))
             .args(["up", &MAX_HOSTS.to_string()])
             .status();
+        for h in hosts(MAX_HOSTS) {
+            let _ = on_host(&h, &format!("{} cleanup", binary().display()));
+        }
         panic!("hosts not clean before the test: {left}");
     }
     Some(guard)
