@@ -76,6 +76,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             report.removed_dirs.push(shown);
         }
     }
+    clean_end_sockets(&root, &suffix, dry_run, &mut report);
     if !dry_run {
         // The user root itself goes once it is empty; a live run keeps it.
         let _ = std::fs::remove_dir(&root);
@@ -131,7 +132,35 @@ fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
         report.errors.push(format!("{e:#}"));
         return false;
     }
+    let _ = std::fs::remove_file(crate::end_notice::end_path_of(dir));
     true
+}
+
+/// This host's end sockets (`<job>-<host>.end`) that nobody listens on any more: their rank was
+/// killed (its guard removes the socket, unless it was killed too).
+fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut Report) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let end = format!("{host_suffix}.end");
+    for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+        let ours = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(&end))
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        // A live rank accepts the connection (and forgets it at its end).
+        if !ours || std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            continue;
+        }
+        if !dry_run && let Err(e) = std::fs::remove_file(&path) {
+            report
+                .errors
+                .push(format!("failed to remove {}: {e}", path.display()));
+            continue;
+        }
+        report.removed_dirs.push(path.display().to_string());
+    }
 }
 
 /// A rank whose guard died cleans its host as `cleanup` would: the guard's daemon tree (whatever

@@ -2,6 +2,7 @@
 //! owns the host's daemon and takes part in the agreements; the other ranks of the host only
 //! wait for the end), and MPI's end.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -10,14 +11,13 @@ use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::collective::Leaders;
-use crate::messages::{Kind, Message};
+use crate::end_notice::{Announcer, EndWatch, Greeting, Heard};
+use crate::messages::Message;
 use crate::signals::Signals;
 
-/// How often a rank that only waits looks for news (it must not steal the daemon's CPU; each
-/// look is an MPI probe, which runs MPI's progress engine).
-const FOLLOWER_POLL: Duration = Duration::from_millis(100);
-/// How often it checks that its leader still lives.
-const LEADER_CHECK: Duration = Duration::from_millis(500);
+/// How often a waiting rank looks whether it received a signal to pass on (a look costs one
+/// system call: no MPI progress).
+const SIGNAL_CHECK: Duration = Duration::from_millis(250);
 
 /// Open MPI's setting that makes a rank waiting inside MPI give its core away (`sched_yield`)
 /// instead of spinning.
@@ -64,26 +64,25 @@ pub struct Cluster {
     pub size: i32,
     /// Seconds from this process's start until MPI was initialized.
     pub started_in: f64,
+    /// This host's end socket (its leader only; `None` if it could not listen).
+    announcer: Option<Announcer>,
     world: SimpleCommunicator,
     universe: mpi::environment::Universe,
 }
 
 impl Cluster {
-    /// Starts MPI and elects one leader per host (ranks that share memory share a host).
-    pub fn init(host: String, signals: Signals) -> Result<(Cluster, Role)> {
+    /// Starts MPI and elects one leader per host (ranks that share memory share a host); each
+    /// leader listens for its host's other ranks beside its state directory (`base`, `job`).
+    pub fn init(host: String, signals: Signals, base: &Path, job: &str) -> Result<(Cluster, Role)> {
         let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was already initialized"))?;
         let world = universe.world();
         let node = world.split_shared(0);
         let is_leader = node.rank() == 0;
-        // The other ranks of the host watch their leader's pid. Every rank of the host is here
-        // now, so one broadcast tells them all at once (a message to each, once they are waiting,
-        // would wait for each one's next look in turn: 1.3 s at 32 ranks per host).
-        let mut leader_pid = if is_leader {
-            std::process::id() as i32
-        } else {
-            0
-        };
-        node.process_at_rank(0).broadcast_into(&mut leader_pid);
+        // A host with one rank has nobody to tell.
+        let others = (node.size() - 1) as usize;
+        let announcer =
+            (is_leader && others > 0).then(|| Announcer::listen(base, job, &host, others));
+        let greeting = greet_host(&node, announcer.as_ref());
         // Leaders in job order: the job's rank 0 (a leader: lowest on its host) is their rank 0.
         let color = if is_leader {
             Color::with_value(0)
@@ -91,19 +90,29 @@ impl Cluster {
             Color::undefined()
         };
         let leaders = world.split_by_color(color);
-        let role = match leaders {
-            Some(comm) => Role::Leader(Leaders::new(comm, universe.world(), node, host, signals)),
-            None => Role::Follower(Follower {
-                world: universe.world(),
-                leader: crate::procfs::proc_info(leader_pid).map(|p| (p.pid, p.start_time)),
-                node,
-                signals,
-            }),
+        let (role, announcer) = match leaders {
+            Some(comm) => {
+                let announcer = announcer.and_then(|a| {
+                    a.inspect_err(|e| {
+                        tracing::warn!(
+                            "{e:#}: this host's other ranks will wait inside MPI_Finalize, using CPU"
+                        );
+                    })
+                    .ok()
+                });
+                let leaders = Leaders::new(comm, universe.world(), node, host, signals);
+                (Role::Leader(leaders), announcer)
+            }
+            None => {
+                let follower = Follower::new(universe.world(), node, signals, &greeting);
+                (Role::Follower(follower), None)
+            }
         };
         let cluster = Cluster {
             rank: world.rank(),
             size: world.size(),
             started_in: crate::report::since_process_start(),
+            announcer,
             world,
             universe,
         };
@@ -115,16 +124,19 @@ impl Cluster {
     /// forever for a rank that is gone).
     pub fn finish(self, role: Role, code: i32) {
         let abandoned = match &role {
-            Role::Leader(leaders) => {
-                leaders.tell_followers_end(code);
-                leaders.abandoned()
-            }
+            Role::Leader(leaders) => leaders.abandoned(),
             Role::Follower(_) => false,
         };
+        if let Some(announcer) = &self.announcer {
+            announcer.announce(code);
+        }
         // Every communicator is freed before MPI is finalized.
         drop(role);
         let Cluster {
-            world, universe, ..
+            world,
+            universe,
+            announcer,
+            ..
         } = self;
         if abandoned && world.size() > 1 {
             world.abort(if code == 0 { 1 } else { code });
@@ -132,45 +144,83 @@ impl Cluster {
         // The world communicator goes before MPI is finalized.
         drop(world);
         drop(universe);
+        // Every rank of the host has connected by now (they all reached MPI_Finalize).
+        drop(announcer);
     }
 }
 
-/// A rank that shares its host with the leader: it waits, cheaply, for the leader to say the
+/// The host's ranks greet each other right after the split, when all of them are there: one
+/// broadcast from the leader (a message to each, once they wait, would wait for each one in turn:
+/// 1.3 s at 32 ranks per host). It tells its pid and where it will announce the end.
+fn greet_host(node: &SimpleCommunicator, announcer: Option<&Result<Announcer>>) -> Greeting {
+    let mut wire = Greeting {
+        leader_pid: std::process::id() as i32,
+        end_path: announcer
+            .and_then(|a| a.as_ref().ok())
+            .map(|a| a.path().to_owned()),
+    }
+    .encode();
+    node.process_at_rank(0).broadcast_into(&mut wire[..]);
+    Greeting::decode(&wire)
+}
+
+/// A rank that shares its host with the leader: it waits in the kernel for the leader to say the
 /// job ended, passes on a signal it receives, and gives up if the leader dies.
 pub struct Follower {
     world: SimpleCommunicator,
-    /// The leader's pid and start time (`None` if it could not be read: then not watched).
-    leader: Option<(i32, u64)>,
-    node: SimpleCommunicator,
+    /// This host's ranks: freed before MPI is finalized.
+    _node: SimpleCommunicator,
+    leader_pid: i32,
+    /// Where the end is heard; `None` when the leader could not listen or this rank could not
+    /// connect (it then waits inside MPI_Finalize).
+    watch: Option<EndWatch>,
     signals: Signals,
 }
 
 impl Follower {
-    /// Waits for the job's end and returns its exit code.
-    pub fn wait_for_end(&self) -> i32 {
+    fn new(
+        world: SimpleCommunicator,
+        node: SimpleCommunicator,
+        signals: Signals,
+        greeting: &Greeting,
+    ) -> Follower {
+        let watch = greeting.end_path.as_deref().and_then(|path| {
+            EndWatch::connect(path, greeting.leader_pid)
+                .inspect_err(|e| tracing::warn!("{e:#}: this rank will wait inside MPI_Finalize"))
+                .ok()
+        });
+        Follower {
+            world,
+            _node: node,
+            leader_pid: greeting.leader_pid,
+            watch,
+            signals,
+        }
+    }
+
+    /// Waits for the job's end and returns its exit code (0 when it cannot be heard: the
+    /// leaders' codes are the job's).
+    pub fn wait_for_end(&mut self) -> i32 {
+        let Some(watch) = &mut self.watch else {
+            return 0;
+        };
         let mut passed_on = false;
-        let mut last_check = std::time::Instant::now();
         loop {
-            if let Some((_, Message::End { code })) = Message::poll(&self.node, Some(0), Kind::End)
-            {
-                return code;
-            }
-            if last_check.elapsed() >= LEADER_CHECK {
-                last_check = std::time::Instant::now();
-                if let Some((pid, start)) = self.leader
-                    && !crate::procfs::still_running(pid, start)
-                {
+            match watch.wait(SIGNAL_CHECK) {
+                Heard::End(code) => return code,
+                Heard::LeaderGone => {
                     tracing::error!(
-                        "the leader of this host (pid {pid}) is gone without saying how the job ended"
+                        "the leader of this host (pid {}) is gone without saying how the job ended",
+                        self.leader_pid
                     );
                     return 1;
                 }
+                Heard::Nothing => {}
             }
             if !passed_on && let Some(signal) = self.signals.received() {
                 Message::StopRequest { signal }.send(&self.world, 0);
                 passed_on = true;
             }
-            std::thread::sleep(FOLLOWER_POLL);
         }
     }
 }

@@ -525,11 +525,6 @@ impl Leaders {
         heard
     }
 
-    /// Tells the other ranks of this host that the job ended.
-    pub fn tell_followers_end(&self, code: i32) {
-        Message::End { code }.send_to_each(&self.node, 1);
-    }
-
     /// Receives messages nobody waited for (both sides stopped at once), so that none is left
     /// in flight at finalize. Called after the last agreement, which follows every send.
     pub fn drain(&self) {

@@ -21,7 +21,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 pub fn run(host_cfg: &HostConfig, network: Network, json: bool) -> Result<i32> {
     let host = crate::host::hostname();
     let signals = crate::signals::Signals::install()?;
-    let (cluster, mut role) = Cluster::init(host.clone(), signals)?;
+    let job = crate::job::key();
+    let (cluster, mut role) = Cluster::init(host.clone(), signals, &host_cfg.state_base, &job)?;
     let code = match &mut role {
         Role::Leader(leaders) => match gather(leaders, host_cfg, network) {
             Ok(Some(reports)) => print_reports(&reports, json),

@@ -223,7 +223,9 @@ fn teardown_host(dir: &StateDir) -> Result<()> {
         &dir.path,
         deadline.saturating_duration_since(Instant::now()),
     );
-    // The per-user parent goes too once no other run of this user is left on the host.
+    // The rank's end socket beside it (the rank may be gone), then the per-user parent once no
+    // other run of this user is left on the host.
+    let _ = std::fs::remove_file(crate::end_notice::end_path_of(&dir.path));
     if let Some(parent) = dir.path.parent() {
         let _ = std::fs::remove_dir(parent);
     }

@@ -12,6 +12,7 @@ mod config;
 mod daemon;
 mod deadline;
 mod doctor;
+mod end_notice;
 mod engine;
 mod firewall;
 mod guard;

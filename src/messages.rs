@@ -17,8 +17,6 @@ pub enum Message {
     Progress { phase: i32 },
     /// Rank 0 to every host leader: still alive.
     Heartbeat,
-    /// A host leader to the other ranks of its host: the job ended with `code`.
-    End { code: i32 },
 }
 
 /// What a receiver asks for (messages of other kinds stay queued).
@@ -28,16 +26,14 @@ pub enum Kind {
     Stop,
     Progress,
     Heartbeat,
-    End,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 4] = [
         Kind::StopRequest,
         Kind::Stop,
         Kind::Progress,
         Kind::Heartbeat,
-        Kind::End,
     ];
 
     fn tag(self) -> Tag {
@@ -46,7 +42,6 @@ impl Kind {
             Kind::Stop => 102,
             Kind::Progress => 103,
             Kind::Heartbeat => 104,
-            Kind::End => 106,
         }
     }
 }
@@ -58,14 +53,13 @@ impl Message {
             Message::Stop { .. } => Kind::Stop,
             Message::Progress { .. } => Kind::Progress,
             Message::Heartbeat => Kind::Heartbeat,
-            Message::End { .. } => Kind::End,
         }
     }
 
     fn payload(self) -> i32 {
         match self {
             Message::StopRequest { signal } => signal,
-            Message::Stop { code } | Message::End { code } => code,
+            Message::Stop { code } => code,
             Message::Progress { phase } => phase,
             Message::Heartbeat => 0,
         }
@@ -77,7 +71,6 @@ impl Message {
             Kind::Stop => Message::Stop { code: value },
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
-            Kind::End => Message::End { code: value },
         }
     }
 
@@ -174,7 +167,6 @@ mod tests {
             Message::Stop { code: 3 },
             Message::Progress { phase: 2 },
             Message::Heartbeat,
-            Message::End { code: 1 },
         ];
         for m in all {
             assert_eq!(Message::from_parts(m.kind(), m.payload()), m);

@@ -12,6 +12,7 @@
 //!     rk/                            rootlesskit's state (its API and slirp4netns sockets)
 //!     tmp/                           the daemons' TMPDIR (e.g. containerd's stack dumps)
 //!     data/  run/                    dockerd's data root and exec root
+//!   <job>-<host>.end                 the leader's socket: its host's other ranks hear the end there
 //! ```
 
 use std::fs::DirBuilder;
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 /// Longest Unix socket path below the state directory (containerd's ttrpc socket), so that
 /// `sun_path`'s 108 bytes are never exceeded.
 const LONGEST_SOCKET_SUFFIX: &str = "/run/containerd/containerd.sock.ttrpc";
-const SUN_PATH_MAX: usize = 107;
+pub const SUN_PATH_MAX: usize = 107;
 
 /// What `guard.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -38,7 +38,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         crate::cluster::launcher_rank() == Some(0)
     };
     let early = early.then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
-    let (cluster, mut role) = Cluster::init(host.clone(), signals.clone())?;
+    let (cluster, mut role) =
+        Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::logging::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);
     let code = match &mut role {

@@ -30,6 +30,34 @@ fn usage(pid: u32) -> (u64, u64) {
     (hwm, fields[11] + fields[12])
 }
 
+/// The system call a process's main thread is blocked in (`None` while it runs).
+fn blocked_in(pid: u32) -> Option<u64> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether a rank waits in the kernel on a socket: poll or ppoll (x86_64 numbers), seen in one of
+/// a few looks (a look may fall on its periodic signal check).
+fn waits_in_poll(pid: u32) -> bool {
+    (0..20).any(|_| {
+        let blocked = matches!(blocked_in(pid), Some(7 | 271));
+        if !blocked {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        blocked
+    })
+}
+
+/// This host's end socket (`<job>-<host>.end` in the test user's state root), if there is one.
+fn end_socket(host: &str) -> Option<std::path::PathBuf> {
+    let root = std::path::PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("-{host}.end")))
+}
+
 #[test]
 fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
     let Some(_c) = cluster() else { return };
@@ -56,6 +84,22 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
         on_host.sort_by_key(|r| r.2);
         leaders.push(on_host[0].0);
         followers.extend(on_host[1..].iter().map(|r| r.0));
+    }
+    // The others wait in the kernel, connected to their leader's end socket, not inside MPI;
+    // once all of a host's ranks are connected, its path is gone from the disk.
+    for h in hosts(HOSTS) {
+        assert_eq!(
+            end_socket(&h),
+            None,
+            "{h}'s end socket outlived the greeting"
+        );
+    }
+    for pid in &followers {
+        assert!(
+            waits_in_poll(*pid),
+            "rank pid {pid} is not waiting in poll (blocked in syscall {:?})",
+            blocked_in(*pid)
+        );
     }
     let smallest_leader = leaders.iter().map(|p| usage(*p).0).min().unwrap();
     let before: u64 = followers.iter().map(|p| usage(*p).1).sum();
@@ -116,6 +160,25 @@ fn sigkill_to_a_rank_that_leads_nothing_leaves_every_host_clean() {
         .status()
         .unwrap();
     assert!(status.success());
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn sigkill_to_a_host_leader_ends_its_waiting_ranks_and_leaves_every_host_clean() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(RANKS_PER_HOST * HOSTS, HOSTS, &[]);
+    let ranks = ranks();
+    // Rank 1 leads host 2 (ranks are placed round-robin by node).
+    let victim = ranks.iter().find(|r| r.2 == 1).expect("rank 1");
+    assert_eq!(victim.1, host(2), "{ranks:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &victim.0.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The job ends (its host's other ranks hear the leader die: their connection breaks), and
+    // the guard removes the host's state directory and the leader's end socket.
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
