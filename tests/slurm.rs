@@ -212,15 +212,26 @@ fn a_step_killed_by_slurm_leaves_nothing_once_the_job_script_cleans_up() {
         &output,
         &script,
         "sleep",
-        "300",
+        "100",
     ];
     let mut cmd = sbatch(&args, &[]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
+        // This job only: an earlier test's job may still be completing.
         let squeue = launcher("squeue")
-            .args(["-h", "-u", USER, "-o", "%i"])
+            .args([
+                "-h",
+                "-u",
+                USER,
+                "-t",
+                "RUNNING",
+                "-n",
+                "mpiswarm-srun",
+                "-o",
+                "%i",
+            ])
             .output()
             .unwrap();
         let job = String::from_utf8_lossy(&squeue.stdout).trim().to_owned();
