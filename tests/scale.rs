@@ -30,6 +30,15 @@ fn usage(pid: u32) -> (u64, u64) {
     (hwm, fields[11] + fields[12])
 }
 
+/// A process's niceness (field 19 of /proc/PID/stat).
+fn niceness(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    fields[16].parse().expect("nice")
+}
+
 /// The system call a process's main thread is blocked in (`None` while it runs).
 fn blocked_in(pid: u32) -> Option<u64> {
     let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
@@ -93,6 +102,13 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
             None,
             "{h}'s end socket outlived the greeting"
         );
+    }
+    // They gave the CPUs to their host's leader and daemon before MPI started.
+    for pid in &leaders {
+        assert_eq!(niceness(*pid), 0, "leader pid {pid}");
+    }
+    for pid in &followers {
+        assert_eq!(niceness(*pid), 19, "waiting rank pid {pid}");
     }
     for pid in &followers {
         assert!(
