@@ -24,6 +24,8 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(250);
 const YIELD_WHEN_IDLE: &str = "OMPI_MCA_mpi_yield_when_idle";
 /// Whether mpiswarm set `YIELD_WHEN_IDLE` itself (the user's command must not inherit it).
 static SET_YIELD: AtomicBool = AtomicBool::new(false);
+/// Whether this rank gave up its CPU priority as one that will only wait.
+static LOWERED_PRIORITY: AtomicBool = AtomicBool::new(false);
 
 /// Asks Open MPI (read at `MPI_Init`) to yield the CPU while waiting, unless the user or the
 /// launcher chose otherwise. By default Open MPI spins in every blocking call when it thinks each
@@ -59,10 +61,12 @@ const WAITING_NICENESS: i32 = 19;
 /// before MPI was ready. The priority cannot be raised again, which costs a waiting rank nothing;
 /// if MPI elects such a rank to lead its host after all, it says so.
 pub fn lower_priority_if_waiting() {
-    if launcher_local_rank().is_some_and(|r| r > 0)
-        && let Err(e) = rustix::process::setpriority_process(None, WAITING_NICENESS)
-    {
-        tracing::debug!("failed to lower this waiting rank's priority: {e}");
+    if launcher_local_rank().is_none_or(|r| r == 0) {
+        return;
+    }
+    match rustix::process::setpriority_process(None, WAITING_NICENESS) {
+        Ok(()) => LOWERED_PRIORITY.store(true, Ordering::SeqCst),
+        Err(e) => tracing::debug!("failed to lower this waiting rank's priority: {e}"),
     }
 }
 
@@ -118,7 +122,7 @@ impl Cluster {
                     })
                     .ok()
                 });
-                if launcher_local_rank().is_some_and(|r| r > 0) {
+                if LOWERED_PRIORITY.load(Ordering::SeqCst) {
                     tracing::warn!(
                         "MPI elected this rank to lead {host}, but the launcher said another rank \
                          comes first here: its daemon runs at the lowest CPU priority"

@@ -289,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_hears_its_leader_die_when_the_connection_breaks() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("leader.end");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(watch.wait(Duration::from_millis(20)), Heard::Nothing);
+        // What the kernel does to a killed leader's sockets.
+        drop(accepted);
+        drop(listener);
+        assert_eq!(watch.wait(Duration::from_secs(5)), Heard::LeaderGone);
+    }
+
+    #[test]
     fn a_rank_refuses_a_socket_its_leader_does_not_hold() {
         let base = tempfile::tempdir().unwrap();
         let announcer = Announcer::listen(base.path(), "j2", "h", 1).unwrap();
