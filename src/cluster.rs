@@ -24,8 +24,6 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(250);
 const YIELD_WHEN_IDLE: &str = "OMPI_MCA_mpi_yield_when_idle";
 /// Whether mpiswarm set `YIELD_WHEN_IDLE` itself (the user's command must not inherit it).
 static SET_YIELD: AtomicBool = AtomicBool::new(false);
-/// Whether this rank gave up its CPU priority as one that will only wait.
-static LOWERED_PRIORITY: AtomicBool = AtomicBool::new(false);
 
 /// Asks Open MPI (read at `MPI_Init`) to yield the CPU while waiting, unless the user or the
 /// launcher chose otherwise. By default Open MPI spins in every blocking call when it thinks each
@@ -48,26 +46,6 @@ pub fn prefer_yielding_progress() {
 /// ranks, not the user's for their programs), if mpiswarm set it.
 pub fn own_mpi_settings() -> Option<&'static str> {
     SET_YIELD.load(Ordering::SeqCst).then_some(YIELD_WHEN_IDLE)
-}
-
-/// The niceness of a rank that will only wait: the lowest priority.
-const WAITING_NICENESS: i32 = 19;
-
-/// A rank that the launcher says is not the first on its node will only wait: it gives its
-/// node's CPUs to the others before MPI starts. MPI's start-up of many ranks (each polling until
-/// all have arrived) otherwise starves the daemon that rank 0 starts meanwhile. Measured at 96
-/// ranks on 2 cores: rank 0's daemon was up 2.55-3.42 s after its start, after MPI was ready
-/// (it takes 0.45 s on idle cores); with the waiting ranks at the lowest priority, 2.07-2.53 s,
-/// before MPI was ready. The priority cannot be raised again, which costs a waiting rank nothing;
-/// if MPI elects such a rank to lead its host after all, it says so.
-pub fn lower_priority_if_waiting() {
-    if launcher_local_rank().is_none_or(|r| r == 0) {
-        return;
-    }
-    match rustix::process::setpriority_process(None, WAITING_NICENESS) {
-        Ok(()) => LOWERED_PRIORITY.store(true, Ordering::SeqCst),
-        Err(e) => tracing::debug!("failed to lower this waiting rank's priority: {e}"),
-    }
 }
 
 /// What this rank does in the job.
@@ -122,12 +100,6 @@ impl Cluster {
                     })
                     .ok()
                 });
-                if LOWERED_PRIORITY.load(Ordering::SeqCst) {
-                    tracing::warn!(
-                        "MPI elected this rank to lead {host}, but the launcher said another rank \
-                         comes first here: its daemon runs at the lowest CPU priority"
-                    );
-                }
                 let leaders = Leaders::new(comm, universe.world(), node, host, signals);
                 (Role::Leader(leaders), announcer)
             }

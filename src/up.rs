@@ -38,7 +38,6 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         crate::cluster::launcher_rank() == Some(0)
     };
     let early = early.then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
-    crate::cluster::lower_priority_if_waiting();
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::logging::set_origin(&host, cluster.rank);

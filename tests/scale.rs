@@ -30,13 +30,31 @@ fn usage(pid: u32) -> (u64, u64) {
     (hwm, fields[11] + fields[12])
 }
 
-/// A process's niceness (field 19 of /proc/PID/stat).
-fn niceness(pid: u32) -> i64 {
+/// Fields of /proc/PID/stat after the command's name: state is 0, session 3, niceness 16.
+fn stat_fields(pid: u32) -> Vec<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+    stat[stat.rfind(')').expect("comm") + 2..]
         .split(' ')
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
+}
+
+fn niceness(pid: u32) -> i64 {
+    stat_fields(pid)[16]
+}
+
+fn session(pid: u32) -> i64 {
+    stat_fields(pid)[3]
+}
+
+/// The one process on `host` whose command line matches `pattern`.
+fn one_on(host: &str, pattern: &str) -> u32 {
+    let found: Vec<u32> = pids_matching(pattern)
+        .into_iter()
+        .filter(|p| host_of_tree(*p).as_deref() == Some(host))
         .collect();
-    fields[16].parse().expect("nice")
+    assert_eq!(found.len(), 1, "{pattern} on {host}: {found:?}");
+    found[0]
 }
 
 /// The system call a process's main thread is blocked in (`None` while it runs).
@@ -103,12 +121,21 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
             "{h}'s end socket outlived the greeting"
         );
     }
-    // They gave the CPUs to their host's leader and daemon before MPI started.
-    for pid in &leaders {
-        assert_eq!(niceness(*pid), 0, "leader pid {pid}");
+    // Each daemon has a session (a CPU scheduling group) of its own beside its host's ranks,
+    // which keep their priority: a lower one slowed MPI's start.
+    for (h, leader) in hosts(HOSTS).iter().zip(&leaders) {
+        let guard = one_on(h, "mpiswarm guard");
+        let rootlesskit = one_on(h, "^rootlesskit");
+        assert_eq!(
+            session(guard),
+            i64::from(guard),
+            "{h}'s guard leads a session"
+        );
+        assert_eq!(session(rootlesskit), i64::from(guard), "{h}'s daemon in it");
+        assert_ne!(session(*leader), session(guard), "{h}'s leader outside it");
     }
-    for pid in &followers {
-        assert_eq!(niceness(*pid), 19, "waiting rank pid {pid}");
+    for pid in leaders.iter().chain(&followers) {
+        assert_eq!(niceness(*pid), 0, "rank pid {pid}");
     }
     for pid in &followers {
         assert!(
