@@ -1,6 +1,6 @@
-//! The host guard: a small process outside the rank's process group that owns the daemon and
-//! tears the host down when told to, when it is signalled, or when the rank dies (its lifeline
-//! pipe closes), so that even `kill -9` of the rank leaves nothing behind.
+//! The host guard: a small process in a session of its own (out of the rank's process group)
+//! that owns the daemon and tears the host down when told to, when it is signalled, or when the
+//! rank dies (its lifeline pipe closes), so that even `kill -9` of the rank leaves nothing behind.
 //!
 //! The rank holds the write end of the guard's stdin (the lifeline) and reads the guard's events
 //! from its stdout (`guard_protocol`). `teardown` on the lifeline, or its end, starts the
