@@ -271,8 +271,9 @@ pub struct GuardHandle {
 /// rank's process group, the launcher's group kill cannot hit the daemon half-way (the guard
 /// reacts to the rank's death instead). And where the kernel groups processes by session for CPU
 /// scheduling (autogroup, on by default in Debian's kernels), the daemon gets a fair share beside
-/// the job's ranks however many there are: at 32 ranks per host on 2 cores that starts it while
-/// MPI is still starting without slowing MPI (bench/SCALE.md).
+/// the job's ranks however many there are. At 32 ranks per host on 2 cores that gives rank 0's
+/// early daemon its CPU during MPI's start better than lowering the waiting ranks' priority did,
+/// which slowed MPI's start itself (bench/SCALE.md).
 fn own_session(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and makes one async-signal-safe
     // system call (setsid); it allocates nothing.
