@@ -16,7 +16,8 @@ use crate::teardown;
 /// What one cleanup found and did.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub removed_dirs: Vec<String>,
+    /// State directories and end sockets.
+    pub removed: Vec<String>,
     pub killed: Vec<String>,
     pub skipped_live: Vec<String>,
     pub errors: Vec<String>,
@@ -28,13 +29,13 @@ pub fn run(base: &Path, dry_run: bool) -> Result<i32> {
     for k in &report.killed {
         println!("{verb} process {k}");
     }
-    for d in &report.removed_dirs {
+    for d in &report.removed {
         println!("{verb} {d}");
     }
     for s in &report.skipped_live {
         println!("kept {s}: its run is still alive");
     }
-    if report.removed_dirs.is_empty() && report.killed.is_empty() {
+    if report.removed.is_empty() && report.killed.is_empty() {
         println!("nothing to clean on {}", crate::host::hostname());
     }
     if !report.errors.is_empty() {
@@ -73,7 +74,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             continue;
         }
         if clean_dir(&dir, me, dry_run, &mut report) {
-            report.removed_dirs.push(shown);
+            report.removed.push(shown);
         }
     }
     clean_end_sockets(&root, &suffix, dry_run, &mut report);
@@ -159,7 +160,7 @@ fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut
                 .push(format!("failed to remove {}: {e}", path.display()));
             continue;
         }
-        report.removed_dirs.push(path.display().to_string());
+        report.removed.push(path.display().to_string());
     }
 }
 

@@ -22,15 +22,12 @@ fn usage(pid: u32) -> (u64, u64) {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<u64> = stat[stat.rfind(')').expect("comm") + 2..]
-        .split(' ')
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    (hwm, fields[11] + fields[12])
+    let fields = stat_fields(pid);
+    (hwm, (fields[11] + fields[12]) as u64)
 }
 
-/// Fields of /proc/PID/stat after the command's name: state is 0, session 3, niceness 16.
+/// Fields of /proc/PID/stat after the command's name, as numbers (state, a letter, reads 0):
+/// session is 3, user and system CPU ticks 11 and 12, niceness 16.
 fn stat_fields(pid: u32) -> Vec<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     stat[stat.rfind(')').expect("comm") + 2..]
@@ -75,16 +72,6 @@ fn waits_in_poll(pid: u32) -> bool {
     })
 }
 
-/// This host's end socket (`<job>-<host>.end` in the test user's state root), if there is one.
-fn end_socket(host: &str) -> Option<std::path::PathBuf> {
-    let root = std::path::PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
-    std::fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(&format!("-{host}.end")))
-}
-
 #[test]
 fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
     let Some(_c) = cluster() else { return };
@@ -116,7 +103,7 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
     // once all of a host's ranks are connected, its path is gone from the disk.
     for h in hosts(HOSTS) {
         assert_eq!(
-            end_socket(&h),
+            state_entry(&format!("-{h}.end")),
             None,
             "{h}'s end socket outlived the greeting"
         );

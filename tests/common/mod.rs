@@ -155,18 +155,24 @@ pub fn image_archive(tag: &str, pad_mib: u32) -> (String, String) {
     (path, id)
 }
 
-/// The Engine API socket of the running daemon on `host` (there is one run at a time).
-pub fn host_socket(host: &str) -> Option<String> {
-    let base = PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
-    std::fs::read_dir(base)
+/// The entry of the test user's state root (`/tmp/mpiswarm-<uid>`) whose name ends with
+/// `suffix`, e.g. a host's state directory (`-msh1`) or end socket (`-msh1.end`); there is one
+/// run at a time.
+pub fn state_entry(suffix: &str) -> Option<PathBuf> {
+    let root = PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
+    std::fs::read_dir(root)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{host}")))
+                .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
         })
-        .map(|p| p.join("docker.sock").display().to_string())
+}
+
+/// The Engine API socket of the running daemon on `host` (there is one run at a time).
+pub fn host_socket(host: &str) -> Option<String> {
+    state_entry(&format!("-{host}")).map(|p| p.join("docker.sock").display().to_string())
 }
 
 pub fn uid_of(user: &str) -> u32 {
