@@ -41,6 +41,7 @@ mod swarm;
 mod teardown;
 mod up;
 mod verify;
+mod versioned;
 mod vxlan;
 mod workload;
 

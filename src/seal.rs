@@ -9,34 +9,22 @@ use serde_json::Value;
 
 use crate::engine::{CALL_TIMEOUT, Engine};
 use crate::swarm::{Node, list_nodes};
-
-/// Attempts at a rotation: another update of the swarm between our read and our write makes
-/// the daemon refuse ours (the version is stale); a fresh read then succeeds.
-const ROTATE_ATTEMPTS: usize = 3;
+use crate::versioned::{self, Object};
 
 /// Rotates the worker and the manager join token (on a manager), and checks that the daemon no
 /// longer gives out the old ones. Nodes that already joined keep their certificates.
-pub fn rotate_tokens(engine: &Engine) -> Result<()> {
-    let mut error = String::new();
-    for _ in 0..ROTATE_ATTEMPTS {
-        let swarm = engine.get_json("/swarm", CALL_TIMEOUT)?;
-        let version = swarm
-            .pointer("/Version/Index")
-            .and_then(Value::as_u64)
-            .context("failed to rotate the join tokens: GET /swarm gave no version")?;
-        // The update replaces the whole spec: the current one goes back unchanged.
-        let spec = swarm
-            .get("Spec")
-            .context("failed to rotate the join tokens: GET /swarm gave no spec")?;
-        let path = format!(
-            "/swarm/update?version={version}&rotateWorkerToken=true&rotateManagerToken=true"
-        );
-        match engine.call("POST", &path, Some(spec), CALL_TIMEOUT) {
-            Ok(_) => return check_rotated(engine, &swarm),
-            Err(e) => error = format!("{e:#}"),
-        }
-    }
-    bail!("failed to rotate the join tokens after {ROTATE_ATTEMPTS} attempts: {error}")
+pub fn rotate_tokens(engine: &Engine, deadline: Instant) -> Result<()> {
+    let write_path = |version: u64| {
+        format!("/swarm/update?version={version}&rotateWorkerToken=true&rotateManagerToken=true")
+    };
+    let object = Object {
+        what: "the swarm's join tokens",
+        read_path: "/swarm".into(),
+        write_path: &write_path,
+    };
+    // The spec goes back unchanged: the query asks for the rotation.
+    let before = versioned::update(engine, &object, |_| {}, deadline)?;
+    check_rotated(engine, &before)
 }
 
 /// The tokens the daemon gives out now are not those of `before`.
@@ -103,7 +91,7 @@ fn describe(node: &Node) -> String {
 /// member of its Raft group); retries until the demotion has taken effect or `deadline`.
 fn remove(engine: &Engine, node: &Node, deadline: Instant) -> Result<()> {
     if node.manager_status.is_some() {
-        demote(engine, &node.id)
+        demote(engine, &node.id, deadline)
             .with_context(|| format!("failed to demote the stranger node {}", describe(node)))?;
     }
     let path = format!("/nodes/{}?force=true", node.id);
@@ -131,24 +119,16 @@ fn remove(engine: &Engine, node: &Node, deadline: Instant) -> Result<()> {
 }
 
 /// Makes a node a worker, keeping the rest of its spec.
-fn demote(engine: &Engine, id: &str) -> Result<()> {
-    let node = engine.get_json(&format!("/nodes/{id}"), CALL_TIMEOUT)?;
-    let version = node
-        .pointer("/Version/Index")
-        .and_then(Value::as_u64)
-        .context("GET /nodes gave no version")?;
-    let mut spec = node
-        .get("Spec")
-        .cloned()
-        .context("GET /nodes gave no spec")?;
-    spec["Role"] = Value::String("worker".into());
-    engine.call(
-        "POST",
-        &format!("/nodes/{id}/update?version={version}"),
-        Some(&spec),
-        CALL_TIMEOUT,
-    )?;
-    Ok(())
+fn demote(engine: &Engine, id: &str, deadline: Instant) -> Result<()> {
+    let write_path = |version: u64| format!("/nodes/{id}/update?version={version}");
+    let what = format!("the role of node {id}");
+    let object = Object {
+        what: &what,
+        read_path: format!("/nodes/{id}"),
+        write_path: &write_path,
+    };
+    let demote = |spec: &mut Value| spec["Role"] = Value::String("worker".into());
+    versioned::update(engine, &object, demote, deadline).map(drop)
 }
 
 #[cfg(test)]

@@ -225,49 +225,69 @@ pub(crate) fn list_nodes(engine: &Engine) -> Result<Vec<Node>> {
         .context("unexpected reply to GET /nodes")
 }
 
-/// A node as `POST /nodes/{id}/update` needs it: its spec is sent back whole, with labels added.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct EditableNode {
-    #[serde(rename = "ID")]
-    id: String,
-    version: Version,
-    #[serde(default)]
-    description: NodeDescription,
-    spec: serde_json::Map<String, Value>,
+/// Labels for one host's node, by node ID (what tells the job's nodes from any other).
+pub struct NodeLabels {
+    pub host: String,
+    pub id: String,
+    pub labels: Vec<(String, String)>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Version {
-    index: u64,
+/// How many node updates rank 0 has in flight at once: each is one Raft write on the manager,
+/// and one at a time made labelling the slowest step of a bring-up at dozens of hosts.
+const LABEL_CONCURRENCY: usize = 8;
+
+/// Adds each host's labels to its node, keeping the rest of its spec (user labels included), a
+/// few nodes at a time; a node whose version moves between read and write is read again.
+pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = LABEL_CONCURRENCY.min(nodes.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(node) = nodes.get(i) else {
+                            return Ok(());
+                        };
+                        label_node(engine, node, deadline)?;
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| bail!("internal: a node-labelling thread panicked"))
+        })
+    })
 }
 
-/// Adds `labels` to each host's node (by host name), keeping the rest of its spec.
-pub fn label_nodes(engine: &Engine, labels: &[(String, Vec<(String, String)>)]) -> Result<()> {
-    let nodes: Vec<EditableNode> = serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
-        .context("unexpected reply to GET /nodes")?;
-    for node in nodes {
-        let Some((host, wanted)) = labels.iter().find(|(h, _)| *h == node.description.hostname)
-        else {
-            continue;
-        };
-        let mut spec = node.spec;
-        let entry = spec.entry("Labels").or_insert_with(|| json!({}));
-        if !entry.is_object() {
-            *entry = json!({});
-        }
-        if let Some(map) = entry.as_object_mut() {
-            for (k, v) in wanted {
-                map.insert(k.clone(), Value::String(v.clone()));
+fn label_node(
+    store: &impl crate::versioned::ObjectStore,
+    node: &NodeLabels,
+    deadline: Instant,
+) -> Result<()> {
+    let what = format!("the labels of {}'s node", node.host);
+    let write_path = |version: u64| format!("/nodes/{}/update?version={version}", node.id);
+    let object = crate::versioned::Object {
+        what: &what,
+        read_path: format!("/nodes/{}", node.id),
+        write_path: &write_path,
+    };
+    let add = |spec: &mut Value| {
+        let entry = spec
+            .as_object_mut()
+            .map(|s| s.entry("Labels").or_insert_with(|| json!({})));
+        if let Some(entry) = entry {
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            for (k, v) in &node.labels {
+                entry[k] = Value::String(v.clone());
             }
         }
-        let path = format!("/nodes/{}/update?version={}", node.id, node.version.index);
-        engine
-            .call("POST", &path, Some(&Value::Object(spec)), CALL_TIMEOUT)
-            .with_context(|| format!("failed to label the node of {host}"))?;
-    }
-    Ok(())
+    };
+    crate::versioned::update(store, &object, add, deadline).map(drop)
 }
 
 /// Waits until every host's node (`ids[i]` is host `i`'s node ID) is Ready, and the first

@@ -258,9 +258,10 @@ impl Run<'_> {
                 swarm::wait_members(&daemon.engine, hosts, &node_ids, managers, run.deadline)?;
                 // Sealed in this order: once the tokens are rotated nobody else can join, so
                 // the strangers listed after it are all there will be.
-                crate::seal::rotate_tokens(&daemon.engine)?;
+                crate::seal::rotate_tokens(&daemon.engine, run.deadline)?;
                 crate::seal::remove_strangers(&daemon.engine, &node_ids, run.deadline)?;
-                swarm::label_nodes(&daemon.engine, &run.node_labels(hosts))?;
+                let labels = run.node_labels(hosts, &node_ids);
+                swarm::label_nodes(&daemon.engine, &labels, run.deadline)?;
             }
             Ok(())
         })?;
@@ -340,21 +341,25 @@ impl Run<'_> {
         code
     }
 
-    /// The labels stacks can place by, for each host's node (rank 0).
-    fn node_labels(&self, hosts: &[String]) -> Vec<(String, Vec<(String, String)>)> {
+    /// The labels stacks can place by, for each host's node (rank 0; `ids` in host order).
+    fn node_labels(&self, hosts: &[String], ids: &[String]) -> Vec<swarm::NodeLabels> {
         hosts
             .iter()
+            .zip(ids)
             .zip(&self.facts)
             .enumerate()
-            .map(|(index, (host, f))| {
+            .map(|(index, ((host, id), f))| {
                 let labels = [
                     ("mpiswarm.index", index.to_string()),
                     ("mpiswarm.ranks", f.ranks.to_string()),
                     ("mpiswarm.cpus", f.offer.cpus.to_string()),
                     ("mpiswarm.memory", f.offer.memory_mib.to_string()),
                 ];
-                let labels = labels.map(|(k, v)| (k.to_owned(), v)).to_vec();
-                (host.clone(), labels)
+                swarm::NodeLabels {
+                    host: host.clone(),
+                    id: id.clone(),
+                    labels: labels.map(|(k, v)| (k.to_owned(), v)).to_vec(),
+                }
             })
             .collect()
     }
