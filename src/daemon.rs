@@ -63,6 +63,7 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Result<Comma
         // Swarm tasks use an image already present (loaded with --load) instead of first asking
         // a registry, which compute nodes often cannot reach: each such attempt costs a timeout.
         .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
+        .env("PATH", daemon_path(std::env::var_os("PATH")))
         .env_remove("DOCKER_HOST")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
@@ -70,6 +71,29 @@ pub fn command(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Result<Comma
         .stderr(log);
     die_with_parent(&mut cmd);
     Ok(cmd)
+}
+
+/// The user's PATH with the system directories after it: in the daemon's namespaces the user is
+/// root, and the tools it runs there (nft, Docker's iptables) live in sbin, which an ordinary
+/// user's PATH (and so a launcher's remote shell) lacks on Debian.
+pub fn daemon_path(user: Option<std::ffi::OsString>) -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> = user
+        .as_deref()
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    for system in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        if !dirs.iter().any(|d| d == std::path::Path::new(system)) {
+            dirs.push(system.into());
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// daemon.json: paths in the state directory; for `host`, no bridge, no iptables (the node's

@@ -78,7 +78,16 @@ fn unsupported_fs(magic: i64) -> Option<String> {
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    find_in(&path, name)
+}
+
+/// Finds an executable on the PATH the daemon gets (the user's, and the system directories).
+fn which_for_daemon(name: &str) -> Option<PathBuf> {
+    find_in(&crate::daemon::daemon_path(std::env::var_os("PATH")), name)
+}
+
+fn find_in(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|p| {
             p.metadata()
@@ -113,6 +122,9 @@ pub fn run_checks(
     checks.push(check_kernel_fs("overlay"));
     match network {
         Network::Overlay { .. } => {
+            if network.slirp4netns_forwards() {
+                checks.push(check_nft());
+            }
             checks.push(check_module(
                 "vxlan",
                 Status::Fail,
@@ -208,6 +220,19 @@ fn check_tool(name: &str, with_version: bool) -> Check {
                 format!("{} {version}", path.display()).trim().to_owned(),
             )
         }
+    }
+}
+
+/// The firewall of the swarm ports (firewall.rs) is one nftables table in the daemon's namespace.
+fn check_nft() -> Check {
+    match which_for_daemon("nft") {
+        Some(path) => ok("nft", path.display().to_string()),
+        None => bad(
+            "nft",
+            Status::Fail,
+            "not found (it closes the swarm ports to hosts outside the job)",
+            "ask your admin to install nftables (Debian/Ubuntu: apt install nftables)",
+        ),
     }
 }
 

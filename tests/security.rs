@@ -29,29 +29,30 @@ fn daemon_netns_pid(host: &str) -> u32 {
         .unwrap_or_else(|| panic!("no daemon namespace on {host}"))
 }
 
-/// Packets the firewall dropped in the daemon's namespace on `host`.
+/// Packets the firewall dropped in the daemon's namespace on `host` (its drop rules' counters).
 fn dropped(host: &str) -> u64 {
     let pid = daemon_netns_pid(host);
     let out = Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "iptables",
-            "-w",
-            "-L",
-            "MPISWARM-PEERS",
-            "-v",
-            "-n",
-            "-x",
-        ])
+        .args(["-t", &pid.to_string(), "-n"])
+        .args(["nft", "list", "chain", "ip", "mpiswarm", "input"])
         .output()
-        .expect("iptables in the daemon's namespace");
+        .expect("nft in the daemon's namespace");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.contains("DROP"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no DROP rule in MPISWARM-PEERS on {host}:\n{text}"))
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("drop"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "packets")?;
+            words.next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        counts.len(),
+        2,
+        "no drop rules in mpiswarm's chain on {host}:\n{text}"
+    );
+    counts.iter().sum()
 }
 
 #[test]
