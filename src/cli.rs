@@ -136,6 +136,11 @@ pub struct UpArgs {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub managers: u16,
 
+    /// How many workers join through each manager at once; the next joins as one finishes, so a
+    /// manager is never hit by every host of a large job at the same instant (README: scale).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub joins_per_manager: u16,
+
     /// MTU option of the overlay networks mpiswarm creates (Docker's meaning: the link under
     /// VXLAN; containers get 50 bytes less), exported to the command, the ready file and `docker
     /// stack deploy` as MPISWARM_OVERLAY_MTU [default: 65520, slirp4netns' MTU; see README: the

@@ -476,6 +476,37 @@ impl Leaders {
         }
     }
 
+    /// This worker host's join ended: the host `index` (a join window later) may start its own.
+    pub fn pass_join_turn(&self, index: usize) {
+        Message::JoinTurn.send(&self.comm, index as i32);
+    }
+
+    /// Waits until host `index` (a join window earlier) says its join ended, until the deadline
+    /// or a teardown signal; `name` is that host's, for the error.
+    pub fn wait_join_turn(&self, index: usize, name: &str, deadline: Instant) -> Result<()> {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if Message::poll(&self.comm, Some(index as i32), Kind::JoinTurn).is_some() {
+                return Ok(());
+            }
+            if let Some(sig) = self.signals.received() {
+                bail!(
+                    "interrupted by {} while waiting for {name} to finish joining the swarm \
+                     (joins go a window at a time)",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out waiting for {name} to finish joining the swarm: this host joins \
+                     after it (joins go a window at a time, --joins-per-manager)"
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
     /// Rank 0 starts counting hosts that finish the next phase (shown live on a terminal).
     pub fn begin_progress(&mut self, label: &str, total: usize) {
         let is_root = self.is_root();

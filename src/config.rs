@@ -111,6 +111,8 @@ pub struct UpConfig {
     pub probe_image: Option<String>,
     pub report: Option<PathBuf>,
     pub managers: usize,
+    /// Workers joining through one manager at once.
+    pub joins_per_manager: usize,
     /// Every host leader starts its daemon before MPI is up (else only rank 0 does).
     pub early_start_all: bool,
     pub vxlan_nolearning: bool,
@@ -192,6 +194,7 @@ impl UpConfig {
             },
             report: args.report.clone(),
             managers: usize::from(args.managers),
+            joins_per_manager: usize::from(args.joins_per_manager),
             early_start_all: match args.early_start {
                 EarlyStart::All => true,
                 EarlyStart::Rank0 => false,

@@ -48,6 +48,32 @@ pub fn poll_until<T>(
     }
 }
 
+/// As `poll_until`, for a probe whose cost grows with what it reads (a list of every swarm node):
+/// the pause after each probe is `PACED_RATIO` times what the probe took, within `every` and
+/// `at_most`, so the polled daemon spends at most a fixed share of its time answering.
+pub fn poll_until_paced<T>(
+    deadline: Instant,
+    every: Duration,
+    at_most: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        let t = Instant::now();
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let pause = (t.elapsed() * PACED_RATIO).clamp(every, at_most);
+        std::thread::sleep(pause.min(left));
+    }
+}
+
+/// A paced poll keeps its server busy at most 1 / (1 + PACED_RATIO) of the time.
+const PACED_RATIO: u32 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +117,27 @@ mod tests {
             || None,
         );
         assert!(never.is_none());
+    }
+
+    #[test]
+    fn paced_polling_waits_longer_after_a_slow_probe() {
+        let mut calls = Vec::new();
+        let start = Instant::now();
+        let got = poll_until_paced(
+            start + Duration::from_secs(5),
+            Duration::from_millis(1),
+            Duration::from_millis(500),
+            || {
+                calls.push(start.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+                (calls.len() == 3).then_some(())
+            },
+        );
+        assert!(got.is_some());
+        // 20 ms probes: at least 4 x 20 ms between the end of one and the start of the next.
+        assert!(
+            calls[2] - calls[1] >= Duration::from_millis(100),
+            "{calls:?}"
+        );
     }
 }

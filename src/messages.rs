@@ -17,6 +17,8 @@ pub enum Message {
     Progress { phase: i32 },
     /// Rank 0 to every host leader: still alive.
     Heartbeat,
+    /// A worker host to the one a join window after it: its join ended, the next may start.
+    JoinTurn,
 }
 
 /// What a receiver asks for (messages of other kinds stay queued).
@@ -26,14 +28,16 @@ pub enum Kind {
     Stop,
     Progress,
     Heartbeat,
+    JoinTurn,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::StopRequest,
         Kind::Stop,
         Kind::Progress,
         Kind::Heartbeat,
+        Kind::JoinTurn,
     ];
 
     fn tag(self) -> Tag {
@@ -42,6 +46,7 @@ impl Kind {
             Kind::Stop => 102,
             Kind::Progress => 103,
             Kind::Heartbeat => 104,
+            Kind::JoinTurn => 105,
         }
     }
 }
@@ -53,6 +58,7 @@ impl Message {
             Message::Stop { .. } => Kind::Stop,
             Message::Progress { .. } => Kind::Progress,
             Message::Heartbeat => Kind::Heartbeat,
+            Message::JoinTurn => Kind::JoinTurn,
         }
     }
 
@@ -61,7 +67,7 @@ impl Message {
             Message::StopRequest { signal } => signal,
             Message::Stop { code } => code,
             Message::Progress { phase } => phase,
-            Message::Heartbeat => 0,
+            Message::Heartbeat | Message::JoinTurn => 0,
         }
     }
 
@@ -71,6 +77,7 @@ impl Message {
             Kind::Stop => Message::Stop { code: value },
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
+            Kind::JoinTurn => Message::JoinTurn,
         }
     }
 
@@ -167,6 +174,7 @@ mod tests {
             Message::Stop { code: 3 },
             Message::Progress { phase: 2 },
             Message::Heartbeat,
+            Message::JoinTurn,
         ];
         for m in all {
             assert_eq!(Message::from_parts(m.kind(), m.payload()), m);

@@ -12,6 +12,10 @@ pub struct ProcInfo {
     pub zombie: bool,
     /// Start time in clock ticks since boot: with the pid, identifies a process across pid reuse.
     pub start_time: u64,
+    /// User plus system CPU time so far, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident memory, in pages.
+    pub rss_pages: u64,
     pub cmdline: String,
 }
 
@@ -24,6 +28,14 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
     let state = fields.first()?;
     let ppid = fields.get(1)?.parse().ok()?;
     let start_time = fields.get(19)?.parse().ok()?;
+    let number = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu_ticks = number(11) + number(12);
+    let rss_pages = number(21);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let uid = status
         .lines()
@@ -44,8 +56,50 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
         uid,
         zombie: *state == "Z" || *state == "X",
         start_time,
+        cpu_ticks,
+        rss_pages,
         cmdline,
     })
+}
+
+/// CPU seconds and resident KiB of the live processes `procs`, summed by program (the base name
+/// of argv[0]), largest CPU first.
+pub fn usage_by_program(procs: &[ProcInfo]) -> Vec<(String, f64, u64)> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+        / 1024;
+    let mut by: HashMap<String, (f64, u64)> = HashMap::new();
+    for p in procs {
+        let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
+        let name = argv0.rsplit('/').next().unwrap_or(argv0).to_owned();
+        let entry = by.entry(name).or_default();
+        entry.0 += p.cpu_ticks as f64 / ticks;
+        entry.1 += p.rss_pages * page_kib;
+    }
+    let mut out: Vec<(String, f64, u64)> = by.into_iter().map(|(n, (c, r))| (n, c, r)).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+/// The process `root` and its live descendants.
+pub fn tree(root: i32) -> Vec<ProcInfo> {
+    let mut procs = descendants(root);
+    procs.extend(proc_info(root));
+    procs
+}
+
+/// CPU seconds spent so far by the descendants of `root` running `program` (argv[0]'s base name).
+pub fn program_cpu(root: i32, program: &str) -> f64 {
+    usage_by_program(&descendants(root))
+        .into_iter()
+        .find(|(name, _, _)| name == program)
+        .map_or(0.0, |(_, cpu, _)| cpu)
 }
 
 pub fn all_processes() -> Vec<ProcInfo> {

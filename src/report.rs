@@ -18,6 +18,22 @@ pub struct HostTimes {
     pub peak_rss_kib: u64,
     /// User plus system CPU time of this mpiswarm process.
     pub cpu_s: f64,
+    /// The daemon's process tree (guard included) just before teardown, by program: what the
+    /// host spent on the swarm beside mpiswarm's own rank.
+    #[serde(default)]
+    pub daemon_usage: Vec<ProgramUsage>,
+    /// Rank 0: CPU seconds its manager daemon spent from the workers' first join to every node
+    /// Ready (the manager's cost of N joins; bench/HOSTS.md models bring-up from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_join_cpu_s: Option<f64>,
+}
+
+/// CPU and memory of one program's processes on a host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProgramUsage {
+    pub program: String,
+    pub cpu_s: f64,
+    pub rss_kib: u64,
 }
 
 /// Records phase durations on one rank.
@@ -48,6 +64,22 @@ impl Timeline {
 
     pub fn add(&mut self, phase: &str, seconds: f64) {
         self.times.phases.push((phase.to_owned(), seconds));
+    }
+
+    /// Records the daemon tree's usage, by program.
+    pub fn set_daemon_usage(&mut self, usage: Vec<(String, f64, u64)>) {
+        self.times.daemon_usage = usage
+            .into_iter()
+            .map(|(program, cpu_s, rss_kib)| ProgramUsage {
+                program,
+                cpu_s,
+                rss_kib,
+            })
+            .collect();
+    }
+
+    pub fn set_manager_join_cpu(&mut self, seconds: f64) {
+        self.times.manager_join_cpu_s = Some(seconds);
     }
 
     /// The timings with this process's resource usage so far.
@@ -151,7 +183,55 @@ impl RunReport {
             "\n  peak RSS {} KiB, CPU {:.2} s (largest over hosts)",
             rss, cpu
         ));
+        if let Some(line) = self.daemon_summary() {
+            out.push_str(&line);
+        }
         out
+    }
+
+    /// The daemon trees' CPU and memory per host (medians over hosts) of the programs that use
+    /// the most, on one line.
+    fn daemon_summary(&self) -> Option<String> {
+        let mut programs: Vec<&str> = Vec::new();
+        for h in &self.per_host {
+            for u in &h.daemon_usage {
+                if !programs.contains(&u.program.as_str()) {
+                    programs.push(&u.program);
+                }
+            }
+        }
+        let median_of = |program: &str, f: &dyn Fn(&ProgramUsage) -> f64| {
+            let mut v: Vec<f64> = self
+                .per_host
+                .iter()
+                .map(|h| {
+                    h.daemon_usage
+                        .iter()
+                        .filter(|u| u.program == program)
+                        .map(f)
+                        .sum()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let mut rows: Vec<(&str, f64, f64)> = programs
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    median_of(p, &|u| u.cpu_s),
+                    median_of(p, &|u| u.rss_kib as f64),
+                )
+            })
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let parts: Vec<String> = rows
+            .iter()
+            .take(5)
+            .map(|(p, cpu, rss)| format!("{p} {cpu:.2} s {:.0} MiB", rss / 1024.0))
+            .collect();
+        (!parts.is_empty()).then(|| format!("\n  daemons per host (median): {}", parts.join(", ")))
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {

@@ -127,14 +127,41 @@ pub fn init(
     })
 }
 
-/// This daemon's node ID in the swarm: what tells the job's nodes from any other.
-pub fn node_id(engine: &Engine) -> Result<String> {
-    let info = engine.get_json("/info", CALL_TIMEOUT)?;
-    info.pointer("/Swarm/NodeID")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .context("failed to learn this host's swarm node ID: the daemon gives none")
+/// This daemon's node ID in the swarm, once it is an active node: what tells the job's nodes from
+/// any other. A join that returned early (a retried request answered "already part of a swarm"
+/// while the first was still going on) is waited for here, until the deadline.
+pub fn node_id(engine: &Engine, deadline: Instant) -> Result<String> {
+    let mut last = Value::Null;
+    let active = crate::deadline::poll_until(deadline, Duration::from_millis(100), || match engine
+        .get_json("/info", CALL_TIMEOUT)
+    {
+        Ok(info) => {
+            last = info.get("Swarm").cloned().unwrap_or_default();
+            active_node_id(&last).map(Ok)
+        }
+        Err(e) => Some(Err(e)),
+    });
+    match active {
+        Some(id) => id,
+        None => bail!(
+            "failed to become an active swarm node before the deadline: the daemon says state {}, \
+             error {:?}",
+            last.get("LocalNodeState")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown"),
+            last.get("Error").and_then(Value::as_str).unwrap_or("")
+        ),
+    }
+}
+
+/// The node ID of `GET /info`'s Swarm section, if the node is active in a swarm.
+fn active_node_id(swarm: &Value) -> Option<String> {
+    let state = swarm.get("LocalNodeState").and_then(Value::as_str);
+    let id = swarm.get("NodeID").and_then(Value::as_str);
+    match (state, id) {
+        (Some("active"), Some(id)) if !id.is_empty() => Some(id.to_owned()),
+        _ => None,
+    }
 }
 
 /// Joins in the invitation's role, retrying with backoff until the deadline: the manager may
@@ -300,16 +327,19 @@ pub fn wait_members(
     deadline: Instant,
 ) -> Result<()> {
     let mut missing = Vec::new();
-    let seen =
-        crate::deadline::poll_until(deadline, Duration::from_millis(50), || {
-            match list_nodes(engine) {
-                Ok(nodes) => {
-                    missing = missing_members(&nodes, hosts, ids, managers);
-                    missing.is_empty().then_some(Ok(()))
-                }
-                Err(e) => Some(Err(e)),
+    // Each poll lists every node: at hundreds of nodes a fixed 50 ms would keep the manager busy.
+    let seen = crate::deadline::poll_until_paced(
+        deadline,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        || match list_nodes(engine) {
+            Ok(nodes) => {
+                missing = missing_members(&nodes, hosts, ids, managers);
+                missing.is_empty().then_some(Ok(()))
             }
-        });
+            Err(e) => Some(Err(e)),
+        },
+    );
     match seen {
         Some(result) => result,
         None => bail!(

@@ -55,6 +55,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 tl,
                 leaders,
                 facts: Vec::new(),
+                manager_cpu_at_join: 0.0,
             };
             run.lifecycle(early)
         }
@@ -84,6 +85,8 @@ struct Run<'a> {
     tl: Timeline,
     /// Every host's facts, in host order (rank 0 only).
     facts: Vec<HostFacts>,
+    /// Rank 0: its dockerd's CPU seconds when the joins began.
+    manager_cpu_at_join: f64,
 }
 
 /// What rank 0 learns of each host.
@@ -93,6 +96,38 @@ struct HostFacts {
     /// Ranks of the job on the host.
     ranks: usize,
     offer: crate::offer::Offer,
+}
+
+/// The order in which workers join: host `managers + slot` is worker `slot`; it joins through
+/// manager `slot % managers`, after worker `slot - window` ended its join.
+#[derive(Debug, Clone, Copy)]
+struct JoinOrder {
+    managers: usize,
+    window: usize,
+    hosts: usize,
+}
+
+impl JoinOrder {
+    /// The worker slot of host `index` (None for a manager).
+    fn slot(&self, index: usize) -> Option<usize> {
+        index.checked_sub(self.managers)
+    }
+
+    /// The manager (host index) worker `slot` joins through.
+    fn via(&self, slot: usize) -> usize {
+        slot % self.managers
+    }
+
+    /// The host whose join must end before worker `slot` starts.
+    fn waits_for(&self, slot: usize) -> Option<usize> {
+        slot.checked_sub(self.window).map(|s| s + self.managers)
+    }
+
+    /// The host that waits for worker `slot`.
+    fn passes_to(&self, slot: usize) -> Option<usize> {
+        let next = self.managers + slot + self.window;
+        (next < self.hosts).then_some(next)
+    }
 }
 
 /// How far bring-up got, for the report.
@@ -255,13 +290,8 @@ impl Run<'_> {
         let managers = self.managers(hosts.len());
         self.phase("confirm swarm membership", Some("membership"), |run| {
             if run.is_root() {
-                swarm::wait_members(&daemon.engine, hosts, &node_ids, managers, run.deadline)?;
-                // Sealed in this order: once the tokens are rotated nobody else can join, so
-                // the strangers listed after it are all there will be.
-                crate::seal::rotate_tokens(&daemon.engine, run.deadline)?;
-                crate::seal::remove_strangers(&daemon.engine, &node_ids, run.deadline)?;
-                let labels = run.node_labels(hosts, &node_ids);
-                swarm::label_nodes(&daemon.engine, &labels, run.deadline)?;
+                let guard = daemon.guard.pid() as i32;
+                run.confirm_members(&daemon.engine, guard, hosts, &node_ids, managers)?;
             }
             Ok(())
         })?;
@@ -339,6 +369,33 @@ impl Run<'_> {
         });
         self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
         code
+    }
+
+    /// Rank 0: every host's node Ready, the swarm sealed (in this order: once the tokens are
+    /// rotated nobody else can join, so the strangers listed after it are all there will be),
+    /// then every node labelled. Each step is timed for the report.
+    fn confirm_members(
+        &mut self,
+        engine: &crate::engine::Engine,
+        guard_pid: i32,
+        hosts: &[String],
+        node_ids: &[String],
+        managers: usize,
+    ) -> Result<()> {
+        let t = Instant::now();
+        swarm::wait_members(engine, hosts, node_ids, managers, self.deadline)?;
+        self.tl.done("members-ready", t);
+        self.tl.set_manager_join_cpu(
+            crate::procfs::program_cpu(guard_pid, "dockerd") - self.manager_cpu_at_join,
+        );
+        let t = Instant::now();
+        crate::seal::rotate_tokens(engine, self.deadline)?;
+        crate::seal::remove_strangers(engine, node_ids, self.deadline)?;
+        self.tl.done("seal", t);
+        let t = Instant::now();
+        swarm::label_nodes(engine, &self.node_labels(hosts, node_ids), self.deadline)?;
+        self.tl.done("labels", t);
+        Ok(())
     }
 
     /// The labels stacks can place by, for each host's node (rank 0; `ids` in host order).
@@ -429,8 +486,12 @@ impl Run<'_> {
             }
         }
         let t = Instant::now();
+        if self.is_root() {
+            self.manager_cpu_at_join =
+                crate::procfs::program_cpu(daemon.guard.pid() as i32, "dockerd");
+        }
         self.join_managers(daemon, hosts, managers)?;
-        let node_id = self.join_workers(daemon, &worker, &peers, managers);
+        let node_id = self.join_workers(daemon, &worker, hosts, &peers);
         if !self.is_root() {
             self.tl.done("join", t);
         }
@@ -467,33 +528,57 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The other hosts join as workers, all at once, through the managers in turn; every host
-    /// then says its node ID.
+    /// The other hosts join as workers through the managers in turn, a window at a time: at most
+    /// `--joins-per-manager` per manager at once, each next one as soon as one ends (its own turn
+    /// comes from the worker a window before it). Every host then says its node ID.
     fn join_workers(
         &mut self,
         daemon: &HostDaemon,
         worker: &swarm::Invitation,
+        hosts: &[String],
         peers: &[Ipv4Addr],
-        managers: usize,
     ) -> Result<String> {
+        let managers = self.managers(hosts.len());
         let index = self.leaders.index();
+        let order = JoinOrder {
+            managers,
+            window: managers * self.cfg.joins_per_manager,
+            hosts: peers.len(),
+        };
         self.leaders
             .begin_progress("workers joined", peers.len().saturating_sub(managers));
         let joined = self.phase("join the swarm", None, |run| {
-            if index >= managers {
-                let via = format!("{}:2377", peers[index % managers]);
-                swarm::join(
-                    &daemon.engine,
-                    daemon.addr,
-                    &daemon.listen_addr(),
-                    worker,
-                    &via,
-                    run.deadline,
-                )?;
+            if let Some(slot) = order.slot(index) {
+                let turn = match order.waits_for(slot) {
+                    Some(before) => {
+                        run.leaders
+                            .wait_join_turn(before, &hosts[before], run.deadline)
+                    }
+                    None => Ok(()),
+                };
+                let via = format!("{}:2377", peers[order.via(slot)]);
+                let t = Instant::now();
+                let joined = turn.and_then(|()| {
+                    swarm::join(
+                        &daemon.engine,
+                        daemon.addr,
+                        &daemon.listen_addr(),
+                        worker,
+                        &via,
+                        run.deadline,
+                    )
+                });
+                // Passed on whatever the outcome: the next host's join does not depend on it,
+                // and a failure here must not keep it waiting until the deadline.
+                if let Some(next) = order.passes_to(slot) {
+                    run.leaders.pass_join_turn(next);
+                }
+                joined?;
+                run.tl.done("own-join", t);
                 run.leaders.progress_done();
             }
             // Managers too: rank 0 tells the job's nodes from any other by these IDs.
-            swarm::node_id(&daemon.engine)
+            swarm::node_id(&daemon.engine, run.deadline)
         });
         self.leaders.progress.end();
         joined
@@ -544,6 +629,10 @@ impl Run<'_> {
             run_lock,
             ..
         } = daemon;
+        self.tl
+            .set_daemon_usage(crate::procfs::usage_by_program(&crate::procfs::tree(
+                guard.pid() as i32,
+            )));
         let local = guard.teardown(TEARDOWN_DEADLINE);
         // The run is over on this host: `cleanup` may now treat what is left as a dead run's.
         drop(run_lock);
@@ -612,5 +701,35 @@ impl Run<'_> {
             report.write(path)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_join_a_window_at_a_time_spread_over_the_managers() {
+        let order = JoinOrder {
+            managers: 2,
+            window: 4,
+            hosts: 12,
+        };
+        // Hosts 0 and 1 are managers; hosts 2..6 start at once, two through each manager.
+        assert_eq!(order.slot(1), None);
+        let first: Vec<_> = (2..6).map(|i| order.slot(i).unwrap()).collect();
+        assert!(first.iter().all(|s| order.waits_for(*s).is_none()));
+        assert_eq!(
+            first.iter().map(|s| order.via(*s)).collect::<Vec<_>>(),
+            [0, 1, 0, 1]
+        );
+        // Each later host waits for the one a window before it, which passes it the turn.
+        for host in 6..12 {
+            let slot = order.slot(host).unwrap();
+            let before = order.waits_for(slot).unwrap();
+            assert_eq!(before, host - 4);
+            assert_eq!(order.passes_to(order.slot(before).unwrap()), Some(host));
+        }
+        assert_eq!(order.passes_to(order.slot(8).unwrap()), None);
     }
 }
