@@ -5,7 +5,7 @@
 //! one that was abandoned leaves MPI unusable, and every later one is refused.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use mpi::collective::SystemOperation;
@@ -412,7 +412,7 @@ impl Leaders {
         interrupt: Interrupt,
     ) -> Result<()> {
         let mut request = request;
-        let mut pause = Duration::from_micros(50);
+        let mut backoff = crate::deadline::Backoff::default();
         loop {
             match request.test() {
                 Ok(_) => return Ok(()),
@@ -444,8 +444,7 @@ impl Leaders {
             if self.is_root() {
                 self.progress.collect(&self.comm);
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            self.signals.sleep(backoff.next());
         }
     }
 
@@ -457,7 +456,7 @@ impl Leaders {
     /// A manager host: waits for its join invitation from rank 0 until the deadline or a
     /// teardown signal. Only a probe is pending meanwhile: giving up leaves MPI usable.
     pub fn receive_manager_invitation(&self, deadline: Instant) -> Result<Vec<u8>> {
-        let mut pause = Duration::from_micros(50);
+        let mut backoff = crate::deadline::Backoff::default();
         loop {
             if let Some(bytes) = ManagerInvitation::poll(&self.comm, Some(0)) {
                 return Ok(bytes);
@@ -471,8 +470,7 @@ impl Leaders {
             if Instant::now() >= deadline {
                 bail!("timed out waiting for the manager join invitation from rank 0");
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            self.signals.sleep(backoff.next());
         }
     }
 
@@ -484,7 +482,7 @@ impl Leaders {
     /// Waits until host `index` (a join window earlier) says its join ended, until the deadline
     /// or a teardown signal; `name` is that host's, for the error.
     pub fn wait_join_turn(&self, index: usize, name: &str, deadline: Instant) -> Result<()> {
-        let mut pause = Duration::from_micros(50);
+        let mut backoff = crate::deadline::Backoff::default();
         loop {
             if Message::poll(&self.comm, Some(index as i32), Kind::JoinTurn).is_some() {
                 return Ok(());
@@ -502,8 +500,7 @@ impl Leaders {
                      after it (joins go a window at a time, --joins-per-manager)"
                 );
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            self.signals.sleep(backoff.next());
         }
     }
 

@@ -93,8 +93,12 @@ impl Launched {
             }
         }
         let engine = Engine::new(self.guard.dir.socket());
-        while !engine.ping(Duration::from_millis(500)) {
-            self.take_guard_news()?;
+        // Until the socket exists a ping only costs a client's set-up; a rank waiting for its
+        // daemon polls less often the longer it waits (the daemons of many simulated hosts share
+        // the same cores as the waiting ranks).
+        let mut backoff = crate::deadline::Backoff::default();
+        while !(engine.socket().exists() && engine.ping(Duration::from_millis(500))) {
+            self.take_guard_news(backoff.next())?;
             if let Some(sig) = signals.received() {
                 bail!(
                     "interrupted by {} while the daemon was starting",
@@ -129,10 +133,10 @@ impl Launched {
         })
     }
 
-    /// The guard's news so far (a short wait for more paces the caller's loop); an error if the
-    /// daemon died.
-    fn take_guard_news(&self) -> Result<()> {
-        let mut wait = Duration::from_millis(10);
+    /// The guard's news so far (a wait of `wait` for more paces the caller's loop); an error if
+    /// the daemon died.
+    fn take_guard_news(&self, wait: Duration) -> Result<()> {
+        let mut wait = wait;
         while let Some(event) = self.guard.next_event(wait) {
             wait = Duration::ZERO;
             match event {

@@ -112,8 +112,21 @@ pub fn all_processes() -> Vec<ProcInfo> {
         .collect()
 }
 
-/// Every live (non-zombie) descendant of `root`.
+/// Live descendants of `root`. Walks the tree through each process's children list when the
+/// kernel has one (cost grows with the tree, not with every process on the node: on a node shared
+/// by many daemons, or many simulated hosts, a scan of all /proc is what grows); otherwise scans.
 pub fn descendants(root: i32) -> Vec<ProcInfo> {
+    match children_lists() {
+        true => walk(root)
+            .into_iter()
+            .filter_map(proc_info)
+            .filter(|p| !p.zombie)
+            .collect(),
+        false => descendants_by_scan(root),
+    }
+}
+
+fn descendants_by_scan(root: i32) -> Vec<ProcInfo> {
     let procs = all_processes();
     let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
     for p in &procs {
@@ -135,9 +148,64 @@ pub fn descendants(root: i32) -> Vec<ProcInfo> {
     found
 }
 
-/// Live descendants of `root` from /proc/PID/stat alone (pid, parent, state): the cheap scan that
-/// the kill loop repeats until the tree is gone.
+/// Whether this kernel lists each thread's children (/proc/PID/task/TID/children).
+fn children_lists() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let tid = nix::unistd::gettid();
+        std::path::Path::new(&format!("/proc/self/task/{tid}/children")).exists()
+    })
+}
+
+/// Every descendant pid of `root`, from the children lists of each of their threads.
+fn walk(root: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in list
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if seen.insert(child) {
+                    stack.push(child);
+                    found.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Live descendants of `root` (pids only): the cheap look that the kill loop repeats until the
+/// tree is gone.
 pub fn descendant_pids(root: i32) -> Vec<i32> {
+    if children_lists() {
+        return walk(root)
+            .into_iter()
+            .filter(|pid| !is_zombie(*pid))
+            .collect();
+    }
+    descendant_pids_by_scan(root)
+}
+
+/// A zombie, or gone.
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    matches!(state, Some("Z" | "X") | None)
+}
+
+fn descendant_pids_by_scan(root: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -186,4 +254,42 @@ pub fn rootlesskit_child(rootlesskit: i32) -> Option<i32> {
             p.ppid == rootlesskit && ns(&pid, "user") != own_user && ns(&pid, "net") != own_net
         })
         .map(|p| p.pid)
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_finds_what_the_scan_finds() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let found = crate::deadline::poll_until(
+            std::time::Instant::now() + std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(10),
+            || {
+                let mut walked = descendant_pids(me);
+                walked.retain(|p| proc_info(*p).is_some_and(|i| i.cmdline.starts_with("sleep")));
+                (walked.len() == 2).then_some(walked)
+            },
+        );
+        let mut walked = found.expect("two sleeps under sh");
+        let mut scanned = descendant_pids_by_scan(me);
+        scanned.retain(|p| walked.contains(p));
+        walked.sort_unstable();
+        scanned.sort_unstable();
+        assert_eq!(walked, scanned);
+        assert!(children_lists());
+        for pid in &walked {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -3,7 +3,8 @@
 //! in, e.g. an MPI call towards a dead peer), and a guard's death is recorded like a signal.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -76,6 +77,19 @@ impl Signals {
         let _ = self
             .first
             .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+        // Under the lock, so that a sleeper between its check and its wait cannot miss it.
+        let _held = WAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        WAKE.notify_all();
+    }
+
+    /// Sleeps for `pause`, or less if a teardown signal arrives meanwhile: a wait loop can poll
+    /// its other news rarely and still answer a signal at once.
+    pub fn sleep(&self, pause: Duration) {
+        let held = WAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if self.received().is_some() {
+            return;
+        }
+        let _ = WAKE.wait_timeout(held, pause);
     }
 
     /// The first teardown signal received (or `GUARD_LOST`), if any.
@@ -91,6 +105,9 @@ impl Signals {
         self.count.load(Ordering::SeqCst) >= 2
     }
 }
+
+static WAKE_LOCK: Mutex<()> = Mutex::new(());
+static WAKE: Condvar = Condvar::new();
 
 /// Registers a listener for teardown signals; it is told until it is dropped.
 pub fn listen(listener: Weak<dyn OnSignal>) {

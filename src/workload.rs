@@ -21,8 +21,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
-/// How often the waits look for news.
-const POLL: Duration = Duration::from_millis(10);
 
 /// Rank 0: runs the command (or waits), and returns the exit code mpiswarm should end with.
 pub fn run_or_wait(
@@ -52,6 +50,9 @@ pub fn run_or_wait(
         }
     };
     let mut last_beat = Instant::now();
+    // Each look at MPI costs CPU that the workload on this node would rather have: the pause
+    // grows while nothing happens (a signal still wakes it at once).
+    let mut backoff = crate::deadline::Backoff::default();
     loop {
         if last_beat.elapsed() >= HEARTBEAT_EVERY {
             leaders.send_heartbeats();
@@ -81,7 +82,7 @@ pub fn run_or_wait(
             }
             return Ok(0);
         }
-        std::thread::sleep(POLL);
+        signals.sleep(backoff.next());
     }
 }
 
@@ -104,6 +105,7 @@ fn stop_command(child: &mut Child, signals: &Signals) {
 /// tell rank 0), or rank 0 falls silent.
 pub fn wait_for_stop(leaders: &Leaders, signals: &Signals) -> Result<()> {
     let mut last_heard = Instant::now();
+    let mut backoff = crate::deadline::Backoff::default();
     loop {
         if leaders.poll_stop() {
             return Ok(());
@@ -120,6 +122,6 @@ pub fn wait_for_stop(leaders: &Leaders, signals: &Signals) -> Result<()> {
                 RANK0_SILENCE_LIMIT.as_secs()
             );
         }
-        std::thread::sleep(POLL);
+        signals.sleep(backoff.next());
     }
 }

@@ -451,3 +451,46 @@ fn the_ready_file_never_follows_a_planted_symlink_or_truncates_a_tmp_file() {
     }
     assert_clean(Duration::from_secs(3));
 }
+
+/// The socket inodes a process holds open.
+fn sockets_of(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|t| t.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn the_daemon_tree_holds_none_of_the_ranks_sockets() {
+    let Some(_c) = cluster() else { return };
+    let _bg = Background::start(2, 2, &[]);
+    for h in hosts(2) {
+        let on_host = |pattern: &str| -> Vec<u32> {
+            pids_matching(pattern)
+                .into_iter()
+                .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
+                .collect()
+        };
+        let rank = on_host("mpiswarm up");
+        assert_eq!(rank.len(), 1, "one rank on {h}: {rank:?}");
+        let mpi_sockets = sockets_of(rank[0]);
+        assert!(!mpi_sockets.is_empty(), "the rank on {h} holds no socket");
+        let tree = on_host("mpiswarm guard|rootlesskit|slirp4netns|dockerd|containerd");
+        assert!(tree.len() >= 4, "the daemon tree on {h}: {tree:?}");
+        for p in tree {
+            let shared: Vec<String> = sockets_of(p)
+                .into_iter()
+                .filter(|s| mpi_sockets.contains(s))
+                .collect();
+            assert!(
+                shared.is_empty(),
+                "pid {p} of {h}'s daemon tree holds the rank's sockets {shared:?} (MPI's \
+                 connections stay open after the rank dies)"
+            );
+        }
+    }
+}
