@@ -137,8 +137,9 @@ pub struct UpArgs {
     pub managers: u16,
 
     /// How many workers join through each manager at once; the next joins as one finishes, so a
-    /// manager is never hit by every host of a large job at the same instant (README: scale).
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    /// manager is never hit by every host of a large job at the same instant (README: scale;
+    /// measured: a join costs its manager about 16 ms of CPU).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub joins_per_manager: u16,
 
     /// MTU option of the overlay networks mpiswarm creates (Docker's meaning: the link under

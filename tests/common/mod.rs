@@ -450,6 +450,11 @@ pub struct Background {
 
 impl Background {
     pub fn start(np: usize, nhosts: usize, extra: &[&str]) -> Background {
+        Self::start_within(np, nhosts, extra, Duration::from_secs(60))
+    }
+
+    /// As `start`, waiting up to `limit` for the swarm to be ready.
+    pub fn start_within(np: usize, nhosts: usize, extra: &[&str], limit: Duration) -> Background {
         // Not in a temporary directory: a run killed outright leaves its ready file (the user's
         // own file), and the residue check looks for every file of the user there.
         let ready_file = user_dir().join(format!("ready.{}", std::process::id()));
@@ -462,7 +467,7 @@ impl Background {
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn mpirun");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
         while !ready_file.exists() {
             if let Ok(Some(_)) = child.try_wait() {
                 let out = child.wait_with_output().unwrap();
@@ -475,7 +480,7 @@ impl Background {
                 let _ = child.kill();
                 let out = child.wait_with_output().unwrap();
                 panic!(
-                    "swarm not ready within 60 s:\n{}",
+                    "swarm not ready within {limit:?}:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }

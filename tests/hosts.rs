@@ -1,0 +1,109 @@
+//! Dozens of hosts: a 32-host swarm with labels, a global service on every host, and nothing
+//! left on any host afterwards (README: scale).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const HOSTS: usize = 32;
+
+/// The simulated cluster grown to `HOSTS` for one test, and shrunk back when it ends (even on a
+/// failure), so the other tests keep their small cluster.
+struct Grown;
+
+impl Grown {
+    fn to(n: usize) -> Grown {
+        let status = Command::new(script("simcluster"))
+            .args(["up", &n.to_string()])
+            .status()
+            .expect("simcluster up");
+        assert!(status.success(), "simcluster up {n} failed");
+        Grown
+    }
+}
+
+impl Drop for Grown {
+    fn drop(&mut self) {
+        let _ = Command::new(script("simcluster"))
+            .args(["up", &MAX_HOSTS.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave_nothing() {
+    let Some(_c) = cluster() else { return };
+    let _grown = Grown::to(HOSTS);
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("everywhere.yml");
+    let extra = ["--timeout", "300s", "--load", &image, "--stack", &stack];
+    let bg = Background::start_within(HOSTS, HOSTS, &extra, Duration::from_secs(300));
+
+    // Every host's own node is there, Ready, with its index label.
+    let ids = bg.docker("node ls -q");
+    let ids = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = bg.docker(&format!(
+        "node inspect --format '{{{{.Description.Hostname}}}} {{{{.Status.State}}}} \
+         {{{{index .Spec.Labels \"mpiswarm.index\"}}}}' {ids}"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nodes: BTreeMap<String, (String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((
+                w.next()?.to_owned(),
+                (w.next()?.to_owned(), w.next()?.to_owned()),
+            ))
+        })
+        .collect();
+    for (i, h) in hosts(HOSTS).iter().enumerate() {
+        assert_eq!(
+            nodes.get(h),
+            Some(&("ready".to_owned(), i.to_string())),
+            "{h}'s node:\n{text}"
+        );
+    }
+    // The global service runs one task on every host, each on its own host.
+    let out = bg.docker(
+        "service ps mpiswarm_everywhere --filter desired-state=running \
+         --format '{{.Node}} {{.CurrentState}}'",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut running: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Running"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    running.sort_unstable();
+    let mut expected: Vec<String> = hosts(HOSTS);
+    expected.sort_unstable();
+    assert_eq!(running, expected, "tasks of the global service:\n{text}");
+    // On every host, the container itself (not only the swarm's word for it).
+    for h in hosts(HOSTS) {
+        let ps = docker_on(&h, "ps --format '{{.Names}}'");
+        let names = String::from_utf8_lossy(&ps.stdout);
+        assert!(
+            names.contains("mpiswarm_everywhere."),
+            "no container of the global service on {h}: {names}"
+        );
+    }
+
+    bg.signal("USR1");
+    let out = bg.wait(Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "mpiswarm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing on any of the 32 hosts (checked before the cluster shrinks back).
+    assert_clean(Duration::from_secs(30));
+}
