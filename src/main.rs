@@ -36,6 +36,7 @@ mod seal;
 mod signals;
 mod squatters;
 mod stack;
+mod stack_state;
 mod statedir;
 mod swarm;
 mod teardown;

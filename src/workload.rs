@@ -1,5 +1,6 @@
-//! The swarm in use: rank 0 runs the user's command against it (or waits for a signal), the other
-//! host leaders wait to be told to stop; a signal anywhere stops the whole job.
+//! The swarm in use: rank 0 runs the user's command against it, watches a stack's work
+//! (`--until-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
+//! stop; a signal anywhere stops the whole job.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -12,7 +13,10 @@ use nix::unistd::Pid;
 use tracing::{debug, info};
 
 use crate::collective::Leaders;
+use crate::engine::Engine;
 use crate::signals::{self, Signals};
+use crate::stack::Work;
+use crate::stack_state::Counts;
 
 /// How often rank 0 tells the others it is alive while the swarm is up.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -24,31 +28,110 @@ const COMMAND_GRACE: Duration = Duration::from_millis(500);
 /// How often the waits look for news.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Rank 0: runs the command (or waits), and returns the exit code mpiswarm should end with.
+/// How often rank 0 looks at a stack's work (three calls to the manager each time).
+const WORK_POLL: Duration = Duration::from_millis(500);
+/// How long Swarm may take to give a global job its tasks (see stack::GLOBAL_SETTLE).
+const WORK_SETTLE: Duration = Duration::from_secs(5);
+
+/// What rank 0 runs, or waits for, while the swarm is up.
+pub enum Workload<'a> {
+    Command(&'a [String]),
+    /// The work of stack `name` (`--until-jobs-complete`), watched through the manager.
+    StackWork {
+        engine: &'a Engine,
+        name: &'a str,
+    },
+    Signal,
+}
+
+/// The workload under way.
+enum Running<'a> {
+    Child(Child),
+    Stack {
+        engine: &'a Engine,
+        name: &'a str,
+        start: Instant,
+        next: Instant,
+        last: Option<Counts>,
+    },
+    Nothing,
+}
+
+impl Running<'_> {
+    /// Its exit code once it ended.
+    fn poll(&mut self) -> Result<Option<i32>> {
+        match self {
+            Running::Child(child) => Ok(child.try_wait()?.map(|status| {
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                debug!("command exited with {code}");
+                code
+            })),
+            Running::Stack {
+                engine,
+                name,
+                start,
+                next,
+                last,
+            } => {
+                if Instant::now() < *next {
+                    return Ok(None);
+                }
+                *next = Instant::now() + WORK_POLL;
+                match crate::stack::work(engine, name, start.elapsed() >= WORK_SETTLE)? {
+                    Work::Running(counts) => {
+                        if *last != Some(counts) {
+                            info!("stack {name}: {counts}");
+                            *last = Some(counts);
+                        }
+                        Ok(None)
+                    }
+                    Work::Done(counts) => {
+                        info!("stack {name}: its work is done: {counts}");
+                        Ok(Some(0))
+                    }
+                    Work::Failed { code, message } => {
+                        tracing::error!("stack {name}: {message}");
+                        info!("stack {name}: exiting with the failed task's code {code}");
+                        Ok(Some(code))
+                    }
+                }
+            }
+            Running::Nothing => Ok(None),
+        }
+    }
+
+    /// Stops it: its owner is going away. A stack's tasks go with the teardown.
+    fn stop(&mut self, signals: &Signals) {
+        if let Running::Child(child) = self {
+            stop_command(child, signals);
+        }
+    }
+}
+
+/// Rank 0: runs the workload (or waits), and returns the exit code mpiswarm should end with.
 pub fn run_or_wait(
     leaders: &Leaders,
-    command: &[String],
+    workload: &Workload,
     socket: &Path,
     signals: &Signals,
 ) -> Result<i32> {
-    let mut child = match command.split_first() {
-        Some((program, args)) => {
-            let mut cmd = Command::new(program);
-            cmd.args(args)
-                .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-                // Its own group, so that stopping it stops everything it started.
-                .process_group(0);
-            if let Some(var) = crate::cluster::own_mpi_settings() {
-                cmd.env_remove(var);
+    let mut running = match workload {
+        Workload::Command(command) => Running::Child(spawn(command, socket)?),
+        Workload::StackWork { engine, name } => {
+            info!("stack {name} deployed; waiting until its work is done");
+            Running::Stack {
+                engine,
+                name,
+                start: Instant::now(),
+                next: Instant::now(),
+                last: None,
             }
-            Some(
-                cmd.spawn()
-                    .with_context(|| format!("failed to run {program:?} on rank 0"))?,
-            )
         }
-        None => {
+        Workload::Signal => {
             info!("swarm up; waiting for SIGINT, SIGTERM or SIGUSR1 to tear it down");
-            None
+            Running::Nothing
         }
     };
     let mut last_beat = Instant::now();
@@ -57,13 +140,7 @@ pub fn run_or_wait(
             leaders.send_heartbeats();
             last_beat = Instant::now();
         }
-        if let Some(ch) = child.as_mut()
-            && let Some(status) = ch.try_wait()?
-        {
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            debug!("command exited with {code}");
+        if let Some(code) = running.poll()? {
             return Ok(code);
         }
         let stop = signals
@@ -76,13 +153,28 @@ pub fn run_or_wait(
             });
         if let Some(why) = stop {
             info!("{why}: tearing down");
-            if let Some(ch) = child.as_mut() {
-                stop_command(ch, signals);
-            }
+            running.stop(signals);
             return Ok(0);
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The user's command in its own process group, against rank 0's daemon.
+fn spawn(command: &[String], socket: &Path) -> Result<Child> {
+    let Some((program, args)) = command.split_first() else {
+        bail!("no command to run");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        // Its own group, so that stopping it stops everything it started.
+        .process_group(0);
+    if let Some(var) = crate::cluster::own_mpi_settings() {
+        cmd.env_remove(var);
+    }
+    cmd.spawn()
+        .with_context(|| format!("failed to run {program:?} on rank 0"))
 }
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.
