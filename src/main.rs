@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod collect;
 mod collect_out;
+mod collect_swarm;
 mod collective;
 mod config;
 mod daemon;
