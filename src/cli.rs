@@ -206,6 +206,10 @@ pub struct GuardArgs {
     pub net: GuardNet,
     #[arg(long)]
     pub vxlan_nolearning: bool,
+    /// The MTU overlay networks get when their creator gives none (daemon.json's
+    /// `default-network-opts`, Docker >= 24).
+    #[arg(long)]
+    pub overlay_default_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,7 @@ mod collective;
 mod config;
 mod daemon;
 mod deadline;
+mod docker_version;
 mod doctor;
 mod end_notice;
 mod engine;
