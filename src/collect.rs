@@ -57,11 +57,7 @@ pub fn at_teardown(
     let host = leaders.host.clone();
     let abandoned = leaders.abandoned_because().map(str::to_owned);
     if !leaders.is_root() && abandoned.is_some() {
-        // MPI cannot carry this host's share: rank 0 reads its containers' logs through the
-        // swarm's manager meanwhile, so the daemon and its containers stay for the budget.
-        while !skipped && !signals.urgent() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        hold_for_the_manager(signals, deadline);
         return None;
     }
     let mut out = if leaders.is_root() {
@@ -98,13 +94,8 @@ pub fn at_teardown(
         }
         None => {
             let stop = || signals.urgent() || Instant::now() >= deadline;
-            transfer(
-                leaders,
-                share,
-                out.as_mut(),
-                stop,
-                deadline + TRANSFER_GRACE,
-            )
+            let until = deadline + TRANSFER_GRACE;
+            transfer(leaders, share, out.as_mut(), stop, until)
         }
     };
     let mpi_failed = matches!(cut, Some(Cut::Failed(_)));
@@ -122,17 +113,22 @@ pub fn at_teardown(
         by_manager(&mut out, &daemon.engine, deadline, why);
     }
     let dir = out.finish(why.as_deref());
+    let incomplete = why.map_or("", |_| " (incomplete: see INCOMPLETE there)");
+    let took = start.elapsed().as_secs_f64();
     info!(
-        "collected into {} in {:.2} s{}",
-        dir.display(),
-        start.elapsed().as_secs_f64(),
-        if why.is_some() {
-            " (incomplete: see INCOMPLETE there)"
-        } else {
-            ""
-        }
+        "collected into {} in {took:.2} s{incomplete}",
+        dir.display()
     );
     Some(dir)
+}
+
+/// A host other than rank 0's when MPI cannot carry its share: rank 0 reads its containers'
+/// logs through the swarm's manager meanwhile, so the daemon and its containers stay for the
+/// budget (a second signal ends the wait).
+fn hold_for_the_manager(signals: &Signals, deadline: Instant) {
+    while !signals.urgent() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Why the transfer did not bring every host's whole share.

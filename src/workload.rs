@@ -32,6 +32,9 @@ const POLL: Duration = Duration::from_millis(10);
 const WORK_POLL: Duration = Duration::from_millis(500);
 /// How long Swarm may take to give a global job its tasks (see stack::GLOBAL_SETTLE).
 const WORK_SETTLE: Duration = Duration::from_secs(5);
+/// How long the manager may fail to answer about the work before the run gives up (a leader
+/// election, a busy manager: a long batch run should not end on one failed look).
+const WORK_UNANSWERED: Duration = Duration::from_secs(30);
 
 /// What rank 0 runs, or waits for, while the swarm is up.
 pub enum Workload<'a> {
@@ -47,14 +50,66 @@ pub enum Workload<'a> {
 /// The workload under way.
 enum Running<'a> {
     Child(Child),
-    Stack {
-        engine: &'a Engine,
-        name: &'a str,
-        start: Instant,
-        next: Instant,
-        last: Option<Counts>,
-    },
+    Stack(StackWatch<'a>),
     Nothing,
+}
+
+/// Rank 0's watch over a stack's work, through the manager.
+struct StackWatch<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    start: Instant,
+    next: Instant,
+    last: Option<Counts>,
+    /// Since when the manager has not answered.
+    unanswered: Option<Instant>,
+}
+
+impl StackWatch<'_> {
+    /// The run's exit code once the work is done or failed for good.
+    fn poll(&mut self) -> Result<Option<i32>> {
+        if Instant::now() < self.next {
+            return Ok(None);
+        }
+        self.next = Instant::now() + WORK_POLL;
+        let name = self.name;
+        let settled = self.start.elapsed() >= WORK_SETTLE;
+        let work = match crate::stack::work(self.engine, name, settled) {
+            Ok(work) => {
+                self.unanswered = None;
+                work
+            }
+            Err(e) => {
+                let since = *self.unanswered.get_or_insert_with(Instant::now);
+                if since.elapsed() >= WORK_UNANSWERED {
+                    return Err(e.context(format!(
+                        "the manager did not say how the work of stack {name} stands for {} s",
+                        WORK_UNANSWERED.as_secs()
+                    )));
+                }
+                tracing::warn!("{e:#} (trying again)");
+                return Ok(None);
+            }
+        };
+        match work {
+            Work::Running(counts) => {
+                if self.last != Some(counts) {
+                    info!("stack {name}: {counts}");
+                    self.last = Some(counts);
+                }
+                Ok(None)
+            }
+            Work::Done(counts) => {
+                info!("stack {name}: its work is done: {counts}");
+                Ok(Some(0))
+            }
+            Work::Failed { code, message } => {
+                tracing::error!("stack {name}: {message}");
+                info!("stack {name}: exiting with the failed task's code {code}");
+                Ok(Some(code))
+            }
+        }
+    }
 }
 
 impl Running<'_> {
@@ -68,36 +123,7 @@ impl Running<'_> {
                 debug!("command exited with {code}");
                 code
             })),
-            Running::Stack {
-                engine,
-                name,
-                start,
-                next,
-                last,
-            } => {
-                if Instant::now() < *next {
-                    return Ok(None);
-                }
-                *next = Instant::now() + WORK_POLL;
-                match crate::stack::work(engine, name, start.elapsed() >= WORK_SETTLE)? {
-                    Work::Running(counts) => {
-                        if *last != Some(counts) {
-                            info!("stack {name}: {counts}");
-                            *last = Some(counts);
-                        }
-                        Ok(None)
-                    }
-                    Work::Done(counts) => {
-                        info!("stack {name}: its work is done: {counts}");
-                        Ok(Some(0))
-                    }
-                    Work::Failed { code, message } => {
-                        tracing::error!("stack {name}: {message}");
-                        info!("stack {name}: exiting with the failed task's code {code}");
-                        Ok(Some(code))
-                    }
-                }
-            }
+            Running::Stack(watch) => watch.poll(),
             Running::Nothing => Ok(None),
         }
     }
@@ -121,13 +147,14 @@ pub fn run_or_wait(
         Workload::Command(command) => Running::Child(spawn(command, socket)?),
         Workload::StackWork { engine, name } => {
             info!("stack {name} deployed; waiting until its work is done");
-            Running::Stack {
+            Running::Stack(StackWatch {
                 engine,
                 name,
                 start: Instant::now(),
                 next: Instant::now(),
                 last: None,
-            }
+                unanswered: None,
+            })
         }
         Workload::Signal => {
             info!("swarm up; waiting for SIGINT, SIGTERM or SIGUSR1 to tear it down");
