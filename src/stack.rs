@@ -274,6 +274,10 @@ pub fn failure_message(
     deadline: Instant,
 ) -> String {
     let mut text = failure.describe(nodes);
+    if failure.task.exit_code.is_none() {
+        // No container ran (a rejected task): there is no log to read.
+        return text;
+    }
     let Some(left) = crate::collect::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
         text.push_str("\n  (its log was not read: no time was left before the deadline)");
         return text;

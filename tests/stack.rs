@@ -455,14 +455,15 @@ fn one_shot_work_runs_to_completion_and_its_status_is_the_exit_code() {
     work_gives_the_exit_code(&stack, "ow", "WORK_EXIT", 4, "task ow_work.");
 }
 
-/// Swarm jobs (replicated-job, global-job) as the work, where the userland's docker CLI deploys
-/// them from a compose file (>= 23.0: Debian 13's 26.1); Debian 12's 20.10 refuses them, and the
-/// error says what is needed.
+/// Swarm jobs (replicated-job, global-job) as the work, where the hosts' docker CLI deploys them
+/// from a compose file (>= 23.0: Debian 13's 26.1, or a newer CLI on the PATH); Debian 12's
+/// 20.10 refuses them, and the error says what is needed.
 #[test]
 fn a_replicated_job_stack_runs_to_completion_and_its_status_is_the_exit_code() {
     let Some(_c) = cluster() else { return };
     let stack = fixture("jobs.yml");
-    if userland().is_none() {
+    let cli = version_on(&host(1), "docker");
+    if cli.is_some_and(|v| v < (23, 0)) {
         let run = streamed_up(
             &[],
             &[
@@ -479,19 +480,18 @@ fn a_replicated_job_stack_runs_to_completion_and_its_status_is_the_exit_code() {
             assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
         }
         assert_clean(Duration::from_secs(3));
-        eprintln!(
-            "job modes: refused as expected by Debian 12's docker CLI (SIM_USERLAND=debian13 runs them)"
-        );
+        eprintln!("job modes: refused as expected by docker CLI {cli:?} (>= 23.0 runs them)");
         return;
     }
+    eprintln!("job modes with docker CLI {cli:?}");
     work_gives_the_exit_code(&stack, "jobs", "JOB_EXIT", 0, "");
     work_gives_the_exit_code(&stack, "jobs", "JOB_EXIT", 6, "task jobs_work.");
 }
 
 /// Overlays the user creates without options (a compose file's network, `docker network
 /// create` in the command) get mpiswarm's overlay MTU on Docker >= 24 (daemon.json's
-/// default-network-opts); Docker 20.10 keeps its own default (1450 in containers) and still
-/// starts (the key is not given to it).
+/// default-network-opts: Debian 13's 26.1); Docker 20.10 keeps its own default (1450 in
+/// containers) and still starts (the key is not given to it).
 #[test]
 fn overlays_created_without_options_get_mpiswarms_mtu_where_docker_allows() {
     let Some(_c) = cluster() else { return };

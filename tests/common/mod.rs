@@ -816,3 +816,16 @@ impl Drop for Streamed {
         }
     }
 }
+
+/// Major and minor release of `TOOL --version` as the test user runs it on `host` (the ranks'
+/// PATH): e.g. the docker CLI that `docker stack deploy` runs, which need not be the daemon's
+/// release (a machine may have a newer CLI in /usr/local/bin).
+pub fn version_on(host: &str, tool: &str) -> Option<(u32, u32)> {
+    let out = on_host(host, &format!("{tool} --version"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let word = text
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = word.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
