@@ -256,7 +256,10 @@ pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
 
 /// A global service Swarm gave no task: no node matches its constraints or platforms.
 fn warn_taskless(name: &str, reports: &[stack_state::ServiceReport]) {
-    for r in reports.iter().filter(|r| r.expected == 0) {
+    for r in reports
+        .iter()
+        .filter(|r| r.expected == 0 && r.service.mode.is_global())
+    {
         tracing::warn!(
             "stack {name}: service {} ({}) has no task: no node matches its placement constraints",
             r.service.name,

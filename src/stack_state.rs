@@ -26,7 +26,7 @@ impl Mode {
         matches!(self, Mode::ReplicatedJob { .. } | Mode::GlobalJob)
     }
 
-    fn is_global(self) -> bool {
+    pub fn is_global(self) -> bool {
         matches!(self, Mode::Global | Mode::GlobalJob)
     }
 
