@@ -103,6 +103,13 @@ pub struct UpArgs {
     )]
     pub stack_name: String,
 
+    /// The stack is the workload: instead of a command, wait until every task of its services
+    /// that end (deploy mode replicated-job or global-job, or restart_policy condition none or
+    /// on-failure) has exited, then tear down; exit 0 if all exited 0, else with the exit code
+    /// of the first task that failed for good. Its other services only have to be up.
+    #[arg(long, requires = "stack", conflicts_with = "command")]
+    pub until_jobs_complete: bool,
+
     /// After bring-up, prove the overlay network connects every pair of hosts (needs --probe-image).
     #[arg(long)]
     pub verify: bool,
@@ -205,6 +212,10 @@ pub struct GuardArgs {
     pub net: GuardNet,
     #[arg(long)]
     pub vxlan_nolearning: bool,
+    /// The MTU overlay networks get when their creator gives none (daemon.json's
+    /// `default-network-opts`, Docker >= 24).
+    #[arg(long)]
+    pub overlay_default_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

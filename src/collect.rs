@@ -10,7 +10,7 @@
 //! What a host sends is lines: `S\t<service>\t<log line>`, `D\t<daemon log line>`,
 //! `M\t<what is missing>` and a final `E` (its share arrived whole).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -55,6 +55,11 @@ pub fn at_teardown(
     let read_until = start + plan.budget.mul_f64(READ_SHARE);
     let skipped = signals.urgent();
     let host = leaders.host.clone();
+    let abandoned = leaders.abandoned_because().map(str::to_owned);
+    if !leaders.is_root() && abandoned.is_some() {
+        hold_for_the_manager(signals, deadline);
+        return None;
+    }
     let mut out = if leaders.is_root() {
         Output::create(&plan.dir, job, hosts)
             .inspect_err(|e| warn!("--collect: {e:#}"))
@@ -77,14 +82,23 @@ pub fn at_teardown(
             .inspect_err(|e| warn!("--collect: {e:#}"))
             .ok()
     };
-    let stop = || signals.urgent() || Instant::now() >= deadline;
-    let cut = transfer(
-        leaders,
-        share,
-        out.as_mut(),
-        stop,
-        deadline + TRANSFER_GRACE,
-    );
+    let cut = match &abandoned {
+        Some(reason) => {
+            if let Some(o) = out.as_mut() {
+                keep_own_share(o, share);
+            }
+            Some(Cut::Failed(format!(
+                "an earlier MPI collective was abandoned ({reason}), so MPI could carry no \
+                 other host's share"
+            )))
+        }
+        None => {
+            let stop = || signals.urgent() || Instant::now() >= deadline;
+            let until = deadline + TRANSFER_GRACE;
+            transfer(leaders, share, out.as_mut(), stop, until)
+        }
+    };
+    let mpi_failed = matches!(cut, Some(Cut::Failed(_)));
     let why = cut.map(|c| match c {
         _ if signals.urgent() => "a second signal ended it".to_owned(),
         Cut::Budget => format!(
@@ -93,25 +107,71 @@ pub fn at_teardown(
         ),
         Cut::Failed(e) => e,
     });
-    let out = out?;
+    let mut out = out?;
+    if let Some(why) = why.as_deref().filter(|_| mpi_failed && !signals.urgent()) {
+        // Within the budget: the other hosts keep their daemons that long (see above).
+        by_manager(&mut out, &daemon.engine, deadline, why);
+    }
     let dir = out.finish(why.as_deref());
+    let incomplete = why.map_or("", |_| " (incomplete: see INCOMPLETE there)");
+    let took = start.elapsed().as_secs_f64();
     info!(
-        "collected into {} in {:.2} s{}",
-        dir.display(),
-        start.elapsed().as_secs_f64(),
-        if why.is_some() {
-            " (incomplete: see INCOMPLETE there)"
-        } else {
-            ""
-        }
+        "collected into {} in {took:.2} s{incomplete}",
+        dir.display()
     );
     Some(dir)
+}
+
+/// A host other than rank 0's when MPI cannot carry its share: rank 0 reads its containers'
+/// logs through the swarm's manager meanwhile, so the daemon and its containers stay for the
+/// budget (a second signal ends the wait).
+fn hold_for_the_manager(signals: &Signals, deadline: Instant) {
+    while !signals.urgent() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Why the transfer did not bring every host's whole share.
 enum Cut {
     Budget,
     Failed(String),
+}
+
+/// Rank 0's own share, straight into the output (no other host's can come over MPI).
+fn keep_own_share(out: &mut Output, share: Option<File>) {
+    let Some(mut src) = share else {
+        return;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n @ 1..) = src.read(&mut buf) {
+        out.take(0, &buf[..n]);
+    }
+}
+
+/// The hosts whose share did not all arrive: their service logs through the swarm's manager
+/// (which gathers them from each node), as time allows; their daemon logs are named missing.
+fn by_manager(out: &mut Output, engine: &Engine, until: Instant, why: &str) {
+    let hosts: BTreeSet<String> = out.unfinished_hosts().into_iter().collect();
+    if hosts.is_empty() {
+        return;
+    }
+    let mut lines = Vec::new();
+    if let Err(e) = crate::collect_swarm::service_logs(engine, &hosts, until, &mut lines) {
+        let _ = note(
+            &mut lines,
+            &format!("services/*.log through the swarm manager: {e:#}"),
+        );
+    }
+    out.take_lines(&lines);
+    for host in hosts {
+        out.unreachable(
+            &host,
+            format!(
+                "hosts/{host}/daemon.log: not kept: {why}; the service logs of {host} were read \
+                 through the swarm manager instead"
+            ),
+        );
+    }
 }
 
 /// Every host's share to rank 0's output; `None` when all of it arrived.
@@ -123,18 +183,6 @@ fn transfer(
     deadline: Instant,
 ) -> Option<Cut> {
     let mut source = share.map(BufReader::new);
-    if leaders.abandoned() {
-        // MPI can no longer be used: rank 0 keeps its own host's share, the others are named.
-        if let (Some(out), Some(src)) = (out, source.as_mut()) {
-            let mut buf = vec![0u8; 1 << 20];
-            while let Ok(n @ 1..) = src.read(&mut buf) {
-                out.take(0, &buf[..n]);
-            }
-        }
-        return Some(Cut::Failed(
-            "an earlier MPI collective was abandoned: only rank 0's host was collected".into(),
-        ));
-    }
     let gathered = leaders.gather_stream(
         source.as_mut().map(|s| s as &mut dyn Read),
         |host, bytes| {

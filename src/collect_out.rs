@@ -118,6 +118,30 @@ impl Output {
         self.apply(host, &lines);
     }
 
+    /// Complete `S` and `M` lines that come from no host's share (the swarm manager's).
+    pub fn take_lines(&mut self, lines: &[u8]) {
+        self.apply(0, lines);
+    }
+
+    /// The hosts whose share has not all arrived.
+    pub fn unfinished_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .zip(&self.ended)
+            .filter(|(_, ended)| !**ended)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// A host whose share cannot arrive, with what that leaves out and why (instead of the
+    /// general "did not all reach rank 0").
+    pub fn unreachable(&mut self, host: &str, what: String) {
+        if let Some(i) = self.hosts.iter().position(|h| h == host) {
+            self.ended[i] = true;
+        }
+        self.missing(what);
+    }
+
     /// Writes complete lines of one host, each batch of lines for one file at once.
     fn apply(&mut self, host: usize, lines: &[u8]) {
         let mut batch: Option<(PathBuf, Vec<u8>)> = None;
@@ -369,6 +393,31 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
         assert_eq!(mode(&root.join("services/web.log")), 0o600);
+    }
+
+    #[test]
+    fn hosts_read_through_the_manager_are_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["h1".to_owned(), "h2".to_owned(), "h3".to_owned()];
+        let mut out = Output::create(dir.path(), "j3", &hosts).unwrap();
+        out.take(0, b"S\tweb\tt1 web.1@h1 stdout a\nE\n");
+        assert_eq!(out.unfinished_hosts(), ["h2", "h3"]);
+        out.take_lines(b"S\tweb\tt2 web.2@h2 stdout b\nM\tservices/web.log: cut\n");
+        out.unreachable("h2", "hosts/h2/daemon.log: not kept: MPI failed".into());
+        let root = out.finish(Some("MPI failed"));
+        let web = std::fs::read_to_string(root.join("services/web.log")).unwrap();
+        assert_eq!(web, "t1 web.1@h1 stdout a\nt2 web.2@h2 stdout b\n");
+        let incomplete = std::fs::read_to_string(root.join("INCOMPLETE")).unwrap();
+        assert!(
+            incomplete.contains("- hosts/h2/daemon.log: not kept: MPI failed"),
+            "{incomplete}"
+        );
+        assert!(
+            incomplete.contains("- services/web.log: cut"),
+            "{incomplete}"
+        );
+        assert!(incomplete.contains("- h3: its logs"), "{incomplete}");
+        assert!(!incomplete.contains("- h2: its logs"), "{incomplete}");
     }
 
     #[test]

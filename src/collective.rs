@@ -92,8 +92,8 @@ impl std::error::Error for PhaseFailed {}
 /// Whether collectives may still be started.
 enum State {
     Ready,
-    /// A request was left pending inside MPI: MPI can only be aborted now.
-    Abandoned,
+    /// A request was left pending inside MPI: MPI can only be aborted now. Why it was given up.
+    Abandoned(String),
 }
 
 /// This host's leader, as one of the job's host leaders.
@@ -152,7 +152,15 @@ impl Leaders {
     }
 
     pub fn abandoned(&self) -> bool {
-        matches!(self.state, State::Abandoned)
+        matches!(self.state, State::Abandoned(_))
+    }
+
+    /// Why a collective was abandoned, if one was.
+    pub fn abandoned_because(&self) -> Option<&str> {
+        match &self.state {
+            State::Ready => None,
+            State::Abandoned(reason) => Some(reason),
+        }
     }
 
     /// Every leader contributes its outcome of `phase`: Ok when every host succeeded, else an
@@ -396,7 +404,7 @@ impl Leaders {
     fn ready(&self, what: &str) -> Result<()> {
         match self.state {
             State::Ready => Ok(()),
-            State::Abandoned => {
+            State::Abandoned(_) => {
                 bail!("cannot {what}: an earlier collective was abandoned, MPI can only be aborted")
             }
         }
@@ -438,7 +446,7 @@ impl Leaders {
             if let Some(reason) = abandon {
                 // MPI still owns the request and its buffers: both are leaked.
                 std::mem::forget(request);
-                self.state = State::Abandoned;
+                self.state = State::Abandoned(reason.clone());
                 bail!(reason);
             }
             if self.is_root() {

@@ -120,7 +120,19 @@ pub struct UpConfig {
     pub overlay_mtu: u32,
     /// `--collect`: where to keep the job's logs and facts at teardown, and in how much time.
     pub collect: Option<Collect>,
-    pub command: Vec<String>,
+    pub workload: Workload,
+}
+
+/// What the swarm is for once it is up (rank 0 runs or waits for it; then every host tears down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// `-- COMMAND...`: its exit code becomes mpiswarm's.
+    Command(Vec<String>),
+    /// `--until-jobs-complete`: the work services of the stack of this name (`--stack`);
+    /// their status becomes mpiswarm's.
+    StackWork(String),
+    /// Nothing: the swarm stays up until a signal.
+    Signal,
 }
 
 /// What `--collect DIR --collect-timeout DURATION` asks for.
@@ -218,7 +230,11 @@ impl UpConfig {
                 }),
                 None => None,
             },
-            command: args.command.clone(),
+            workload: match (&args.command[..], args.until_jobs_complete) {
+                (_, true) => Workload::StackWork(args.stack_name.clone()),
+                ([], false) => Workload::Signal,
+                (command, false) => Workload::Command(command.to_vec()),
+            },
         })
     }
 }
@@ -348,6 +364,38 @@ mod tests {
                 port_driver: PortDriver::Builtin
             }
         );
+    }
+
+    #[test]
+    fn the_workload_is_a_command_the_stacks_work_or_a_signal() {
+        let cfg = |flags: &[&str]| UpConfig::from_args(&up_args(flags)).map(|c| c.workload);
+        assert_eq!(
+            cfg(&["--", "echo", "hi"]).unwrap(),
+            Workload::Command(vec!["echo".into(), "hi".into()])
+        );
+        assert_eq!(cfg(&[]).unwrap(), Workload::Signal);
+        assert_eq!(
+            cfg(&["--stack", "s.yml", "--until-jobs-complete"]).unwrap(),
+            Workload::StackWork("mpiswarm".into())
+        );
+        use clap::Parser;
+        for refused in [
+            &["mpiswarm", "up", "--until-jobs-complete"][..],
+            &[
+                "mpiswarm",
+                "up",
+                "--stack",
+                "s.yml",
+                "--until-jobs-complete",
+                "--",
+                "true",
+            ],
+        ] {
+            assert!(
+                crate::cli::Cli::try_parse_from(refused).is_err(),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

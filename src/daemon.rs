@@ -27,13 +27,22 @@ const CHILD_SCRIPT: &str =
 const HOST_RUNTIME: &str = "mpiswarm-host";
 
 /// Writes daemon.json and returns the rootlesskit command that runs dockerd for this host.
-pub fn command(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Result<Command> {
+/// `overlay_default_mtu`: the MTU of overlay networks created without one (Docker >= 24 only).
+pub fn command(
+    dir: &StateDir,
+    addr: Ipv4Addr,
+    network: Network,
+    overlay_default_mtu: Option<u32>,
+) -> Result<Command> {
     let p = &dir.path;
     let config_path = p.join("daemon.json");
-    StateDir::write_private(
-        &config_path,
-        &serde_json::to_vec_pretty(&daemon_config(dir, network)?)?,
-    )?;
+    let mut config = daemon_config(dir, network)?;
+    if let Some(mtu) = overlay_default_mtu {
+        // Each node applies it as it instantiates a swarm overlay (unless its creator gave an
+        // MTU): a user's `docker network create -d overlay` or compose file needs no edit.
+        config["default-network-opts"] = json!({ "overlay": crate::mtu::options(mtu) });
+    }
+    StateDir::write_private(&config_path, &serde_json::to_vec_pretty(&config)?)?;
 
     // The daemon's temporary files (e.g. containerd's stack dumps) go with the state directory.
     let tmp = p.join("tmp");
@@ -176,5 +185,33 @@ fn die_with_parent(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(overlay_default_mtu: Option<u32>) -> serde_json::Value {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir {
+            path: tmp.path().to_path_buf(),
+        };
+        let network = Network::Overlay {
+            port_driver: crate::cli::PortDriver::Slirp4netns,
+        };
+        command(&dir, Ipv4Addr::LOCALHOST, network, overlay_default_mtu).unwrap();
+        serde_json::from_slice(&std::fs::read(tmp.path().join("daemon.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn overlays_default_to_the_mtu_only_where_docker_takes_the_key() {
+        let config = written(Some(65520));
+        assert_eq!(
+            config["default-network-opts"],
+            json!({"overlay": {"com.docker.network.driver.mtu": "65520"}})
+        );
+        // Docker 20.10 would refuse to start on it.
+        assert!(written(None).get("default-network-opts").is_none());
     }
 }

@@ -20,6 +20,16 @@ pub struct Engine {
     socket: PathBuf,
 }
 
+/// How a bounded GET's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Whole,
+    /// Cut at the bound asked for.
+    Capped,
+    /// Still streaming when the time was up: what came is kept.
+    TimedOut,
+}
+
 /// The status code and body of one API response.
 #[derive(Debug)]
 pub struct Response {
@@ -142,6 +152,24 @@ impl Engine {
         cap: usize,
         timeout: Duration,
     ) -> Result<(Response, bool)> {
+        match self.get_bounded(path, cap, timeout)? {
+            (_, Body::TimedOut) => bail!(
+                "failed to call GET {path} on the Docker daemon at {}: no answer within {timeout:?}",
+                self.socket.display()
+            ),
+            (r, body) => Ok((r, body == Body::Capped)),
+        }
+    }
+
+    /// As `get_capped`, but a body still streaming at the timeout is kept as far as it came (a
+    /// swarm's log stream waits for every node that ran a task; one that does not answer must
+    /// not cost the lines of the others).
+    pub fn get_bounded(
+        &self,
+        path: &str,
+        cap: usize,
+        timeout: Duration,
+    ) -> Result<(Response, Body)> {
         let mut easy = self.handle("GET", path, timeout)?;
         let mut body = Vec::new();
         let mut cut = false;
@@ -160,18 +188,24 @@ impl Engine {
             })?;
             transfer.perform()
         };
-        if let Err(e) = performed
-            && !(cut && e.is_write_error())
-        {
-            return Err(e).with_context(|| {
-                format!(
-                    "failed to call GET {path} on the Docker daemon at {}",
-                    self.socket.display()
-                )
-            });
-        }
+        let ended = match performed {
+            Ok(()) if cut => Body::Capped,
+            Ok(()) => Body::Whole,
+            Err(e) if cut && e.is_write_error() => Body::Capped,
+            Err(e) if e.is_operation_timedout() && easy.response_code().is_ok_and(|c| c != 0) => {
+                Body::TimedOut
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "failed to call GET {path} on the Docker daemon at {}",
+                        self.socket.display()
+                    )
+                });
+            }
+        };
         let status = easy.response_code()?;
-        Ok((Response { status, body }, cut))
+        Ok((Response { status, body }, ended))
     }
 
     /// Streams a request body from `source` (e.g. an image archive), without holding it in memory.

@@ -76,16 +76,17 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
 
     let mut out = std::io::stdout();
     let network = Network::from_guard_net(args.net);
-    let mut daemon = match daemon::command(&dir, addr, network).and_then(|mut c| {
-        c.spawn()
-            .context("failed to start rootlesskit (is it installed and on PATH?)")
-    }) {
-        Ok(child) => Some(child),
-        Err(e) => {
-            emit(&mut out, &GuardEvent::Exited(format!("{e:#}")));
-            None
-        }
-    };
+    let mut daemon =
+        match daemon::command(&dir, addr, network, args.overlay_default_mtu).and_then(|mut c| {
+            c.spawn()
+                .context("failed to start rootlesskit (is it installed and on PATH?)")
+        }) {
+            Ok(child) => Some(child),
+            Err(e) => {
+                emit(&mut out, &GuardEvent::Exited(format!("{e:#}")));
+                None
+            }
+        };
     if let Some(child) = &daemon {
         emit(&mut out, &GuardEvent::Started(child.id()));
     }
@@ -303,12 +304,16 @@ impl GuardHandle {
         addr: Ipv4Addr,
         network: Network,
         vxlan_nolearning: bool,
+        overlay_default_mtu: Option<u32>,
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
         guard.arg("guard");
         if vxlan_nolearning {
             guard.arg("--vxlan-nolearning");
+        }
+        if let Some(mtu) = overlay_default_mtu {
+            guard.arg("--overlay-default-mtu").arg(mtu.to_string());
         }
         guard
             .arg("--dir")

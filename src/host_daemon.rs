@@ -54,17 +54,30 @@ pub struct Launched {
 /// MPI is still starting up.
 pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
     let t = Instant::now();
+    // Overlays only: the host path has none. Asked first, answered after the checks.
+    let version = (!cfg.network.is_host()).then(crate::docker_version::Probe::start);
     let addr = crate::host::advertise_addr(&cfg.host.addr)?;
     let warnings = if cfg.preflight {
         crate::preflight::require(&cfg.host, addr, cfg.network)?
     } else {
         Vec::new()
     };
+    // Overlays the user creates get mpiswarm's MTU where daemon.json can say so.
+    let overlay_default_mtu = version
+        .map(crate::docker_version::Probe::finish)
+        .filter(|v| crate::docker_version::has_network_defaults(*v))
+        .map(|_| cfg.overlay_mtu);
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
     let run_lock = crate::statedir::hold_run_lock(&dir.path)?;
-    let guard = GuardHandle::spawn(dir, addr, cfg.network, cfg.vxlan_nolearning)?;
+    let guard = GuardHandle::spawn(
+        dir,
+        addr,
+        cfg.network,
+        cfg.vxlan_nolearning,
+        overlay_default_mtu,
+    )?;
     Ok(Launched {
         run_lock,
         guard,

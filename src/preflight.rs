@@ -243,7 +243,7 @@ const HOST_NET_ROOTLESSKIT: (u32, u32) = (2, 0);
 const HOST_NET_DOCKERD: (u32, u32) = (26, 0);
 
 /// Major and minor of the first word that starts with a digit ("Docker version 26.1.5+dfsg1, ...").
-fn major_minor(version_line: &str) -> Option<(u32, u32)> {
+pub fn major_minor(version_line: &str) -> Option<(u32, u32)> {
     let word = version_line
         .split_whitespace()
         .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;

@@ -1,7 +1,7 @@
-//! Deploying the user's compose stack and waiting until every service runs all its replicas;
-//! on failure, the failing tasks with their hosts and the daemon's error for each.
+//! Deploying the user's compose stack and waiting, through the manager, until it reaches a goal
+//! (`stack_state` judges each service by its mode); a task that failed for good ends the wait
+//! at once, named with its node, exit code and last log lines.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,9 +9,10 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::engine::Engine;
+use crate::stack_state::{self, Counts, Failure, Goal, Nodes, Service, Task, Verdict};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the CLI's output is kept for an error message (its end).
@@ -60,10 +61,21 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         .recv_timeout(Duration::from_secs(1))
         .unwrap_or_default();
     if !status.success() {
+        let err = String::from_utf8_lossy(&err);
+        // Docker's CLI learnt the job modes in compose files in 23.0 (its engine API in 20.10).
+        let hint = if err.contains("Unknown mode: replicated-job")
+            || err.contains("Unknown mode: global-job")
+        {
+            "\n(this docker CLI cannot deploy job modes from a compose file: that needs docker >= \
+             23.0, e.g. Debian 13's 26.1; with Debian 12's 20.10, make one-shot work a service with \
+             restart_policy condition none)"
+        } else {
+            ""
+        };
         bail!(
-            "failed to deploy the stack {name} from {} ({status}): {}",
+            "failed to deploy the stack {name} from {} ({status}): {}{hint}",
             file.display(),
-            String::from_utf8_lossy(&err).trim()
+            err.trim()
         );
     }
     Ok(())
@@ -94,124 +106,219 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
     rx
 }
 
-/// Progress of a stack: services with their running and desired replica counts.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub running: usize,
-    pub desired: usize,
-    pub failures: Vec<String>,
+/// How long Swarm may take to give a global service its tasks; none after that means that no
+/// node is eligible (its orchestrator creates them as soon as the service exists).
+const GLOBAL_SETTLE: Duration = Duration::from_secs(5);
+/// How often a wait asks the manager.
+const POLL: Duration = Duration::from_millis(250);
+/// Lines of a failed task's log shown with its failure.
+const LOG_LINES: usize = 12;
+/// The most a failed task's log lines may add to the wait.
+const LOG_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A stack as the manager sees it at one moment.
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub tasks: Vec<Task>,
+    pub nodes: Nodes,
 }
 
-/// Waits until every service of the stack runs all its replicas; on the deadline, an error that
-/// lists what did not run, where and why.
-pub fn wait_converged(
+impl Snapshot {
+    pub fn take(engine: &Engine, name: &str, timeout: Duration) -> Result<Snapshot> {
+        let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
+        let filter = encode(&filter);
+        // `status=true` (API 1.41) adds Swarm's own counts; jobs' completions are read there.
+        let services =
+            engine.get_json(&format!("/services?status=true&filters={filter}"), timeout)?;
+        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), timeout)?;
+        let nodes = engine.get_json("/nodes", timeout)?;
+        Ok(Snapshot {
+            services: stack_state::parse_services(&services),
+            tasks: stack_state::parse_tasks(&tasks),
+            nodes: stack_state::parse_nodes(&nodes),
+        })
+    }
+}
+
+/// Waits until the stack reaches `goal`: fails as soon as a task fails for good (naming its
+/// service, node, exit code and last log lines), and at the deadline with what it still waits
+/// for. `on_progress` hears the counts whenever they change.
+pub fn wait_for(
     engine: &Engine,
     name: &str,
+    goal: Goal,
     deadline: Instant,
-    mut on_progress: impl FnMut(&Progress),
+    mut on_progress: impl FnMut(Counts),
 ) -> Result<()> {
-    let mut last = (usize::MAX, usize::MAX);
+    let start = Instant::now();
+    let mut last = None;
     loop {
-        let progress = progress(engine, name)?;
-        if (progress.running, progress.desired) != last {
-            on_progress(&progress);
-            last = (progress.running, progress.desired);
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_secs(1), CALL_TIMEOUT);
+        let snap = Snapshot::take(engine, name, timeout)
+            .with_context(|| format!("failed to read the state of stack {name}"))?;
+        let reports = stack_state::reports(&snap.services, &snap.tasks);
+        let counts = stack_state::counts(&reports, goal);
+        if last != Some(counts) {
+            on_progress(counts);
+            last = Some(counts);
         }
-        if progress.desired > 0 && progress.running >= progress.desired {
-            return Ok(());
+        let settled = start.elapsed() >= GLOBAL_SETTLE;
+        match stack_state::judge(&reports, goal, settled) {
+            Verdict::Reached => {
+                warn_taskless(name, &reports);
+                return Ok(());
+            }
+            Verdict::Failed(failure) => {
+                bail!(failure_message(engine, &failure, &snap.nodes, deadline))
+            }
+            Verdict::Waiting(waiting) if Instant::now() >= deadline => {
+                let lines: Vec<String> = waiting
+                    .iter()
+                    .map(|r| stack_state::describe_waiting(r, &snap.nodes))
+                    .collect();
+                bail!(
+                    "stack {name} was not up before the deadline ({counts}); still waiting for:\n{}",
+                    lines.join("\n")
+                );
+            }
+            Verdict::Waiting(_) => std::thread::sleep(POLL),
         }
-        // No registry will ever supply an image that is not on the node: waiting cannot help.
-        if let Some(missing) = progress
-            .failures
-            .iter()
-            .find(|f| f.contains("No such image"))
-        {
-            bail!(
-                "failed to start stack {name}: an image is not on the node (load it with --load):\n{missing}"
-            );
-        }
-        if Instant::now() >= deadline {
-            let detail = if progress.failures.is_empty() {
-                "no task reported an error yet (slow image pulls or scheduling?)".to_owned()
-            } else {
-                progress.failures.join("\n")
-            };
-            bail!(
-                "failed to converge stack {name} before the deadline: {}/{} replicas running\n{detail}",
-                progress.running,
-                progress.desired
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-pub fn progress(engine: &Engine, name: &str) -> Result<Progress> {
-    let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
-    let services = engine.get_json(
-        &format!("/services?filters={}", encode(&filter)),
-        CALL_TIMEOUT,
-    )?;
-    let tasks = engine.get_json(&format!("/tasks?filters={}", encode(&filter)), CALL_TIMEOUT)?;
-    let nodes = engine.get_json("/nodes", CALL_TIMEOUT)?;
-    let hostnames: HashMap<&str, &str> = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| {
-            Some((
-                n.get("ID")?.as_str()?,
-                n.pointer("/Description/Hostname")?.as_str()?,
-            ))
-        })
+/// Where the work of a stack stands (`--until-jobs-complete`).
+#[derive(Debug)]
+pub enum Work {
+    Running(Counts),
+    /// Every task of every work service exited 0.
+    Done(Counts),
+    /// The earliest task that failed for good: the run's exit code and what to say.
+    Failed {
+        code: i32,
+        message: String,
+    },
+}
+
+/// How long one look at the work may take: rank 0 sends heartbeats between looks.
+const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One look at the stack's work; `settled` as for `stack_state::judge`.
+pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
+    let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
+        .with_context(|| format!("failed to read the state of stack {name}"))?;
+    let reports = stack_state::reports(&snap.services, &snap.tasks);
+    let counts = stack_state::counts(&reports, Goal::WorkDone);
+    Ok(
+        match stack_state::judge(&reports, Goal::WorkDone, settled) {
+            Verdict::Reached => Work::Done(counts),
+            Verdict::Waiting(_) => Work::Running(counts),
+            Verdict::Failed(failure) => Work::Failed {
+                code: failure.exit_code(),
+                message: failure_message(
+                    engine,
+                    &failure,
+                    &snap.nodes,
+                    Instant::now() + LOG_TIMEOUT,
+                ),
+            },
+        },
+    )
+}
+
+/// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
+/// Swarm retries without end (a failing task then never ends the run).
+pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
+    let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
+    let work: Vec<&Service> = snap
+        .services
+        .iter()
+        .filter(|s| s.purpose() == stack_state::Purpose::Work)
         .collect();
-    let mut p = Progress::default();
-    let service_names: HashMap<&str, &str> = services
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s.get("ID")?.as_str()?, s.pointer("/Spec/Name")?.as_str()?)))
-        .collect();
-    for s in services.as_array().into_iter().flatten() {
-        p.desired += if s.pointer("/Spec/Mode/Global").is_some() {
-            hostnames.len()
-        } else {
-            s.pointer("/Spec/Mode/Replicated/Replicas")
-                .and_then(Value::as_u64)
-                .unwrap_or(1) as usize
-        };
+    if work.is_empty() {
+        bail!(
+            "--until-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
+             replicated-job or global-job, or restart_policy condition none or on-failure): \
+             there is nothing to wait for"
+        );
     }
-    for t in tasks.as_array().into_iter().flatten() {
-        let state = t
-            .pointer("/Status/State")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let desired = t.get("DesiredState").and_then(Value::as_str).unwrap_or("");
-        if state == "running" && desired == "running" {
-            p.running += 1;
-        }
-        let err = t
-            .pointer("/Status/Err")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !err.is_empty() || matches!(state, "failed" | "rejected") {
-            let node = t
-                .get("NodeID")
-                .and_then(Value::as_str)
-                .and_then(|id| hostnames.get(id))
-                .unwrap_or(&"unassigned");
-            let svc = t
-                .get("ServiceID")
-                .and_then(Value::as_str)
-                .and_then(|id| service_names.get(id))
-                .unwrap_or(&"?");
-            let msg = format!("  task of {svc} on {node}: {state}: {err}");
-            if !p.failures.contains(&msg) {
-                p.failures.push(msg);
+    for s in work.iter().filter(|s| s.retries_forever()) {
+        tracing::warn!(
+            "stack {name}: Swarm restarts the failed tasks of {} ({}) without limit: a failing \
+             task will not end the run (set restart_policy condition none, or max_attempts)",
+            s.name,
+            s.mode.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// A global service Swarm gave no task: no node matches its constraints or platforms.
+fn warn_taskless(name: &str, reports: &[stack_state::ServiceReport]) {
+    for r in reports
+        .iter()
+        .filter(|r| r.expected == 0 && r.service.mode.is_global())
+    {
+        tracing::warn!(
+            "stack {name}: service {} ({}) has no task: no node matches its placement constraints",
+            r.service.name,
+            r.service.mode.as_str()
+        );
+    }
+}
+
+/// A failed task's description with the last lines of its log, read through the manager
+/// (which gathers them from the task's node) as time allows.
+pub fn failure_message(
+    engine: &Engine,
+    failure: &Failure,
+    nodes: &Nodes,
+    deadline: Instant,
+) -> String {
+    let mut text = failure.describe(nodes);
+    if failure.task.exit_code.is_none() {
+        // No container ran (a rejected task): there is no log to read.
+        return text;
+    }
+    let Some(left) = crate::collect::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
+        text.push_str("\n  (its log was not read: no time was left before the deadline)");
+        return text;
+    };
+    match log_tail(engine, &failure.task.id, LOG_LINES, left) {
+        Ok(lines) if lines.is_empty() => text.push_str("\n  (its log is empty)"),
+        Ok(lines) => {
+            text.push_str("\n  last lines of its log:");
+            for line in lines {
+                text.push_str(&format!("\n    {line}"));
             }
         }
+        Err(e) => text.push_str(&format!("\n  (failed to read its log: {e:#})")),
     }
-    Ok(p)
+    text
+}
+
+/// The last `lines` lines a task wrote (stdout and stderr, in order).
+pub fn log_tail(
+    engine: &Engine,
+    task: &str,
+    lines: usize,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let path = format!("/tasks/{task}/logs?stdout=1&stderr=1&tail={lines}");
+    let (response, _) = engine.get_bounded(&path, 256 << 10, timeout)?;
+    if !response.is_success() {
+        bail!("GET {path}: {}", response.message());
+    }
+    let mut kept: Vec<String> = crate::collect::frames(&response.body)
+        .into_iter()
+        .flat_map(|(_, payload)| payload.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
+        .collect();
+    let skip = kept.len().saturating_sub(lines);
+    kept.drain(..skip);
+    Ok(kept)
 }
 
 /// Percent-encodes a query value.

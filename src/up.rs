@@ -12,13 +12,18 @@ use tracing::{debug, info};
 use crate::cli::PortDriver;
 use crate::cluster::{Cluster, Role};
 use crate::collective::{Interrupt, Leaders, PhaseFailed};
-use crate::config::Network;
-use crate::config::UpConfig;
+use crate::config::{Network, UpConfig, Workload};
+use crate::engine::Engine;
 use crate::host_daemon::{self, HostDaemon, Launched};
 use crate::report::{HostTimes, RunReport, Timeline, phase_stats};
 use crate::signals::Signals;
+use crate::stack_state::Goal;
 use crate::swarm::JoinRole;
 use crate::{host, swarm};
+
+/// How long before the hosts' deadline rank 0 ends a wait of its own inside a phase, so that
+/// the agreement on the phase still completes with rank 0's reason (it takes milliseconds).
+const AGREE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the whole teardown (every host, agreed) may take before ranks give up waiting.
 const TEARDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
@@ -182,7 +187,20 @@ impl Run<'_> {
     ) -> Result<T> {
         let t = Instant::now();
         let (status, value) = crate::collective::split(step(self));
-        self.leaders.agree(what, status, self.deadline)?;
+        let local = status.as_ref().err().map(|e| format!("{e:#}"));
+        if let Err(e) = self.leaders.agree(what, status, self.deadline) {
+            return match local {
+                // The hosts did not all arrive (a deadline, a signal): this host's own failure
+                // is the news, not that some host did not arrive while this one was failing.
+                Some(local) if e.downcast_ref::<PhaseFailed>().is_none() => Err(anyhow::anyhow!(
+                    "failed to {what} on {} (rank {}): {local}\n(the hosts could not agree on \
+                     it: {e:#})",
+                    self.leaders.host,
+                    self.leaders.world_rank
+                )),
+                _ => Err(e),
+            };
+        }
         if let Some(name) = timing {
             self.tl.done(name, t);
         }
@@ -317,10 +335,7 @@ impl Run<'_> {
         if let Some((file, name)) = &self.cfg.stack {
             self.phase(&format!("deploy the stack {name}"), Some("stack"), |run| {
                 if run.is_root() {
-                    crate::stack::deploy(&daemon.engine, file, name, run.deadline)?;
-                    crate::stack::wait_converged(&daemon.engine, name, run.deadline, |p| {
-                        info!("stack {name}: {}/{} replicas running", p.running, p.desired);
-                    })?;
+                    run.deploy_stack(&daemon.engine, file, name)?;
                 }
                 Ok(())
             })?;
@@ -359,10 +374,18 @@ impl Run<'_> {
             marks.swarm_ready
         );
         let ready = crate::outputs::ReadyFile::write(self.cfg, daemon.engine.socket(), hosts.len());
+        let workload = match &self.cfg.workload {
+            Workload::Command(command) => crate::workload::Workload::Command(command),
+            Workload::StackWork(name) => crate::workload::Workload::StackWork {
+                engine: &daemon.engine,
+                name,
+            },
+            Workload::Signal => crate::workload::Workload::Signal,
+        };
         let code = ready.and_then(|_ready| {
             crate::workload::run_or_wait(
                 self.leaders,
-                &self.cfg.command,
+                &workload,
                 daemon.engine.socket(),
                 self.signals,
             )
@@ -382,20 +405,48 @@ impl Run<'_> {
         node_ids: &[String],
         managers: usize,
     ) -> Result<()> {
+        let until = self.own_deadline();
         let t = Instant::now();
-        swarm::wait_members(engine, hosts, node_ids, managers, self.deadline)?;
+        swarm::wait_members(engine, hosts, node_ids, managers, until)?;
         self.tl.done("members-ready", t);
         self.tl.set_manager_join_cpu(
             crate::procfs::program_cpu(guard_pid, "dockerd") - self.manager_cpu_at_join,
         );
         let t = Instant::now();
-        crate::seal::rotate_tokens(engine, self.deadline)?;
-        crate::seal::remove_strangers(engine, node_ids, self.deadline)?;
+        crate::seal::rotate_tokens(engine, until)?;
+        crate::seal::remove_strangers(engine, node_ids, until)?;
         self.tl.done("seal", t);
         let t = Instant::now();
-        swarm::label_nodes(engine, &self.node_labels(hosts, node_ids), self.deadline)?;
+        swarm::label_nodes(engine, &self.node_labels(hosts, node_ids), until)?;
         self.tl.done("labels", t);
         Ok(())
+    }
+
+    /// Rank 0's part of the stack phase: deploy, then wait until the stack is up (beside
+    /// `--until-jobs-complete`, only its lasting services: the work is the workload's).
+    fn deploy_stack(&self, engine: &Engine, file: &std::path::Path, name: &str) -> Result<()> {
+        let until = self.own_deadline();
+        crate::stack::deploy(engine, file, name, until)?;
+        let goal = match self.cfg.workload {
+            Workload::StackWork(_) => Goal::Infrastructure,
+            Workload::Command(_) | Workload::Signal => Goal::Up,
+        };
+        crate::stack::wait_for(engine, name, goal, until, |counts| {
+            info!("stack {name}: {counts}");
+        })?;
+        if goal == Goal::Infrastructure {
+            crate::stack::check_work(engine, name)?;
+        }
+        Ok(())
+    }
+
+    /// The deadline for rank 0's own waits inside a phase the other hosts wait for in its
+    /// agreement: a little before theirs, so that rank 0's reason (what it still waits for)
+    /// reaches them, instead of every host giving up on the agreement at once.
+    fn own_deadline(&self) -> Instant {
+        self.deadline
+            .checked_sub(AGREE_MARGIN)
+            .unwrap_or(self.deadline)
     }
 
     /// The labels stacks can place by, for each host's node (rank 0; `ids` in host order).

@@ -150,9 +150,14 @@ fn deploy_probes(
             .call("POST", "/services/create", Some(&spec), CALL_TIMEOUT)
             .with_context(|| format!("failed to create the probe service for {host}"))?;
     }
-    crate::stack::wait_converged(engine, NETWORK, deadline, |_| {}).with_context(|| {
-        format!("failed to start the probes (does the image {image} have sh and nc?)")
-    })
+    crate::stack::wait_for(
+        engine,
+        NETWORK,
+        crate::stack_state::Goal::Up,
+        deadline,
+        |_| {},
+    )
+    .with_context(|| format!("failed to start the probes (does the image {image} have sh and nc?)"))
 }
 
 /// From this host's probe container, connects to every probe by service name, all at once.

@@ -1,5 +1,6 @@
-//! The swarm in use: rank 0 runs the user's command against it (or waits for a signal), the other
-//! host leaders wait to be told to stop; a signal anywhere stops the whole job.
+//! The swarm in use: rank 0 runs the user's command against it, watches a stack's work
+//! (`--until-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
+//! stop; a signal anywhere stops the whole job.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -12,7 +13,10 @@ use nix::unistd::Pid;
 use tracing::{debug, info};
 
 use crate::collective::Leaders;
+use crate::engine::Engine;
 use crate::signals::{self, Signals};
+use crate::stack::Work;
+use crate::stack_state::Counts;
 
 /// How often rank 0 tells the others it is alive while the swarm is up.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -22,31 +26,137 @@ const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
 
-/// Rank 0: runs the command (or waits), and returns the exit code mpiswarm should end with.
+/// How often rank 0 looks at a stack's work (three calls to the manager each time).
+const WORK_POLL: Duration = Duration::from_millis(500);
+/// How long Swarm may take to give a global job its tasks (see stack::GLOBAL_SETTLE).
+const WORK_SETTLE: Duration = Duration::from_secs(5);
+/// How long the manager may fail to answer about the work before the run gives up (a leader
+/// election, a busy manager: a long batch run should not end on one failed look).
+const WORK_UNANSWERED: Duration = Duration::from_secs(30);
+
+/// What rank 0 runs, or waits for, while the swarm is up.
+pub enum Workload<'a> {
+    Command(&'a [String]),
+    /// The work of stack `name` (`--until-jobs-complete`), watched through the manager.
+    StackWork {
+        engine: &'a Engine,
+        name: &'a str,
+    },
+    Signal,
+}
+
+/// The workload under way.
+enum Running<'a> {
+    Child(Child),
+    Stack(StackWatch<'a>),
+    Nothing,
+}
+
+/// Rank 0's watch over a stack's work, through the manager.
+struct StackWatch<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    start: Instant,
+    next: Instant,
+    last: Option<Counts>,
+    /// Since when the manager has not answered.
+    unanswered: Option<Instant>,
+}
+
+impl StackWatch<'_> {
+    /// The run's exit code once the work is done or failed for good.
+    fn poll(&mut self) -> Result<Option<i32>> {
+        if Instant::now() < self.next {
+            return Ok(None);
+        }
+        self.next = Instant::now() + WORK_POLL;
+        let name = self.name;
+        let settled = self.start.elapsed() >= WORK_SETTLE;
+        let work = match crate::stack::work(self.engine, name, settled) {
+            Ok(work) => {
+                self.unanswered = None;
+                work
+            }
+            Err(e) => {
+                let since = *self.unanswered.get_or_insert_with(Instant::now);
+                if since.elapsed() >= WORK_UNANSWERED {
+                    return Err(e.context(format!(
+                        "the manager did not say how the work of stack {name} stands for {} s",
+                        WORK_UNANSWERED.as_secs()
+                    )));
+                }
+                tracing::warn!("{e:#} (trying again)");
+                return Ok(None);
+            }
+        };
+        match work {
+            Work::Running(counts) => {
+                if self.last != Some(counts) {
+                    info!("stack {name}: {counts}");
+                    self.last = Some(counts);
+                }
+                Ok(None)
+            }
+            Work::Done(counts) => {
+                info!("stack {name}: its work is done: {counts}");
+                Ok(Some(0))
+            }
+            Work::Failed { code, message } => {
+                tracing::error!("stack {name}: {message}");
+                info!("stack {name}: exiting with the failed task's code {code}");
+                Ok(Some(code))
+            }
+        }
+    }
+}
+
+impl Running<'_> {
+    /// Its exit code once it ended.
+    fn poll(&mut self) -> Result<Option<i32>> {
+        match self {
+            Running::Child(child) => Ok(child.try_wait()?.map(|status| {
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                debug!("command exited with {code}");
+                code
+            })),
+            Running::Stack(watch) => watch.poll(),
+            Running::Nothing => Ok(None),
+        }
+    }
+
+    /// Stops it: its owner is going away. A stack's tasks go with the teardown.
+    fn stop(&mut self, signals: &Signals) {
+        if let Running::Child(child) = self {
+            stop_command(child, signals);
+        }
+    }
+}
+
+/// Rank 0: runs the workload (or waits), and returns the exit code mpiswarm should end with.
 pub fn run_or_wait(
     leaders: &Leaders,
-    command: &[String],
+    workload: &Workload,
     socket: &Path,
     signals: &Signals,
 ) -> Result<i32> {
-    let mut child = match command.split_first() {
-        Some((program, args)) => {
-            let mut cmd = Command::new(program);
-            cmd.args(args)
-                .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-                // Its own group, so that stopping it stops everything it started.
-                .process_group(0);
-            if let Some(var) = crate::cluster::own_mpi_settings() {
-                cmd.env_remove(var);
-            }
-            Some(
-                cmd.spawn()
-                    .with_context(|| format!("failed to run {program:?} on rank 0"))?,
-            )
+    let mut running = match workload {
+        Workload::Command(command) => Running::Child(spawn(command, socket)?),
+        Workload::StackWork { engine, name } => {
+            info!("stack {name} deployed; waiting until its work is done");
+            Running::Stack(StackWatch {
+                engine,
+                name,
+                start: Instant::now(),
+                next: Instant::now(),
+                last: None,
+                unanswered: None,
+            })
         }
-        None => {
+        Workload::Signal => {
             info!("swarm up; waiting for SIGINT, SIGTERM or SIGUSR1 to tear it down");
-            None
+            Running::Nothing
         }
     };
     let mut last_beat = Instant::now();
@@ -58,13 +168,7 @@ pub fn run_or_wait(
             leaders.send_heartbeats();
             last_beat = Instant::now();
         }
-        if let Some(ch) = child.as_mut()
-            && let Some(status) = ch.try_wait()?
-        {
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            debug!("command exited with {code}");
+        if let Some(code) = running.poll()? {
             return Ok(code);
         }
         let stop = signals
@@ -77,13 +181,28 @@ pub fn run_or_wait(
             });
         if let Some(why) = stop {
             info!("{why}: tearing down");
-            if let Some(ch) = child.as_mut() {
-                stop_command(ch, signals);
-            }
+            running.stop(signals);
             return Ok(0);
         }
         signals.sleep(backoff.next());
     }
+}
+
+/// The user's command in its own process group, against rank 0's daemon.
+fn spawn(command: &[String], socket: &Path) -> Result<Child> {
+    let Some((program, args)) = command.split_first() else {
+        bail!("no command to run");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        // Its own group, so that stopping it stops everything it started.
+        .process_group(0);
+    if let Some(var) = crate::cluster::own_mpi_settings() {
+        cmd.env_remove(var);
+    }
+    cmd.spawn()
+        .with_context(|| format!("failed to run {program:?} on rank 0"))
 }
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.

@@ -267,3 +267,80 @@ fn a_dir_the_user_cannot_write_or_others_can_is_refused_before_anything_starts()
     }
     assert!(!unwritable.exists());
 }
+
+/// A stack phase that fails (a one-shot task exits 3 while the stack is coming up): every
+/// host's service logs and daemon log are kept, with the failed task in tasks.json.
+#[test]
+fn a_failed_stack_phase_keeps_every_hosts_logs() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("stack-fails.yml");
+    let dir = collect_dir("failed-stack");
+    let dir_arg = dir.display().to_string();
+    let mut args = vec!["up"];
+    args.extend(stack_args(&image, &stack, &dir_arg));
+    args.extend(["--", "true"]);
+    let out = run_with_deadline(mpirun(HOSTS, HOSTS, &args), RUN_LIMIT);
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed with exit code 3"), "{stderr}");
+    assert!(stderr.contains("collected into"), "{stderr}");
+    check_complete(&job_dir(&dir));
+    assert_clean(Duration::from_secs(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host hangs (its rank stopped) while the others agree on the stack phase: the agreement is
+/// abandoned at the deadline and MPI can carry no other host's share, yet rank 0 keeps every
+/// host's service logs, read through the swarm manager; INCOMPLETE names the daemon logs it
+/// could not keep and why.
+#[test]
+fn a_hung_host_still_leaves_every_hosts_service_logs() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("collect-stack.yml");
+    let dir = collect_dir("hung");
+    let dir_arg = dir.display().to_string();
+    let mut args = vec!["up"];
+    args.extend(stack_args(&image, &stack, &dir_arg));
+    args.extend(["--timeout", "40s", "--", "true"]);
+    let mut run = Streamed::start(mpirun(HOSTS, HOSTS, &args));
+    // Rank 0 deploys; the other hosts wait in the phase's agreement meanwhile.
+    run.wait_for("stack col: ", Duration::from_secs(90));
+    let (hung, _, _) = ranks()
+        .into_iter()
+        .find(|r| r.1 == host(3))
+        .unwrap_or_else(|| panic!("no rank on {}:\n{}", host(3), run.text()));
+    let kill = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &hung.to_string()])
+            .status();
+    };
+    kill("-STOP");
+    run.wait_for("collected into", Duration::from_secs(120));
+    kill("-CONT");
+    let (status, stderr) = run.finish(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    let root = job_dir(&dir);
+    let talker = read(&root.join("services/col_talker.log"));
+    for h in hosts(HOSTS) {
+        assert!(
+            talker
+                .lines()
+                .any(|l| l.contains(&format!("@{h} ")) && l.ends_with("stdout known line 1")),
+            "no line from {h} in col_talker.log:\n{talker}"
+        );
+    }
+    let incomplete = read(&root.join("INCOMPLETE"));
+    assert!(incomplete.contains("abandoned"), "{incomplete}");
+    for h in [host(2), host(3)] {
+        assert!(
+            incomplete.contains(&format!("hosts/{h}/daemon.log: not kept")),
+            "{h}:\n{incomplete}"
+        );
+    }
+    assert!(root.join(format!("hosts/{}/daemon.log", host(1))).exists());
+    owned_by_the_user(&root);
+    assert_clean(Duration::from_secs(15));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -297,3 +297,239 @@ fn verify_connects_every_pair_with_the_builtin_driver_and_learning_off() {
     assert!(cells.iter().all(|c| c.2), "{stdout}");
     assert_clean(Duration::from_secs(3));
 }
+
+/// `up` with `args` (after the image) on 3 hosts, `env` for every rank, stderr read as it comes.
+fn streamed_up(env: &[(&str, &str)], args: &[&str]) -> Streamed {
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let mut all = vec!["up", "--load", &image];
+    all.extend_from_slice(args);
+    Streamed::start(mpirun_env(3, 3, env, &all))
+}
+
+/// Swarm's global orchestrator gives a constrained global service tasks on the eligible nodes
+/// only: the stack is up as soon as those run (it used to wait for one task per node, until the
+/// deadline).
+#[test]
+fn a_global_service_with_a_placement_constraint_converges_in_seconds() {
+    let Some(_c) = cluster() else { return };
+    let stack = fixture("constrained-global.yml");
+    let run = streamed_up(
+        &[],
+        &[
+            "--stack",
+            &stack,
+            "--stack-name",
+            "cg",
+            "--timeout",
+            "90s",
+            "--",
+            "true",
+        ],
+    );
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stack cg: 5/5 replicas running"),
+        "1 + 1 + 3 tasks:\n{stderr}"
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
+/// A one-shot task (restart condition none) that exits 3 while the stack is coming up ends the
+/// run within seconds, naming the service, its node, the exit code and its last log lines
+/// (it used to wait for the whole --timeout, then blame a hung host).
+#[test]
+fn a_one_shot_task_exiting_3_fails_the_stack_phase_in_seconds_naming_it() {
+    let Some(_c) = cluster() else { return };
+    let stack = fixture("stack-fails.yml");
+    let mut run = streamed_up(
+        &[],
+        &["--stack", &stack, "--stack-name", "sf", "--", "true"],
+    );
+    // The first progress line comes once the stack is deployed.
+    let deployed = run.wait_for("stack sf: ", Duration::from_secs(90));
+    let failed = run.wait_for("exit code 3", Duration::from_secs(60));
+    let (status, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let took = failed - deployed;
+    assert!(
+        took < Duration::from_secs(15),
+        "failure reported {took:?} after the deploy (the task exits after 4 s):\n{stderr}"
+    );
+    for needed in [
+        "sf_failer.1",
+        "on msh3",
+        "failed with exit code 3",
+        "will not be restarted (restart condition none)",
+        "failing soon",
+        "about to exit 3",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
+    }
+    assert!(!stderr.contains("did not arrive"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// At the deadline rank 0 says what it still waits for (service, tasks running of desired),
+/// not that some host did not arrive.
+#[test]
+fn a_stack_never_up_names_what_rank_0_waits_for_at_the_deadline() {
+    let Some(_c) = cluster() else { return };
+    let stack = fixture("never-up.yml");
+    let run = streamed_up(
+        &[],
+        &[
+            "--stack",
+            &stack,
+            "--stack-name",
+            "nu",
+            "--timeout",
+            "30s",
+            "--",
+            "true",
+        ],
+    );
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for needed in [
+        "stack nu was not up before the deadline",
+        "still waiting for:",
+        "nu_blocked (replicated): 0/2 tasks running",
+        "msh1 (rank 0)",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("nu_fine"),
+        "a service that runs is not awaited:\n{stderr}"
+    );
+    assert!(!stderr.contains("did not arrive"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// `--until-jobs-complete` with the stack's work as the workload: tears down when the work is
+/// done; the exit code is the work's.
+fn work_gives_the_exit_code(stack: &str, name: &str, var: &str, code: i32, failed_task: &str) {
+    let code_text = code.to_string();
+    let env: Vec<(&str, &str)> = if code == 0 {
+        Vec::new()
+    } else {
+        vec![(var, code_text.as_str())]
+    };
+    let run = streamed_up(
+        &env,
+        &[
+            "--stack",
+            stack,
+            "--stack-name",
+            name,
+            "--until-jobs-complete",
+        ],
+    );
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    if code == 0 {
+        assert!(
+            stderr.contains(&format!("stack {name}: its work is done")),
+            "{stderr}"
+        );
+    } else {
+        for needed in [
+            failed_task.to_owned(),
+            format!("failed with exit code {code}"),
+            format!("exiting with the failed task's code {code}"),
+        ] {
+            assert!(stderr.contains(&needed), "{needed:?} missing:\n{stderr}");
+        }
+    }
+    assert!(stderr.contains("torn down: 3 host(s) clean"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// Work as one-shot services, which every docker CLI deploys (Debian 12's too).
+#[test]
+fn one_shot_work_runs_to_completion_and_its_status_is_the_exit_code() {
+    let Some(_c) = cluster() else { return };
+    let stack = fixture("one-shot-work.yml");
+    work_gives_the_exit_code(&stack, "ow", "WORK_EXIT", 0, "");
+    work_gives_the_exit_code(&stack, "ow", "WORK_EXIT", 4, "task ow_work.");
+}
+
+/// Swarm jobs (replicated-job, global-job) as the work, where the hosts' docker CLI deploys them
+/// from a compose file (>= 23.0: Debian 13's 26.1, or a newer CLI on the PATH); Debian 12's
+/// 20.10 refuses them, and the error says what is needed.
+#[test]
+fn a_replicated_job_stack_runs_to_completion_and_its_status_is_the_exit_code() {
+    let Some(_c) = cluster() else { return };
+    let stack = fixture("jobs.yml");
+    let cli = version_on(&host(1), "docker");
+    if cli.is_some_and(|v| v < (23, 0)) {
+        let run = streamed_up(
+            &[],
+            &[
+                "--stack",
+                &stack,
+                "--stack-name",
+                "jobs",
+                "--until-jobs-complete",
+            ],
+        );
+        let (status, stderr) = run.finish(RUN_LIMIT);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        for needed in ["Unknown mode: replicated-job", "docker >= 23.0"] {
+            assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
+        }
+        assert_clean(Duration::from_secs(3));
+        eprintln!("job modes: refused as expected by docker CLI {cli:?} (>= 23.0 runs them)");
+        return;
+    }
+    eprintln!("job modes with docker CLI {cli:?}");
+    work_gives_the_exit_code(&stack, "jobs", "JOB_EXIT", 0, "");
+    work_gives_the_exit_code(&stack, "jobs", "JOB_EXIT", 6, "task jobs_work.");
+}
+
+/// Overlays the user creates without options (a compose file's network, `docker network
+/// create` in the command) get mpiswarm's overlay MTU on Docker >= 24 (daemon.json's
+/// default-network-opts: Debian 13's 26.1); Docker 20.10 keeps its own default (1450 in
+/// containers) and still starts (the key is not given to it).
+#[test]
+fn overlays_created_without_options_get_mpiswarms_mtu_where_docker_allows() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let stack = fixture("overlay-default.yml");
+    let bg = Background::start(
+        3,
+        3,
+        &["--load", &image, "--stack", &stack, "--stack-name", "od"],
+    );
+    for step in [
+        "network create -d overlay --attachable mine",
+        "service create -q --detach=false --name near --network mine --endpoint-mode dnsrr \
+         --constraint node.hostname==msh3 mpiswarm/busybox:latest sleep 3600",
+    ] {
+        let done = bg.docker(step);
+        assert!(done.status.success(), "{step}: {:?}", text(&done));
+    }
+    // Docker's overlay driver gives containers 50 bytes less than the network's MTU option.
+    let want = if userland().is_some() {
+        "65470"
+    } else {
+        "1450"
+    };
+    for (h, service) in [(host(2), "od_far"), (host(3), "near")] {
+        let id = docker_on(&h, &format!("ps -q --filter name={service}"));
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+        assert!(!id.is_empty(), "no container of {service} on {h}");
+        let mtu = docker_on(&h, &format!("exec {id} cat /sys/class/net/eth0/mtu"));
+        assert_eq!(
+            String::from_utf8_lossy(&mtu.stdout).trim(),
+            want,
+            "{service} on {h}: {:?}",
+            text(&mtu)
+        );
+    }
+    bg.signal("USR1");
+    let out = bg.wait(Duration::from_secs(60));
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_clean(Duration::from_secs(10));
+}

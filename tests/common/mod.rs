@@ -703,3 +703,134 @@ pub fn user_temp_files() -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A command whose stderr lines are read as they come, each with the time it arrived (mpirun
+/// forwards the ranks' lines as they are written): how long something took between two lines.
+pub struct Streamed {
+    child: Child,
+    lines: std::sync::Arc<Mutex<Vec<(Instant, String)>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Streamed {
+    pub fn start(mut cmd: Command) -> Streamed {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                kept.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), line));
+            }
+        });
+        Streamed {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line so far, joined.
+    pub fn text(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// When the first line containing `pattern` arrived, if one did.
+    pub fn arrived(&self, pattern: &str) -> Option<Instant> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(pattern))
+            .map(|(t, _)| *t)
+    }
+
+    /// Waits for a line containing `pattern`; panics (with the output) if the command ends or
+    /// `limit` passes first.
+    pub fn wait_for(&mut self, pattern: &str, limit: Duration) -> Instant {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(t) = self.arrived(pattern) {
+                return t;
+            }
+            let ended = self.child.try_wait().expect("try_wait").is_some();
+            if ended || Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "no line with {pattern:?} ({}):\n{}",
+                    if ended {
+                        "the command ended"
+                    } else {
+                        "too late"
+                    },
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the end (killing the command after `limit`, then failing); its status and
+    /// every line.
+    pub fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("command did not finish within {limit:?}:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The last lines: until the pipe ends (a process the launcher left may hold it open).
+        if let Some(reader) = self.reader.take() {
+            let grace = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        (status, self.text())
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        if self.reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Major and minor release of `TOOL --version` as the test user runs it on `host` (the ranks'
+/// PATH): e.g. the docker CLI that `docker stack deploy` runs, which need not be the daemon's
+/// release (a machine may have a newer CLI in /usr/local/bin).
+pub fn version_on(host: &str, tool: &str) -> Option<(u32, u32)> {
+    let out = on_host(host, &format!("{tool} --version"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let word = text
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = word.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
