@@ -11,6 +11,9 @@
 # The overlay's MTU is the one mpiswarm chose for this swarm (MPISWARM_OVERLAY_MTU, see README:
 # the overlay's MTU); without it Docker's default (1450) applies. MPI_ORTERUN_ARGS: more
 # arguments for orterun (e.g. "--mca mpi_yield_when_idle 1" where ranks share cores).
+# MPI_IMAGE: the image (loaded by mpiswarm up --load); MPI_SERVICE_ARGS: more arguments for each
+# container's `docker service create` (words without spaces, e.g. a bind mount and --workdir:
+# docker exec and the ranks start in the containers' working directory).
 set -u
 [ $# -gt 0 ] || set -- /usr/local/bin/ring
 image=${MPI_IMAGE:-mpiswarm/mpi-ring:latest}
@@ -42,8 +45,9 @@ else
   network="--network mpinet --endpoint-mode dnsrr"
 fi
 for h in $nodes; do
-  # shellcheck disable=SC2086 # $network is several words or none
+  # shellcheck disable=SC2086 # $network and MPI_SERVICE_ARGS: several words or none
   docker service create --detach --quiet --no-resolve-image --name "mpi-$h" --hostname "mpi-$h" $network \
+    ${MPI_SERVICE_ARGS:-} \
     --secret "source=$key,target=mpi-rsh" --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
     "$image" nc -ll -p 2222 -e /usr/local/bin/rsh-serve >/dev/null || exit 1
 done
