@@ -59,7 +59,14 @@ while :; do
   cid=$(docker ps -q --filter "label=com.docker.swarm.service.name=mpi-$me" | head -n 1)
   [ "$running" -eq "$n" ] && [ -n "$cid" ] && break
   tries=$((tries + 1))
-  [ $tries -gt 600 ] && { echo "launch.sh: containers not running after 60 s" >&2; exit 1; }
+  if [ $tries -gt 600 ]; then
+    # Each node's latest task says why (Docker's error, e.g. a bind mount's missing source).
+    echo "launch.sh: containers not running after 60 s:" >&2
+    for h in $nodes; do
+      docker service ps "mpi-$h" --no-trunc --format "  mpi-$h on $h: {{.CurrentState}} {{.Error}}" 2>&1 | head -n 1 >&2
+    done
+    exit 1
+  fi
   sleep 0.1
 done
 hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)
