@@ -11,6 +11,9 @@
 # The overlay's MTU is the one mpiswarm chose for this swarm (MPISWARM_OVERLAY_MTU, see README:
 # the overlay's MTU); without it Docker's default (1450) applies. MPI_ORTERUN_ARGS: more
 # arguments for orterun (e.g. "--mca mpi_yield_when_idle 1" where ranks share cores).
+# MPI_IMAGE: the image (loaded by mpiswarm up --load); MPI_SERVICE_ARGS: more arguments for each
+# container's `docker service create` (words without spaces, e.g. a bind mount and --workdir:
+# docker exec and the ranks start in the containers' working directory).
 set -u
 [ $# -gt 0 ] || set -- /usr/local/bin/ring
 image=${MPI_IMAGE:-mpiswarm/mpi-ring:latest}
@@ -42,8 +45,9 @@ else
   network="--network mpinet --endpoint-mode dnsrr"
 fi
 for h in $nodes; do
-  # shellcheck disable=SC2086 # $network is several words or none
+  # shellcheck disable=SC2086 # $network and MPI_SERVICE_ARGS: several words or none
   docker service create --detach --quiet --no-resolve-image --name "mpi-$h" --hostname "mpi-$h" $network \
+    ${MPI_SERVICE_ARGS:-} \
     --secret "source=$key,target=mpi-rsh" --constraint "node.hostname==$h" --env 'NODE={{.Node.Hostname}}' \
     "$image" nc -ll -p 2222 -e /usr/local/bin/rsh-serve >/dev/null || exit 1
 done
@@ -55,7 +59,14 @@ while :; do
   cid=$(docker ps -q --filter "label=com.docker.swarm.service.name=mpi-$me" | head -n 1)
   [ "$running" -eq "$n" ] && [ -n "$cid" ] && break
   tries=$((tries + 1))
-  [ $tries -gt 600 ] && { echo "launch.sh: containers not running after 60 s" >&2; exit 1; }
+  if [ $tries -gt 600 ]; then
+    # Each node's latest task says why (Docker's error, e.g. a bind mount's missing source).
+    echo "launch.sh: containers not running after 60 s:" >&2
+    for h in $nodes; do
+      docker service ps "mpi-$h" --no-trunc --format "  mpi-$h on $h: {{.CurrentState}} {{.Error}}" 2>&1 | head -n 1 >&2
+    done
+    exit 1
+  fi
   sleep 0.1
 done
 hosts=$(for h in $nodes; do printf 'mpi-%s,' "$h"; done)

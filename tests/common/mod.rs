@@ -271,6 +271,14 @@ pub fn mpirun(np: usize, nhosts: usize, args: &[&str]) -> Command {
 
 /// As `mpirun`, with environment variables set for every rank (`-x NAME=VALUE`).
 pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = mpirun_launcher(np, nhosts, env);
+    cmd.arg(binary()).args(args);
+    cmd
+}
+
+/// The launcher part of `mpirun_env`: add the program to run (another than mpiswarm, e.g. an
+/// MPI application run natively on the hosts) and its arguments.
+pub fn mpirun_launcher(np: usize, nhosts: usize, env: &[(&str, &str)]) -> Command {
     let hostfile = std::env::temp_dir().join(format!("mpiswarm-test-hosts.{nhosts}"));
     let lines: String = hosts(nhosts)
         .iter()
@@ -286,11 +294,9 @@ pub fn mpirun_env(np: usize, nhosts: usize, env: &[(&str, &str)], args: &[&str])
     for (name, value) in env {
         cmd.arg("-x").arg(format!("{name}={value}"));
     }
-    cmd.arg(binary())
-        .args(args)
-        // Ranks start in the launcher's working directory: make it one the test user can enter
-        // (the checkout may be in root's home).
-        .current_dir("/tmp");
+    // Ranks start in the launcher's working directory: make it one the test user can enter (the
+    // checkout may be in root's home).
+    cmd.current_dir("/tmp");
     cmd
 }
 
