@@ -38,6 +38,9 @@ const READ_SHARE: f64 = 0.7;
 /// How long past the budget a transfer may wait for a host that does not answer at all (dead):
 /// then MPI is given up, as for any collective past its deadline.
 const TRANSFER_GRACE: Duration = Duration::from_secs(2);
+/// What the manager's log API gets at least, when MPI could not carry every host's share: a host
+/// that does not answer takes the transfer to the budget's end, and its logs are the ones wanted.
+const MANAGER_FLOOR: Duration = Duration::from_secs(2);
 
 /// Collects this host's share and, at rank 0, writes everything under `DIR/<job>/`; returns
 /// that directory at rank 0. Never fails the teardown: problems are logged and named in
@@ -110,7 +113,8 @@ pub fn at_teardown(
     let mut out = out?;
     if let Some(why) = why.as_deref().filter(|_| mpi_failed && !signals.urgent()) {
         // Within the budget: the other hosts keep their daemons that long (see above).
-        by_manager(&mut out, &daemon.engine, deadline, why);
+        let until = deadline.max(Instant::now() + MANAGER_FLOOR);
+        by_manager(&mut out, &daemon.engine, until, why);
     }
     let dir = out.finish(why.as_deref());
     let incomplete = why.map_or("", |_| " (incomplete: see INCOMPLETE there)");
