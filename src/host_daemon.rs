@@ -110,11 +110,8 @@ impl Launched {
         // daemon polls less often the longer it waits (the daemons of many simulated hosts share
         // the same cores as the waiting ranks).
         let mut backoff = crate::deadline::Backoff::default();
-        // Ready means the published ports take a burst of joins: the guard's word on their accept
-        // queues is awaited too (it comes as soon as slirp4netns listens, before the API answers).
-        let mut queues_told = !self.network.slirp4netns_forwards();
         while !(engine.socket().exists() && engine.ping(Duration::from_millis(500))) {
-            queues_told |= self.take_guard_news(backoff.next())?;
+            self.take_guard_news(backoff.next())?;
             if let Some(sig) = signals.received() {
                 bail!(
                     "interrupted by {} while the daemon was starting",
@@ -127,15 +124,6 @@ impl Launched {
                     engine.socket().display()
                 )));
             }
-        }
-        while !queues_told {
-            if Instant::now() >= deadline {
-                return Err(self.failed(
-                    "the guard did not say before the deadline whether the swarm ports' accept \
-                     queues were deepened",
-                ));
-            }
-            queues_told = self.take_guard_news(backoff.next())?;
         }
         tl.done("daemon", self.started);
         // The overlay's gateway bridge; the host path has no overlay (and no bridges).
@@ -158,11 +146,10 @@ impl Launched {
         })
     }
 
-    /// The guard's news so far (a wait of `wait` for more paces the caller's loop): whether it
-    /// said how the accept queues went; an error if the daemon died.
-    fn take_guard_news(&self, wait: Duration) -> Result<bool> {
+    /// The guard's news so far (a wait of `wait` for more paces the caller's loop); an error if
+    /// the daemon died.
+    fn take_guard_news(&self, wait: Duration) -> Result<()> {
         let mut wait = wait;
-        let mut queues_told = false;
         while let Some(event) = self.guard.next_event(wait) {
             wait = Duration::ZERO;
             match event {
@@ -173,20 +160,13 @@ impl Launched {
                 }
                 // Only a guard that died sends a verdict now: it says what happened.
                 GuardEvent::Dirty(what) => return Err(self.failed(&what)),
-                GuardEvent::Backlog(Err(_)) => {
-                    queues_told = true;
-                    tracing::warn!(
-                        "{event}: when many hosts connect at once, some wait a second for a retransmission"
-                    );
-                }
-                GuardEvent::Backlog(Ok(_)) => {
-                    queues_told = true;
-                    debug!("guard: {event}");
-                }
+                GuardEvent::Backlog(Err(_)) => tracing::warn!(
+                    "{event}: when many hosts connect at once, some wait a second for a retransmission"
+                ),
                 _ => debug!("guard: {event}"),
             }
         }
-        Ok(queues_told)
+        Ok(())
     }
 
     /// A start-up failure with the end of the daemon's log.
