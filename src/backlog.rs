@@ -40,21 +40,19 @@ pub fn deepen(
     stop: &AtomicBool,
 ) -> Result<Vec<u16>> {
     let give_up = || stop.load(Ordering::SeqCst) || Instant::now() >= deadline;
-    // Found once: scanning every process is the expensive part, and slirp4netns starts first.
-    let (slirp, slirp_start) = loop {
-        if let Some(p) = crate::procfs::descendants(root).into_iter().find(|p| {
-            let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
-            argv0.rsplit('/').next() == Some("slirp4netns")
-        }) {
-            break (p.pid, p.start_time);
-        }
-        if give_up() {
-            bail!("no slirp4netns process appeared under pid {root} in time");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let (mut slirp, mut slirp_start) = (0, 0);
     loop {
-        let found = find_listeners(slirp, slirp_start, addr, ports);
+        // Found again whenever the one found is gone: rootlesskit first runs slirp4netns briefly
+        // to learn its features, and a guard that found that one waited in vain (seen on rank 0's
+        // host, whose daemon starts early, while the machine is still quiet).
+        if slirp == 0 || !crate::procfs::still_running(slirp, slirp_start) {
+            (slirp, slirp_start) = find_slirp4netns(root).unwrap_or((0, 0));
+        }
+        let found = if slirp == 0 {
+            Vec::new()
+        } else {
+            find_listeners(slirp, slirp_start, addr, ports)
+        };
         if ports.iter().all(|p| found.iter().any(|l| l.port == *p)) {
             for l in &found {
                 deepen_one(l, addr).with_context(|| {
@@ -70,6 +68,9 @@ pub fn deepen(
             done.sort_unstable();
             return Ok(done);
         }
+        if give_up() && slirp == 0 {
+            bail!("no slirp4netns process appeared under pid {root} in time");
+        }
         if give_up() {
             bail!(
                 "slirp4netns (pid {slirp}) did not listen on {addr} at port(s) {ports:?} in time"
@@ -77,6 +78,17 @@ pub fn deepen(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The slirp4netns under `root` (pid and start time), if one runs.
+fn find_slirp4netns(root: i32) -> Option<(i32, u64)> {
+    crate::procfs::descendants(root)
+        .into_iter()
+        .find(|p| {
+            let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
+            argv0.rsplit('/').next() == Some("slirp4netns")
+        })
+        .map(|p| (p.pid, p.start_time))
 }
 
 /// The VXLAN port, published through slirp4netns.
