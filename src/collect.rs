@@ -434,10 +434,11 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn frame(stream: u8, text: &str) -> Vec<u8> {
+    /// One frame of Docker's multiplexed log stream, as the daemon sends it.
+    pub(crate) fn frame(stream: u8, text: &str) -> Vec<u8> {
         let mut f = vec![stream, 0, 0, 0];
         f.extend_from_slice(&(text.len() as u32).to_be_bytes());
         f.extend_from_slice(text.as_bytes());

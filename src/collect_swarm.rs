@@ -192,12 +192,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn frame(stream: u8, text: &str) -> Vec<u8> {
-        let mut f = vec![stream, 0, 0, 0];
-        f.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        f.extend_from_slice(text.as_bytes());
-        f
-    }
+    use crate::collect::tests::frame;
 
     #[test]
     fn manager_lines_read_like_the_hosts_own_and_only_the_wanted_hosts_are_kept() {
