@@ -1,59 +1,26 @@
 //! mpiswarm: a rootless Docker Swarm across the nodes of an MPI job, built in seconds and torn
 //! down without a trace.
 
-mod backlog;
-mod cleanup;
-mod cli;
-mod cluster;
-mod collect;
-mod collect_out;
-mod collect_swarm;
-mod collective;
-mod config;
-mod daemon;
-mod deadline;
-mod docker_version;
-mod doctor;
-mod end_notice;
-mod engine;
-mod firewall;
-mod guard;
-mod guard_protocol;
+mod cmd;
 mod host;
-mod host_daemon;
-mod images;
-mod job;
-mod logging;
-mod messages;
-mod mpi_buffer;
-mod mtu;
-mod oci_runtime;
-mod offer;
-mod outputs;
-mod preflight;
-mod procfs;
-mod progress;
-mod report;
-mod seal;
-mod signals;
-mod squatters;
-mod stack;
-mod stack_state;
-mod statedir;
+mod mpi;
+mod output;
+mod plan;
 mod swarm;
-mod teardown;
-mod up;
-mod verify;
-mod versioned;
-mod vxlan;
-mod workload;
+mod sys;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cmd::{cleanup, doctor, up};
+use crate::host::{guard, identity, oci_runtime};
+use crate::mpi::cluster;
+use crate::output::logging;
+use crate::plan::cli::{self, Cli, Command};
+use crate::plan::{config, mtu};
+use crate::sys::signals;
 
 fn main() -> ExitCode {
     // The OCI runtime of `--net host` daemons is called as runc is (containerd's calling
@@ -81,7 +48,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             if launcher_rank() == 0 {
-                eprintln!("mpiswarm: error on {}: {e:#}", host::hostname());
+                eprintln!("mpiswarm: error on {}: {e:#}", identity::hostname());
             } else {
                 let_rank_0_speak_first();
             }

@@ -1,0 +1,5 @@
+//! cmd
+
+pub mod cleanup;
+pub mod doctor;
+pub mod up;

@@ -1,0 +1,64 @@
+//! The host's Docker release, read from `dockerd --version` while the host's checks run: what
+//! daemon.json may say depends on it (Docker 20.10 refuses to start on a key it does not know,
+//! and `default-network-opts` came with 24.0).
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The first release whose daemon.json takes `default-network-opts`.
+pub const NETWORK_DEFAULTS: (u32, u32) = (24, 0);
+
+/// How long `dockerd --version` may take (it answers in about 60 ms here).
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// `dockerd --version` under way.
+pub struct Probe(Option<Child>);
+
+impl Probe {
+    /// Starts `dockerd --version` (the one on PATH, the one rootlesskit will run).
+    pub fn start() -> Probe {
+        let child = Command::new("dockerd")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .inspect_err(|e| tracing::debug!("dockerd --version: {e}"))
+            .ok();
+        Probe(child)
+    }
+
+    /// Major and minor release, if dockerd answered in time with a version.
+    pub fn finish(self) -> Option<(u32, u32)> {
+        let mut child = self.0?;
+        let status = crate::sys::deadline::wait_or_kill(&mut child, ANSWER_WITHIN).ok()??;
+        let mut text = String::new();
+        child.stdout.take()?.read_to_string(&mut text).ok()?;
+        let version = status
+            .success()
+            .then(|| crate::host::preflight::major_minor(&text))
+            .flatten();
+        tracing::debug!("dockerd --version: {:?} -> {version:?}", text.trim());
+        version
+    }
+}
+
+/// Whether this release's daemon.json takes `default-network-opts`.
+pub fn has_network_defaults(version: Option<(u32, u32)>) -> bool {
+    version.is_some_and(|v| v >= NETWORK_DEFAULTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_defaults_from_24_on() {
+        assert!(!has_network_defaults(None));
+        assert!(!has_network_defaults(Some((20, 10))));
+        assert!(!has_network_defaults(Some((23, 0))));
+        assert!(has_network_defaults(Some((24, 0))));
+        assert!(has_network_defaults(Some((26, 1))));
+    }
+}

@@ -1,0 +1,312 @@
+//! How a host's leader tells the host's other ranks that the job ended, and its exit code: a Unix
+//! socket in the user's private directory. They wait in the kernel (no CPU, no MPI progress) and
+//! hear at once of the end, or of their leader's death (the connection breaks), where waiting
+//! for an MPI message meant polling MPI and a first message that took a connection handshake.
+//!
+//! The leader listens at `<user root>/<job>-<host>.end` before its host's ranks greet each other
+//! and tells them the path in the greeting; a thread accepts their connections as they come and
+//! removes the path once every rank of the host is connected (nothing is left on the disk if the
+//! leader is killed later; its guard removes it otherwise). At the end the leader writes the exit
+//! code to every connection (and to any that comes later). A host with one rank has no socket.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::sys::statedir;
+
+/// The greeting's size on the wire: the leader's pid, the path's length, the path.
+pub const GREETING_BYTES: usize = 4 + 2 + statedir::SUN_PATH_MAX;
+
+/// What a host's leader tells the host's other ranks at the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    pub leader_pid: i32,
+    /// Where to hear of the end; `None` when the leader could not listen.
+    pub end_path: Option<PathBuf>,
+}
+
+impl Greeting {
+    pub fn encode(&self) -> [u8; GREETING_BYTES] {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = [0u8; GREETING_BYTES];
+        out[..4].copy_from_slice(&self.leader_pid.to_le_bytes());
+        if let Some(path) = &self.end_path {
+            let bytes = path.as_os_str().as_bytes();
+            // A longer path cannot have been bound (`sun_path`), so it is never sent.
+            if bytes.len() <= statedir::SUN_PATH_MAX {
+                out[4..6].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
+                out[6..6 + bytes.len()].copy_from_slice(bytes);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8; GREETING_BYTES]) -> Greeting {
+        use std::os::unix::ffi::OsStrExt;
+        let leader_pid = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let len = (u16::from_le_bytes([bytes[4], bytes[5]]) as usize).min(statedir::SUN_PATH_MAX);
+        let end_path =
+            (len > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[6..6 + len])));
+        Greeting {
+            leader_pid,
+            end_path,
+        }
+    }
+}
+
+/// Where a run's end socket lives: beside its state directory, named after it (so that the guard
+/// and `cleanup`, which know the directory, remove it with it).
+pub fn socket_path(base: &Path, job: &str, host: &str) -> PathBuf {
+    end_path_of(&statedir::StateDir::path_for(base, job, host))
+}
+
+/// The end socket that belongs to a state directory.
+pub fn end_path_of(state_dir: &Path) -> PathBuf {
+    let mut name = state_dir.as_os_str().to_owned();
+    name.push(".end");
+    PathBuf::from(name)
+}
+
+/// The leader's side: accepts the host's ranks and, at the end, tells each the exit code.
+pub struct Announcer {
+    path: PathBuf,
+    listeners: Arc<Mutex<Audience>>,
+}
+
+#[derive(Default)]
+struct Audience {
+    waiting: Vec<UnixStream>,
+    /// Set once the end is announced: a rank that connects later hears it at once.
+    code: Option<i32>,
+}
+
+impl Announcer {
+    /// Listens at `socket_path(base, job, host)` in the user's private root for `ranks` ranks.
+    pub fn listen(base: &Path, job: &str, host: &str, ranks: usize) -> Result<Announcer> {
+        let path = socket_path(base, job, host);
+        let listener = bind_in_private_root(base, &path)?;
+        let listeners = Arc::new(Mutex::new(Audience::default()));
+        let audience = Arc::clone(&listeners);
+        let unlink_at = path.clone();
+        std::thread::Builder::new()
+            .name("end-notice".into())
+            .spawn(move || accept_forever(&listener, &audience, ranks, &unlink_at))
+            .with_context(|| {
+                format!("failed to start the thread accepting on {}", path.display())
+            })?;
+        Ok(Announcer { path, listeners })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tells every rank of the host (connected now or later) that the job ended with `code`.
+    pub fn announce(&self, code: i32) {
+        let mut audience = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        audience.code = Some(code);
+        for mut stream in audience.waiting.drain(..) {
+            // A rank already gone cannot be told; the others must still be.
+            let _ = stream.write_all(&code.to_le_bytes());
+        }
+    }
+}
+
+impl Drop for Announcer {
+    /// The socket goes (the accepting thread ends with the process); so does the user's root if
+    /// this was the last thing of the user's on the host.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(root) = self.path.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// Binds `path` below the user's private root; a leftover socket of a dead run with the same name
+/// (nobody listening) is replaced. Another run's root vanishing in between is retried.
+fn bind_in_private_root(base: &Path, path: &Path) -> Result<UnixListener> {
+    let mut last = None;
+    for _ in 0..20 {
+        statedir::ensure_user_root(base)?;
+        match UnixListener::bind(path) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == ErrorKind::NotFound => last = Some(e),
+            Err(e) if e.kind() == ErrorKind::AddrInUse && UnixStream::connect(path).is_err() => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("failed to remove the stale {}", path.display()))?;
+                last = Some(e);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to listen at {}", path.display()));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ErrorKind::NotFound.into()))
+        .with_context(|| format!("failed to listen at {}", path.display()))
+}
+
+/// The accepting thread: keeps each connection until the end is announced; once `ranks` are
+/// connected, nobody else needs the path.
+fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: usize, path: &Path) {
+    let mut accepted = 0;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        accepted += 1;
+        if accepted == ranks {
+            let _ = std::fs::remove_file(path);
+        }
+        let mut audience = audience.lock().unwrap_or_else(PoisonError::into_inner);
+        match audience.code {
+            Some(code) => {
+                let _ = stream.write_all(&code.to_le_bytes());
+            }
+            None => audience.waiting.push(stream),
+        }
+    }
+}
+
+/// What a waiting rank heard.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The job ended with this exit code.
+    End(i32),
+    /// The leader's end of the connection closed without a word: it died.
+    LeaderGone,
+    /// Nothing yet.
+    Nothing,
+}
+
+/// A rank's side: connected to its leader, waiting to hear the end.
+pub struct EndWatch {
+    stream: UnixStream,
+}
+
+impl EndWatch {
+    /// Connects to the leader's socket, and checks that the leader is the one listening.
+    pub fn connect(path: &Path, leader_pid: i32) -> Result<EndWatch> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("failed to connect to {}", path.display()))?;
+        let peer = rustix::net::sockopt::socket_peercred(&stream)
+            .with_context(|| format!("failed to read the credentials of {}", path.display()))?;
+        let pid = peer.pid.as_raw_nonzero().get();
+        if pid != leader_pid {
+            bail!(
+                "{} is held by pid {pid}, not by this host's leader (pid {leader_pid})",
+                path.display()
+            );
+        }
+        Ok(EndWatch { stream })
+    }
+
+    /// Waits up to `timeout` for the end.
+    pub fn wait(&mut self, timeout: Duration) -> Heard {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return Heard::Nothing,
+            Ok(_) => {}
+            Err(_) => return Heard::LeaderGone,
+        }
+        let mut code = [0u8; 4];
+        match self.stream.read_exact(&mut code) {
+            Ok(()) => Heard::End(i32::from_le_bytes(code)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Heard::Nothing,
+            Err(_) => Heard::LeaderGone,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_greeting_survives_its_wire_form() {
+        for g in [
+            Greeting {
+                leader_pid: 4242,
+                end_path: Some("/tmp/mpiswarm-1000/j12ab-node-7.end".into()),
+            },
+            Greeting {
+                leader_pid: 1,
+                end_path: None,
+            },
+        ] {
+            assert_eq!(Greeting::decode(&g.encode()), g);
+        }
+    }
+
+    #[test]
+    fn the_end_socket_sits_beside_its_state_directory() {
+        let p = socket_path(Path::new("/tmp"), "j1", "msh1");
+        assert_eq!(
+            end_path_of(&statedir::StateDir::path_for(
+                Path::new("/tmp"),
+                "j1",
+                "msh1"
+            )),
+            p
+        );
+        assert!(p.to_string_lossy().ends_with("/j1-msh1.end"));
+    }
+
+    #[test]
+    fn every_waiting_rank_hears_the_code_and_a_late_one_too() {
+        let base = tempfile::tempdir().unwrap();
+        let announcer = Announcer::listen(base.path(), "j1", "h", 5).unwrap();
+        let me = std::process::id() as i32;
+        let mut early: Vec<_> = (0..3)
+            .map(|_| EndWatch::connect(announcer.path(), me).unwrap())
+            .collect();
+        assert!(
+            announcer.path().exists(),
+            "removed before every rank connected"
+        );
+        assert_eq!(early[0].wait(Duration::from_millis(20)), Heard::Nothing);
+        announcer.announce(7);
+        for w in &mut early {
+            assert_eq!(w.wait(Duration::from_secs(5)), Heard::End(7));
+        }
+        let mut late = EndWatch::connect(announcer.path(), me).unwrap();
+        assert_eq!(late.wait(Duration::from_secs(5)), Heard::End(7));
+        let _last = EndWatch::connect(announcer.path(), me).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while announcer.path().exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!announcer.path().exists(), "kept once every rank connected");
+    }
+
+    #[test]
+    fn a_rank_hears_its_leader_die_when_the_connection_breaks() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("leader.end");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(watch.wait(Duration::from_millis(20)), Heard::Nothing);
+        // What the kernel does to a killed leader's sockets.
+        drop(accepted);
+        drop(listener);
+        assert_eq!(watch.wait(Duration::from_secs(5)), Heard::LeaderGone);
+    }
+
+    #[test]
+    fn a_rank_refuses_a_socket_its_leader_does_not_hold() {
+        let base = tempfile::tempdir().unwrap();
+        let announcer = Announcer::listen(base.path(), "j2", "h", 1).unwrap();
+        let err = EndWatch::connect(announcer.path(), 1).err().unwrap();
+        assert!(format!("{err:#}").contains("not by this host's leader (pid 1)"));
+    }
+}

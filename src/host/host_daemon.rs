@@ -1,0 +1,180 @@
+//! One host's rootless daemon as a rank sees it: checked and launched (possibly while MPI is
+//! still starting), waited for until its Engine API answers, then prepared for the swarm.
+//! Dropping it tears the host down through its guard.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use tracing::debug;
+
+use crate::host::engine::Engine;
+use crate::host::guard::GuardHandle;
+use crate::host::guard_protocol::GuardEvent;
+use crate::host::preflight::Check;
+use crate::output::report::Timeline;
+use crate::plan::config::{Network, UpConfig};
+use crate::sys::signals::{self, Signals};
+use crate::sys::statedir::StateDir;
+
+/// One host's running daemon; dropping it tears the host down.
+pub struct HostDaemon {
+    pub guard: GuardHandle,
+    /// Held until the host is torn down (see statedir::hold_run_lock).
+    pub run_lock: std::fs::File,
+    pub engine: Engine,
+    pub addr: Ipv4Addr,
+    pub network: Network,
+}
+
+impl HostDaemon {
+    /// Where swarm's control port listens: every address of the daemon's own namespace on the
+    /// overlay path (slirp4netns forwards the host's address to it), only the advertise address
+    /// in the node's namespace on the host path.
+    pub fn listen_addr(&self) -> String {
+        match self.network {
+            Network::Overlay { .. } => "0.0.0.0:2377".to_owned(),
+            Network::Host => format!("{}:2377", self.addr),
+        }
+    }
+}
+
+/// A daemon whose guard has been started, not yet answering.
+pub struct Launched {
+    /// Held for the rank's life (see statedir::hold_run_lock).
+    run_lock: std::fs::File,
+    guard: GuardHandle,
+    addr: Ipv4Addr,
+    network: Network,
+    warnings: Vec<Check>,
+    started: Instant,
+}
+
+/// Checks the host and starts its guard and daemon without waiting for it: this can run while
+/// MPI is still starting up.
+pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
+    let t = Instant::now();
+    // Overlays only: the host path has none. Asked first, answered after the checks.
+    let version = (!cfg.network.is_host()).then(crate::host::docker_version::Probe::start);
+    let addr = crate::host::identity::advertise_addr(&cfg.host.addr)?;
+    let warnings = if cfg.preflight {
+        crate::host::preflight::require(&cfg.host, addr, cfg.network)?
+    } else {
+        Vec::new()
+    };
+    // Overlays the user creates get mpiswarm's MTU where daemon.json can say so.
+    let overlay_default_mtu = version
+        .map(crate::host::docker_version::Probe::finish)
+        .filter(|v| crate::host::docker_version::has_network_defaults(*v))
+        .map(|_| cfg.overlay_mtu);
+    tl.done("checks", t);
+    let started = Instant::now();
+    let dir = StateDir::create(&cfg.host.state_base, job, host)?;
+    let run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
+    let guard = GuardHandle::spawn(
+        dir,
+        addr,
+        cfg.network,
+        cfg.vxlan_nolearning,
+        overlay_default_mtu,
+    )?;
+    Ok(Launched {
+        run_lock,
+        guard,
+        addr,
+        network: cfg.network,
+        warnings,
+        started,
+    })
+}
+
+impl Launched {
+    /// Waits until the daemon's API answers, then creates `docker_gwbridge`.
+    pub fn wait(
+        self,
+        signals: &Signals,
+        deadline: Instant,
+        tl: &mut Timeline,
+        speak: bool,
+    ) -> Result<HostDaemon> {
+        for w in &self.warnings {
+            // Hosts are usually alike: one voice for the warnings, the others only when asked.
+            if speak {
+                tracing::warn!("{}: {} ({})", w.name, w.detail, w.fix);
+            } else {
+                debug!("{}: {} ({})", w.name, w.detail, w.fix);
+            }
+        }
+        let engine = Engine::new(self.guard.dir.socket());
+        // Until the socket exists a ping only costs a client's set-up; a rank waiting for its
+        // daemon polls less often the longer it waits (the daemons of many simulated hosts share
+        // the same cores as the waiting ranks).
+        let mut backoff = crate::sys::deadline::Backoff::default();
+        while !(engine.socket().exists() && engine.ping(Duration::from_millis(500))) {
+            self.take_guard_news(backoff.next())?;
+            if let Some(sig) = signals.received() {
+                bail!(
+                    "interrupted by {} while the daemon was starting",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failed(&format!(
+                    "the daemon's API at {} did not answer before the deadline",
+                    engine.socket().display()
+                )));
+            }
+        }
+        tl.done("daemon", self.started);
+        // The overlay's gateway bridge; the host path has no overlay (and no bridges).
+        if !self.network.is_host() {
+            let t = Instant::now();
+            crate::swarm::formation::create_gwbridge(&engine)?;
+            tl.done("gwbridge", t);
+        }
+        debug!(
+            "daemon up at {} (guard pid {})",
+            engine.socket().display(),
+            self.guard.pid()
+        );
+        Ok(HostDaemon {
+            guard: self.guard,
+            run_lock: self.run_lock,
+            engine,
+            addr: self.addr,
+            network: self.network,
+        })
+    }
+
+    /// The guard's news so far (a wait of `wait` for more paces the caller's loop); an error if
+    /// the daemon died.
+    fn take_guard_news(&self, wait: Duration) -> Result<()> {
+        let mut wait = wait;
+        while let Some(event) = self.guard.next_event(wait) {
+            wait = Duration::ZERO;
+            match event {
+                GuardEvent::Exited(status) => {
+                    return Err(self.failed(&format!(
+                        "the rootless daemon exited during start-up ({status})"
+                    )));
+                }
+                // Only a guard that died sends a verdict now: it says what happened.
+                GuardEvent::Dirty(what) => return Err(self.failed(&what)),
+                GuardEvent::Backlog(Err(_)) => tracing::warn!(
+                    "{event}: when many hosts connect at once, some wait a second for a retransmission"
+                ),
+                _ => debug!("guard: {event}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A start-up failure with the end of the daemon's log.
+    fn failed(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "{what}; last lines of {}:\n{}",
+            self.guard.dir.log().display(),
+            self.guard.dir.log_tail(12)
+        )
+    }
+}

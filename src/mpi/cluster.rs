@@ -1,0 +1,252 @@
+//! The job's MPI world as mpiswarm uses it: MPI start, each rank's role (one leader per host
+//! owns the host's daemon and takes part in the agreements; the other ranks of the host only
+//! wait for the end), and MPI's end.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use mpi::topology::{Color, SimpleCommunicator};
+use mpi::traits::*;
+
+use crate::host::end_notice::{Announcer, EndWatch, Greeting, Heard};
+use crate::mpi::collective::Leaders;
+use crate::mpi::messages::Message;
+use crate::sys::signals::Signals;
+
+/// How often a waiting rank looks whether it received a signal to pass on (a look costs one
+/// system call: no MPI progress).
+const SIGNAL_CHECK: Duration = Duration::from_millis(250);
+
+/// Open MPI's setting that makes a rank waiting inside MPI give its core away (`sched_yield`)
+/// instead of spinning.
+const YIELD_WHEN_IDLE: &str = "OMPI_MCA_mpi_yield_when_idle";
+/// Whether mpiswarm set `YIELD_WHEN_IDLE` itself (the user's command must not inherit it).
+static SET_YIELD: AtomicBool = AtomicBool::new(false);
+
+/// Asks Open MPI (read at `MPI_Init`) to yield the CPU while waiting, unless the user or the
+/// launcher chose otherwise. By default Open MPI spins in every blocking call when it thinks each
+/// rank has a core (a host's slots, not its cores, decide), and mpiswarm's ranks wait in the two
+/// communicator splits, which every rank of the job must reach: with more ranks than cores the
+/// spinning ranks starve those still on their way, and the leaders' daemons. Measured on 2 cores,
+/// 96 ranks (bench/SCALE.md): the two splits took 24-28 s spinning, 0.3-0.4 s yielding. mpiswarm
+/// computes nothing: yielding costs it no speed worth having.
+pub fn prefer_yielding_progress() {
+    if std::env::var_os(YIELD_WHEN_IDLE).is_some() {
+        return;
+    }
+    // SAFETY: called from main before MPI, signal handling or any other thread starts: nothing
+    // else reads or writes the environment at the same time.
+    unsafe { std::env::set_var(YIELD_WHEN_IDLE, "1") };
+    SET_YIELD.store(true, Ordering::SeqCst);
+}
+
+/// The variable to keep out of the user's command's environment (mpiswarm's own choice for its
+/// ranks, not the user's for their programs), if mpiswarm set it.
+pub fn own_mpi_settings() -> Option<&'static str> {
+    SET_YIELD.load(Ordering::SeqCst).then_some(YIELD_WHEN_IDLE)
+}
+
+/// What this rank does in the job.
+pub enum Role {
+    /// Leads its host (rank 0 also leads the job).
+    Leader(Leaders),
+    /// Shares its host with a leader and waits for the end.
+    Follower(Follower),
+}
+
+/// MPI itself: started once, ended once.
+pub struct Cluster {
+    /// Rank in the whole job.
+    pub rank: i32,
+    /// Ranks in the whole job.
+    pub size: i32,
+    /// Seconds from this process's start until MPI was initialized.
+    pub started_in: f64,
+    /// This host's end socket (its leader only; `None` if it could not listen).
+    announcer: Option<Announcer>,
+    world: SimpleCommunicator,
+    universe: mpi::environment::Universe,
+}
+
+impl Cluster {
+    /// Starts MPI and elects one leader per host (ranks that share memory share a host); each
+    /// leader listens for its host's other ranks beside its state directory (`base`, `job`).
+    pub fn init(host: String, signals: Signals, base: &Path, job: &str) -> Result<(Cluster, Role)> {
+        let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was already initialized"))?;
+        let world = universe.world();
+        let node = world.split_shared(0);
+        let is_leader = node.rank() == 0;
+        // A host with one rank has nobody to tell.
+        let others = (node.size() - 1) as usize;
+        let announcer =
+            (is_leader && others > 0).then(|| Announcer::listen(base, job, &host, others));
+        let greeting = greet_host(&node, announcer.as_ref());
+        // Leaders in job order: the job's rank 0 (a leader: lowest on its host) is their rank 0.
+        let color = if is_leader {
+            Color::with_value(0)
+        } else {
+            Color::undefined()
+        };
+        let leaders = world.split_by_color(color);
+        let (role, announcer) = match leaders {
+            Some(comm) => {
+                let announcer = announcer.and_then(|a| {
+                    a.inspect_err(|e| {
+                        tracing::warn!(
+                            "{e:#}: this host's other ranks will wait inside MPI_Finalize, using CPU"
+                        );
+                    })
+                    .ok()
+                });
+                let leaders = Leaders::new(comm, universe.world(), node, host, signals);
+                (Role::Leader(leaders), announcer)
+            }
+            None => {
+                let follower = Follower::new(universe.world(), node, signals, &greeting);
+                (Role::Follower(follower), None)
+            }
+        };
+        let cluster = Cluster {
+            rank: world.rank(),
+            size: world.size(),
+            started_in: crate::output::report::since_process_start(),
+            announcer,
+            world,
+            universe,
+        };
+        Ok((cluster, role))
+    }
+
+    /// Ends MPI: a leader first tells its host's other ranks the exit code; MPI is finalized when
+    /// every collective completed, aborted when one was abandoned (a finalize could then wait
+    /// forever for a rank that is gone).
+    pub fn finish(self, role: Role, code: i32) {
+        let abandoned = match &role {
+            Role::Leader(leaders) => leaders.abandoned(),
+            Role::Follower(_) => false,
+        };
+        if let Some(announcer) = &self.announcer {
+            announcer.announce(code);
+        }
+        // Every communicator is freed before MPI is finalized.
+        drop(role);
+        let Cluster {
+            world,
+            universe,
+            announcer,
+            ..
+        } = self;
+        if abandoned && world.size() > 1 {
+            world.abort(if code == 0 { 1 } else { code });
+        }
+        // The world communicator goes before MPI is finalized.
+        drop(world);
+        drop(universe);
+        // Every rank of the host has connected by now (they all reached MPI_Finalize).
+        drop(announcer);
+    }
+}
+
+/// The host's ranks greet each other right after the split, when all of them are there: one
+/// broadcast from the leader (a message to each, once they wait, would wait for each one in turn:
+/// 1.3 s at 32 ranks per host). It tells its pid and where it will announce the end.
+fn greet_host(node: &SimpleCommunicator, announcer: Option<&Result<Announcer>>) -> Greeting {
+    let mut wire = Greeting {
+        leader_pid: std::process::id() as i32,
+        end_path: announcer
+            .and_then(|a| a.as_ref().ok())
+            .map(|a| a.path().to_owned()),
+    }
+    .encode();
+    node.process_at_rank(0).broadcast_into(&mut wire[..]);
+    Greeting::decode(&wire)
+}
+
+/// A rank that shares its host with the leader: it waits in the kernel for the leader to say the
+/// job ended, passes on a signal it receives, and gives up if the leader dies.
+pub struct Follower {
+    world: SimpleCommunicator,
+    /// This host's ranks: freed before MPI is finalized.
+    _node: SimpleCommunicator,
+    leader_pid: i32,
+    /// Where the end is heard; `None` when the leader could not listen or this rank could not
+    /// connect (it then waits inside MPI_Finalize).
+    watch: Option<EndWatch>,
+    signals: Signals,
+}
+
+impl Follower {
+    fn new(
+        world: SimpleCommunicator,
+        node: SimpleCommunicator,
+        signals: Signals,
+        greeting: &Greeting,
+    ) -> Follower {
+        let watch = greeting.end_path.as_deref().and_then(|path| {
+            EndWatch::connect(path, greeting.leader_pid)
+                .inspect_err(|e| tracing::warn!("{e:#}: this rank will wait inside MPI_Finalize"))
+                .ok()
+        });
+        Follower {
+            world,
+            _node: node,
+            leader_pid: greeting.leader_pid,
+            watch,
+            signals,
+        }
+    }
+
+    /// Waits for the job's end and returns its exit code (0 when it cannot be heard: the
+    /// leaders' codes are the job's).
+    pub fn wait_for_end(&mut self) -> i32 {
+        let Some(watch) = &mut self.watch else {
+            return 0;
+        };
+        let mut passed_on = false;
+        loop {
+            match watch.wait(SIGNAL_CHECK) {
+                Heard::End(code) => return code,
+                Heard::LeaderGone => {
+                    tracing::error!(
+                        "the leader of this host (pid {}) is gone without saying how the job ended",
+                        self.leader_pid
+                    );
+                    return 1;
+                }
+                Heard::Nothing => {}
+            }
+            if !passed_on && let Some(signal) = self.signals.received() {
+                Message::StopRequest { signal }.send(&self.world, 0);
+                passed_on = true;
+            }
+        }
+    }
+}
+
+/// This rank as the launcher set it (Open MPI, MPICH's Hydra, PMIx, Slurm), before MPI starts.
+pub fn launcher_rank() -> Option<u32> {
+    first_number_in(&[
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ])
+}
+
+/// This process's rank among the job's ranks on its node, as the launcher announces it before
+/// MPI starts (Open MPI, MPICH's Hydra, Slurm): `None` when no launcher says.
+pub fn launcher_local_rank() -> Option<u32> {
+    first_number_in(&[
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ])
+}
+
+/// The first of these environment variables that is set to a number.
+fn first_number_in(vars: &[&str]) -> Option<u32> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}

@@ -1,0 +1,5 @@
+//! output
+
+pub mod logging;
+pub mod outputs;
+pub mod report;

@@ -1,0 +1,5 @@
+//! plan
+
+pub mod cli;
+pub mod config;
+pub mod mtu;

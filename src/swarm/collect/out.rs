@@ -1,0 +1,434 @@
+//! What rank 0 writes for `--collect DIR`: `DIR/<job>/` (0700) with `tasks.json` and
+//! `nodes.json` from the swarm, every host's share as it arrives (`services/<service>.log`,
+//! `hosts/<host>/daemon.log`), `report.json` (written by `up` after the teardown) and
+//! `INCOMPLETE`, which names whatever the time budget or a failure left out. Files are 0600.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::host::engine::Engine;
+use crate::swarm::collect::time_left;
+use crate::sys::statedir::StateDir;
+
+/// A host's unfinished line longer than this is written as it is (lines are cut shorter).
+const MAX_PENDING: usize = 1 << 20;
+
+/// What builds one of the swarm's files from the manager's API, before a deadline.
+type Facts = fn(&Engine, Instant) -> Result<Value>;
+
+/// Rank 0's output directory for one run.
+pub struct Output {
+    root: PathBuf,
+    hosts: Vec<String>,
+    /// Each host's last line, until its end arrives.
+    pending: Vec<Vec<u8>>,
+    /// Hosts whose whole share arrived.
+    ended: Vec<bool>,
+    received: Vec<u64>,
+    missing: Vec<String>,
+}
+
+impl Output {
+    /// Makes `dir` (if needed) and `dir/<job>/`, new and private. Until `finish`, INCOMPLETE
+    /// says that collection was under way: a run killed meanwhile leaves that explanation.
+    pub fn create(dir: &Path, job: &str, hosts: &[String]) -> Result<Output> {
+        match DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("failed to create {}", dir.display()));
+            }
+            _ => {}
+        }
+        let root = dir.join(job);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .with_context(|| format!("failed to create {}", root.display()))?;
+        for sub in ["services", "hosts"] {
+            let path = root.join(sub);
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .with_context(|| format!("failed to create {}", path.display()))?;
+        }
+        let out = Output {
+            root,
+            hosts: hosts.to_vec(),
+            pending: vec![Vec::new(); hosts.len()],
+            ended: vec![false; hosts.len()],
+            received: vec![0; hosts.len()],
+            missing: Vec::new(),
+        };
+        out.write_file(
+            "INCOMPLETE",
+            b"collection was under way when mpiswarm ended: it was killed before it finished \
+              (e.g. by the launcher after its grace period); what is here was kept\n",
+        )?;
+        Ok(out)
+    }
+
+    /// Something that will not be in the directory, for INCOMPLETE.
+    pub fn missing(&mut self, what: String) {
+        if !self.missing.contains(&what) {
+            self.missing.push(what);
+        }
+    }
+
+    fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        StateDir::write_private(&self.root.join(name), contents)
+    }
+
+    /// `tasks.json` and `nodes.json` from the manager, as far as time allows.
+    pub fn swarm_facts(&mut self, engine: &Engine, until: Instant) {
+        let builders: [(&str, Facts); 2] = [("tasks.json", tasks), ("nodes.json", nodes)];
+        for (name, build) in builders {
+            if time_left(until).is_none() {
+                self.missing(format!("{name}: the time budget ran out"));
+                continue;
+            }
+            let written = build(engine, until).and_then(|v| {
+                let mut text = serde_json::to_vec_pretty(&v)?;
+                text.push(b'\n');
+                self.write_file(name, &text)
+            });
+            if let Err(e) = written {
+                self.missing(format!("{name}: {e:#}"));
+            }
+        }
+    }
+
+    /// A piece of host `host`'s share (see `collect`): complete lines are written at once.
+    pub fn take(&mut self, host: usize, bytes: &[u8]) {
+        let Some(pending) = self.pending.get_mut(host) else {
+            return;
+        };
+        self.received[host] += bytes.len() as u64;
+        pending.extend_from_slice(bytes);
+        let end = match pending.iter().rposition(|b| *b == b'\n') {
+            Some(end) => end + 1,
+            None if pending.len() > MAX_PENDING => pending.len(),
+            None => return,
+        };
+        let lines: Vec<u8> = pending.drain(..end).collect();
+        self.apply(host, &lines);
+    }
+
+    /// Complete `S` and `M` lines that come from no host's share (the swarm manager's).
+    pub fn take_lines(&mut self, lines: &[u8]) {
+        self.apply(0, lines);
+    }
+
+    /// The hosts whose share has not all arrived.
+    pub fn unfinished_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .zip(&self.ended)
+            .filter(|(_, ended)| !**ended)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// A host whose share cannot arrive, with what that leaves out and why (instead of the
+    /// general "did not all reach rank 0").
+    pub fn unreachable(&mut self, host: &str, what: String) {
+        if let Some(i) = self.hosts.iter().position(|h| h == host) {
+            self.ended[i] = true;
+        }
+        self.missing(what);
+    }
+
+    /// Writes complete lines of one host, each batch of lines for one file at once.
+    fn apply(&mut self, host: usize, lines: &[u8]) {
+        let mut batch: Option<(PathBuf, Vec<u8>)> = None;
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let (kind, rest) = split_tab(line);
+            let (target, text) = match kind {
+                b"S" => {
+                    let (service, text) = split_tab(rest);
+                    let name = format!("{}.log", file_name(&String::from_utf8_lossy(service)));
+                    (self.root.join("services").join(name), text)
+                }
+                b"D" => {
+                    let host_dir = file_name(&self.hosts[host]);
+                    (
+                        self.root.join("hosts").join(host_dir).join("daemon.log"),
+                        rest,
+                    )
+                }
+                b"M" => {
+                    let what = String::from_utf8_lossy(rest).into_owned();
+                    self.missing(what);
+                    continue;
+                }
+                b"E" => {
+                    self.ended[host] = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            if batch.as_ref().is_some_and(|(p, _)| *p != target)
+                && let Some((path, bytes)) = batch.take()
+            {
+                self.append(&path, &bytes);
+            }
+            let (_, bytes) = batch.get_or_insert_with(|| (target, Vec::new()));
+            bytes.extend_from_slice(text);
+            bytes.push(b'\n');
+        }
+        if let Some((path, bytes)) = batch {
+            self.append(&path, &bytes);
+        }
+    }
+
+    /// Appends to a file of the output (created 0600, never through a symlink).
+    fn append(&mut self, path: &Path, bytes: &[u8]) {
+        let written = path
+            .parent()
+            .map_or(Ok(()), |dir| {
+                DirBuilder::new().mode(0o700).recursive(true).create(dir)
+            })
+            .and_then(|()| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+            })
+            .and_then(|mut f| f.write_all(bytes));
+        if let Err(e) = written {
+            self.missing(format!("{}: failed to write: {e}", path.display()));
+        }
+    }
+
+    /// Names the hosts whose share did not all arrive, then writes INCOMPLETE (or removes it
+    /// when nothing is missing); returns the directory.
+    pub fn finish(mut self, why: Option<&str>) -> PathBuf {
+        for host in 0..self.hosts.len() {
+            if !self.ended[host] {
+                let what = format!(
+                    "{}: its logs and daemon log did not all reach rank 0 ({} bytes arrived)",
+                    self.hosts[host], self.received[host]
+                );
+                self.missing(what);
+            }
+        }
+        let path = self.root.join("INCOMPLETE");
+        if self.missing.is_empty() && why.is_none() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("--collect: failed to remove {}: {e}", path.display());
+            }
+            return self.root;
+        }
+        let mut text = format!(
+            "collection stopped before everything was kept: {}\nmissing:\n",
+            why.unwrap_or("some parts failed")
+        );
+        for m in &self.missing {
+            text.push_str(&format!("- {m}\n"));
+        }
+        if let Err(e) = self.write_file("INCOMPLETE", text.as_bytes()) {
+            tracing::warn!("--collect: {e:#}");
+        }
+        self.root
+    }
+}
+
+/// The part before the first tab, and the rest.
+fn split_tab(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|b| *b == b'\t') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &[]),
+    }
+}
+
+/// A service or host name as one file name: no separators, no hidden or special names.
+pub fn file_name(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.starts_with('.') {
+        format!("_{safe}")
+    } else {
+        safe
+    }
+}
+
+fn get(engine: &Engine, path: &str, until: Instant) -> Result<Value> {
+    let left = time_left(until).context("the time budget ran out")?;
+    engine.get_json(path, left)
+}
+
+/// Node ids to host names.
+fn hostnames(nodes: &Value) -> impl Fn(&str) -> Option<String> + '_ {
+    move |id| {
+        nodes.as_array()?.iter().find_map(|n| {
+            (n.get("ID")?.as_str()? == id)
+                .then(|| {
+                    n.pointer("/Description/Hostname")?
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        })
+    }
+}
+
+/// Every task of every service: where it ran, its states, exit code and error.
+fn tasks(engine: &Engine, until: Instant) -> Result<Value> {
+    let tasks = get(engine, "/tasks", until)?;
+    let services = get(engine, "/services", until)?;
+    let nodes = get(engine, "/nodes", until)?;
+    let host_of = hostnames(&nodes);
+    let service_of = |id: &str| {
+        services.as_array()?.iter().find_map(|s| {
+            (s.get("ID")?.as_str()? == id)
+                .then(|| s.pointer("/Spec/Name")?.as_str().map(str::to_owned))
+                .flatten()
+        })
+    };
+    let text = |t: &Value, p: &str| t.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let mut list: Vec<Value> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            json!({
+                "service": t.get("ServiceID").and_then(Value::as_str).and_then(service_of),
+                "slot": t.get("Slot"),
+                "id": t.get("ID"),
+                "node": t.get("NodeID").and_then(Value::as_str).and_then(&host_of),
+                "desired_state": t.get("DesiredState"),
+                "state": text(t, "/Status/State"),
+                "exit_code": t.pointer("/Status/ContainerStatus/ExitCode"),
+                "error": text(t, "/Status/Err"),
+                "message": text(t, "/Status/Message"),
+                "container": text(t, "/Status/ContainerStatus/ContainerID"),
+                "created_at": t.get("CreatedAt"),
+                "updated_at": t.get("UpdatedAt"),
+                "status_at": text(t, "/Status/Timestamp"),
+            })
+        })
+        .collect();
+    let key = |v: &Value| {
+        (
+            v["service"].as_str().map(str::to_owned),
+            v["slot"].as_u64(),
+            v["created_at"].as_str().map(str::to_owned),
+        )
+    };
+    list.sort_by_key(key);
+    Ok(Value::Array(list))
+}
+
+/// The swarm's nodes with their roles, states and labels.
+fn nodes(engine: &Engine, until: Instant) -> Result<Value> {
+    let nodes = get(engine, "/nodes", until)?;
+    let list = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            json!({
+                "id": n.get("ID"),
+                "hostname": n.pointer("/Description/Hostname"),
+                "role": n.pointer("/Spec/Role"),
+                "availability": n.pointer("/Spec/Availability"),
+                "state": n.pointer("/Status/State"),
+                "addr": n.pointer("/Status/Addr"),
+                "leader": n.pointer("/ManagerStatus/Leader").cloned().unwrap_or(json!(false)),
+                "labels": n.pointer("/Spec/Labels").cloned().unwrap_or(json!({})),
+                "engine": n.pointer("/Description/Engine/EngineVersion"),
+            })
+        })
+        .collect();
+    Ok(Value::Array(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn names_become_safe_file_names() {
+        assert_eq!(file_name("col_web"), "col_web");
+        assert_eq!(file_name("../x/y"), "_.._x_y");
+        assert_eq!(file_name(""), "_");
+    }
+
+    #[test]
+    fn shares_are_written_by_line_whatever_the_chunking() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["h1".to_owned(), "h2".to_owned()];
+        let mut out = Output::create(dir.path(), "j1", &hosts).unwrap();
+        let h1 = b"S\tweb\tt1 web.1@h1 stdout a\nD\tdaemon says\nM\tsomething\nE\n";
+        let h2 = b"S\tweb\tt2 web.2@h2 stdout b\n";
+        // Pieces cut anywhere, hosts interleaved.
+        out.take(0, &h1[..10]);
+        out.take(1, &h2[..5]);
+        out.take(0, &h1[10..]);
+        out.take(1, &h2[5..]);
+        let root = out.finish(None);
+        let web = std::fs::read_to_string(root.join("services/web.log")).unwrap();
+        assert_eq!(web, "t1 web.1@h1 stdout a\nt2 web.2@h2 stdout b\n");
+        let daemon = std::fs::read_to_string(root.join("hosts/h1/daemon.log")).unwrap();
+        assert_eq!(daemon, "daemon says\n");
+        let incomplete = std::fs::read_to_string(root.join("INCOMPLETE")).unwrap();
+        assert!(incomplete.contains("- something"), "{incomplete}");
+        assert!(incomplete.contains("- h2: its logs"), "{incomplete}");
+        assert!(!incomplete.contains("- h1"), "{incomplete}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("services/web.log")), 0o600);
+    }
+
+    #[test]
+    fn hosts_read_through_the_manager_are_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["h1".to_owned(), "h2".to_owned(), "h3".to_owned()];
+        let mut out = Output::create(dir.path(), "j3", &hosts).unwrap();
+        out.take(0, b"S\tweb\tt1 web.1@h1 stdout a\nE\n");
+        assert_eq!(out.unfinished_hosts(), ["h2", "h3"]);
+        out.take_lines(b"S\tweb\tt2 web.2@h2 stdout b\nM\tservices/web.log: cut\n");
+        out.unreachable("h2", "hosts/h2/daemon.log: not kept: MPI failed".into());
+        let root = out.finish(Some("MPI failed"));
+        let web = std::fs::read_to_string(root.join("services/web.log")).unwrap();
+        assert_eq!(web, "t1 web.1@h1 stdout a\nt2 web.2@h2 stdout b\n");
+        let incomplete = std::fs::read_to_string(root.join("INCOMPLETE")).unwrap();
+        assert!(
+            incomplete.contains("- hosts/h2/daemon.log: not kept: MPI failed"),
+            "{incomplete}"
+        );
+        assert!(
+            incomplete.contains("- services/web.log: cut"),
+            "{incomplete}"
+        );
+        assert!(incomplete.contains("- h3: its logs"), "{incomplete}");
+        assert!(!incomplete.contains("- h2: its logs"), "{incomplete}");
+    }
+
+    #[test]
+    fn a_complete_collection_leaves_no_incomplete_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Output::create(dir.path(), "j2", &["h1".to_owned()]).unwrap();
+        assert!(dir.path().join("j2/INCOMPLETE").exists());
+        out.take(0, b"E\n");
+        let root = out.finish(None);
+        assert!(!root.join("INCOMPLETE").exists());
+        // The same job twice is refused: nothing is overwritten.
+        assert!(Output::create(dir.path(), "j2", &["h1".to_owned()]).is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! `--collect`'s other path to the hosts' service logs: when a host's share cannot reach rank 0
+//! over MPI (an abandoned collective leaves MPI unusable), rank 0 asks the swarm's manager, whose
+//! log API (`GET /services/{id}/logs`) gathers every node's task logs through the swarm itself.
+//! The lines come out as the hosts' own shares write them (`S\t<service>\t<time> <task>@<host>
+//! <stream> <text>`), so that one file per service holds them all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::host::engine::{Body, Engine};
+use crate::swarm::collect::{SERVICE_CAP, frames, time_left};
+
+/// Who a task is, for its log lines: its name as Docker gives it, and its host.
+struct TaskName {
+    name: String,
+    host: String,
+}
+
+/// Writes, as `S` lines (and `M` lines for what could not be read), the logs of every swarm
+/// service's tasks that ran on one of `hosts`, until `until`.
+pub fn service_logs(
+    engine: &Engine,
+    hosts: &BTreeSet<String>,
+    until: Instant,
+    out: &mut impl Write,
+) -> Result<()> {
+    let get = |path: &str| {
+        let left = time_left(until).context("the time budget ran out")?;
+        engine.get_json(path, left)
+    };
+    let services = get("/services")?;
+    let tasks = get("/tasks")?;
+    let nodes = get("/nodes")?;
+    let names = task_names(&services, &tasks, &nodes);
+    let services: Vec<(&str, &str)> = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s.get("ID")?.as_str()?, s.pointer("/Spec/Name")?.as_str()?)))
+        .collect();
+    for (i, (id, service)) in services.iter().enumerate() {
+        // Each service gets an equal share of what is left, so that one slow node does not
+        // cost every other service's lines.
+        let Some(left) = time_left(until) else {
+            note(
+                out,
+                &format!(
+                    "services/{service}.log: through the swarm manager: the time budget ran out"
+                ),
+            )?;
+            continue;
+        };
+        let share = left / (services.len() - i) as u32;
+        let path = format!("/services/{id}/logs?stdout=1&stderr=1&timestamps=1&details=1");
+        let cap = SERVICE_CAP.saturating_mul(hosts.len().max(1));
+        match engine.get_bounded(&path, cap, share) {
+            Ok((r, body)) if r.is_success() => {
+                write_lines(&r.body, service, &names, hosts, out)?;
+                if body != Body::Whole {
+                    note(
+                        out,
+                        &format!(
+                            "services/{service}.log: through the swarm manager: {}",
+                            if body == Body::Capped {
+                                "cut at the size limit"
+                            } else {
+                                "cut by the time budget (a node did not send all its lines)"
+                            }
+                        ),
+                    )?;
+                }
+            }
+            Ok((r, _)) => note(
+                out,
+                &format!(
+                    "services/{service}.log: through the swarm manager: {}",
+                    r.message()
+                ),
+            )?,
+            Err(e) => note(
+                out,
+                &format!("services/{service}.log: through the swarm manager: {e:#}"),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+fn note(out: &mut impl Write, what: &str) -> Result<()> {
+    writeln!(out, "M\t{}", what.replace('\n', " "))?;
+    Ok(())
+}
+
+/// Task IDs to their names (`<service>.<slot or node>.<task>`, as Docker names their
+/// containers) and hosts.
+fn task_names(services: &Value, tasks: &Value, nodes: &Value) -> HashMap<String, TaskName> {
+    let by_id = |list: &Value, pointer: &str| -> HashMap<String, String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                Some((
+                    v.get("ID")?.as_str()?.to_owned(),
+                    v.pointer(pointer)?.as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let service_names = by_id(services, "/Spec/Name");
+    let hostnames = by_id(nodes, "/Description/Hostname");
+    tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let id = t.get("ID")?.as_str()?;
+            let service = service_names.get(t.get("ServiceID")?.as_str()?)?;
+            let node = t.get("NodeID").and_then(Value::as_str).unwrap_or("");
+            let slot = match t.get("Slot").and_then(Value::as_u64) {
+                Some(slot) if slot > 0 => slot.to_string(),
+                _ => node.to_owned(),
+            };
+            Some((
+                id.to_owned(),
+                TaskName {
+                    name: format!("{service}.{slot}.{id}"),
+                    host: hostnames.get(node)?.clone(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One line of a swarm log stream asked for with `timestamps` and `details`.
+struct Line<'a> {
+    time: &'a [u8],
+    /// `k=v,...`, URL-encoded (no spaces): the node, service and task among them.
+    attrs: HashMap<String, String>,
+    text: &'a [u8],
+}
+
+fn split_line(line: &[u8]) -> Option<Line<'_>> {
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let time = parts.next()?;
+    let attrs = String::from_utf8_lossy(parts.next()?)
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let text = parts.next().unwrap_or_default();
+    Some(Line { time, attrs, text })
+}
+
+/// The stream's lines of tasks on `hosts`, as `S` lines of `service`.
+fn write_lines(
+    body: &[u8],
+    service: &str,
+    names: &HashMap<String, TaskName>,
+    hosts: &BTreeSet<String>,
+    out: &mut impl Write,
+) -> Result<()> {
+    for (stream, payload) in frames(body) {
+        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(Line { time, attrs, text }) = split_line(line) else {
+                continue;
+            };
+            let Some(task) = attrs
+                .get("com.docker.swarm.task.id")
+                .and_then(|id| names.get(id))
+            else {
+                continue;
+            };
+            if !hosts.contains(&task.host) {
+                continue;
+            }
+            out.write_all(format!("S\t{service}\t").as_bytes())?;
+            out.write_all(time)?;
+            out.write_all(format!(" {}@{} {stream} ", task.name, task.host).as_bytes())?;
+            out.write_all(text)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use crate::swarm::collect::tests::frame;
+
+    #[test]
+    fn manager_lines_read_like_the_hosts_own_and_only_the_wanted_hosts_are_kept() {
+        let services = json!([{"ID": "s1", "Spec": {"Name": "col_talker"}}]);
+        let nodes = json!([
+            {"ID": "n1", "Description": {"Hostname": "msh1"}},
+            {"ID": "n2", "Description": {"Hostname": "msh2"}},
+        ]);
+        let tasks = json!([
+            {"ID": "t1", "ServiceID": "s1", "NodeID": "n1"},
+            {"ID": "t2", "ServiceID": "s1", "NodeID": "n2"},
+            {"ID": "t3", "ServiceID": "s1", "NodeID": "n2", "Slot": 2},
+        ]);
+        let names = task_names(&services, &tasks, &nodes);
+        // As dockerd writes a swarm log stream with timestamps and details (attributes sorted).
+        let attrs = |task: &str, node: &str| {
+            format!(
+                "com.docker.swarm.node.id={node},com.docker.swarm.service.id=s1,com.docker.swarm.task.id={task}"
+            )
+        };
+        let mut body = frame(
+            1,
+            &format!(
+                "2026-01-10T10:00:01.000000000Z {} known line 1\n",
+                attrs("t1", "n1")
+            ),
+        );
+        body.extend(frame(
+            1,
+            &format!(
+                "2026-01-10T10:00:01.100000000Z {} known line 1\n",
+                attrs("t2", "n2")
+            ),
+        ));
+        body.extend(frame(
+            2,
+            &format!(
+                "2026-01-10T10:00:01.200000000Z {} an error\n",
+                attrs("t3", "n2")
+            ),
+        ));
+        let hosts: BTreeSet<String> = ["msh2".to_owned()].into();
+        let mut out = Vec::new();
+        write_lines(&body, "col_talker", &names, &hosts, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "S\tcol_talker\t2026-01-10T10:00:01.100000000Z col_talker.n2.t2@msh2 stdout known line 1\n\
+             S\tcol_talker\t2026-01-10T10:00:01.200000000Z col_talker.2.t3@msh2 stderr an error\n"
+        );
+    }
+
+    #[test]
+    fn a_line_without_text_or_attributes_is_handled() {
+        let line = split_line(b"T k=v,a=b").unwrap();
+        assert_eq!(line.time, b"T");
+        assert_eq!(line.attrs.get("a").map(String::as_str), Some("b"));
+        assert!(line.text.is_empty());
+        assert!(split_line(b"T").is_none());
+    }
+}

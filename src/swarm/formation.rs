@@ -1,0 +1,425 @@
+//! Swarm formation through the Engine API: gateway bridge, init, join with retries, membership.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::host::engine::{CALL_TIMEOUT, Engine};
+
+/// docker_gwbridge must exist before the swarm does, with inter-container traffic allowed, or
+/// the daemon makes one with defaults unsuited to the rootless network.
+pub fn create_gwbridge(engine: &Engine) -> Result<()> {
+    let body = json!({
+        "Name": "docker_gwbridge",
+        "Driver": "bridge",
+        "Options": {
+            "com.docker.network.bridge.enable_icc": "true",
+            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            "com.docker.network.bridge.name": "docker_gwbridge",
+            // As large as slirp4netns' link behind it (Docker's default is 1500).
+            crate::plan::mtu::DRIVER_OPTION: crate::plan::mtu::SLIRP_MTU.to_string(),
+        },
+        "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
+    });
+    let response = engine.request("POST", "/networks/create", Some(&body), CALL_TIMEOUT)?;
+    match response.status {
+        200 | 201 | 409 => Ok(()),
+        code => bail!(
+            "failed to create docker_gwbridge ({code}): {}",
+            response.message()
+        ),
+    }
+}
+
+/// The role a host joins in; each has its own join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRole {
+    Worker,
+    Manager,
+}
+
+impl JoinRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Worker => "worker",
+            JoinRole::Manager => "manager",
+        }
+    }
+}
+
+/// What a host needs to join in one role: a manager's address and that role's token, and no
+/// other. Rank 0 broadcasts the worker's invitation to every host and sends the manager's to the
+/// hosts that become managers only, so a worker never holds the manager token.
+pub struct Invitation {
+    pub manager: String,
+    role: JoinRole,
+    token: String,
+}
+
+/// Both invitations, as `swarm init` leaves them on rank 0.
+pub struct Invitations {
+    pub worker: Invitation,
+    pub manager: Invitation,
+}
+
+impl Invitation {
+    /// One line each, for MPI; the token never leaves memory otherwise.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}\n{}", self.role.as_str(), self.manager, self.token).into_bytes()
+    }
+
+    /// An invitation received from rank 0, which must be for `role`.
+    pub fn decode(bytes: &[u8], role: JoinRole) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).context("the join invitation is not text")?;
+        let mut lines = text.split('\n');
+        match (lines.next(), lines.next(), lines.next(), lines.next()) {
+            (Some(r), Some(m), Some(t), None) if !m.is_empty() && !t.is_empty() => {
+                if r != role.as_str() {
+                    bail!(
+                        "rank 0 sent a {r} join invitation where a {} one was due",
+                        role.as_str()
+                    );
+                }
+                Ok(Invitation {
+                    manager: m.to_owned(),
+                    role,
+                    token: t.to_owned(),
+                })
+            }
+            _ => bail!("malformed join invitation from rank 0"),
+        }
+    }
+}
+
+pub fn init(
+    engine: &Engine,
+    addr: Ipv4Addr,
+    listen: &str,
+    pool: (Ipv4Addr, u8),
+) -> Result<Invitations> {
+    let body = json!({
+        "ListenAddr": listen,
+        "AdvertiseAddr": format!("{addr}:2377"),
+        "DefaultAddrPool": [format!("{}/{}", pool.0, pool.1)],
+        "SubnetSize": 24,
+    });
+    engine
+        .call("POST", "/swarm/init", Some(&body), CALL_TIMEOUT)
+        .context("failed to initialize the swarm")?;
+    let swarm = engine.get_json("/swarm", CALL_TIMEOUT)?;
+    let invitation = |role: JoinRole, kind: &str| {
+        let token = swarm
+            .pointer(&format!("/JoinTokens/{kind}"))
+            .and_then(Value::as_str)
+            .with_context(|| format!("the daemon returned no {kind} join token"))?;
+        Ok::<_, anyhow::Error>(Invitation {
+            manager: format!("{addr}:2377"),
+            role,
+            token: token.to_owned(),
+        })
+    };
+    Ok(Invitations {
+        worker: invitation(JoinRole::Worker, "Worker")?,
+        manager: invitation(JoinRole::Manager, "Manager")?,
+    })
+}
+
+/// This daemon's node ID in the swarm, once it is an active node: what tells the job's nodes from
+/// any other. A join that returned early (a retried request answered "already part of a swarm"
+/// while the first was still going on) is waited for here, until the deadline.
+pub fn node_id(engine: &Engine, deadline: Instant) -> Result<String> {
+    let mut last = Value::Null;
+    let active = crate::sys::deadline::poll_until(deadline, Duration::from_millis(100), || {
+        match engine.get_json("/info", CALL_TIMEOUT) {
+            Ok(info) => {
+                last = info.get("Swarm").cloned().unwrap_or_default();
+                active_node_id(&last).map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    });
+    match active {
+        Some(id) => id,
+        None => bail!(
+            "failed to become an active swarm node before the deadline: the daemon says state {}, \
+             error {:?}",
+            last.get("LocalNodeState")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown"),
+            last.get("Error").and_then(Value::as_str).unwrap_or("")
+        ),
+    }
+}
+
+/// The node ID of `GET /info`'s Swarm section, if the node is active in a swarm.
+fn active_node_id(swarm: &Value) -> Option<String> {
+    let state = swarm.get("LocalNodeState").and_then(Value::as_str);
+    let id = swarm.get("NodeID").and_then(Value::as_str);
+    match (state, id) {
+        (Some("active"), Some(id)) if !id.is_empty() => Some(id.to_owned()),
+        _ => None,
+    }
+}
+
+/// Joins in the invitation's role, retrying with backoff until the deadline: the manager may
+/// still be settling. `remote` is the manager to join through.
+pub fn join(
+    engine: &Engine,
+    addr: Ipv4Addr,
+    listen: &str,
+    invitation: &Invitation,
+    remote: &str,
+    deadline: Instant,
+) -> Result<()> {
+    let body = json!({
+        "ListenAddr": listen,
+        "AdvertiseAddr": format!("{addr}:2377"),
+        "RemoteAddrs": [remote],
+        "JoinToken": invitation.token,
+    });
+    let mut pause = Duration::from_millis(50);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = engine.request(
+            "POST",
+            "/swarm/join",
+            Some(&body),
+            left.max(Duration::from_secs(1)),
+        );
+        let error = match result {
+            Ok(r) if r.is_success() => return Ok(()),
+            // Already part of this swarm (a retried request that did succeed).
+            Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => {
+                return Ok(());
+            }
+            Ok(r) => format!("{} {}", r.status, r.message()),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() + pause >= deadline {
+            bail!(
+                "failed to join the swarm as a {} through {remote} after {attempts} attempt(s): {error}",
+                invitation.role.as_str()
+            );
+        }
+        tracing::debug!("join attempt {attempts} failed: {error}; retrying");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A swarm node as the Engine API's `GET /nodes` describes it (the fields membership needs).
+/// A node that is still joining may lack any of them: absent means "not yet".
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    pub manager_status: Option<ManagerStatus>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct NodeDescription {
+    pub hostname: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct NodeStatus {
+    pub state: String,
+    /// The address the managers see the node at.
+    pub addr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ManagerStatus {
+    pub reachability: String,
+    /// The manager's advertised address.
+    pub addr: String,
+}
+
+/// Every node of the swarm as `GET /nodes` lists it.
+pub(crate) fn list_nodes(engine: &Engine) -> Result<Vec<Node>> {
+    serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
+        .context("unexpected reply to GET /nodes")
+}
+
+/// Labels for one host's node, by node ID (what tells the job's nodes from any other).
+pub struct NodeLabels {
+    pub host: String,
+    pub id: String,
+    pub labels: Vec<(String, String)>,
+}
+
+/// How many node updates rank 0 has in flight at once: each is one Raft write on the manager,
+/// and one at a time made labelling the slowest step of a bring-up at dozens of hosts.
+const LABEL_CONCURRENCY: usize = 8;
+
+/// Adds each host's labels to its node, keeping the rest of its spec (user labels included), a
+/// few nodes at a time; a node whose version moves between read and write is read again.
+pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = LABEL_CONCURRENCY.min(nodes.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(node) = nodes.get(i) else {
+                            return Ok(());
+                        };
+                        label_node(engine, node, deadline)?;
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| bail!("internal: a node-labelling thread panicked"))
+        })
+    })
+}
+
+fn label_node(
+    store: &impl crate::swarm::versioned::ObjectStore,
+    node: &NodeLabels,
+    deadline: Instant,
+) -> Result<()> {
+    let what = format!("the labels of {}'s node", node.host);
+    let write_path = |version: u64| format!("/nodes/{}/update?version={version}", node.id);
+    let object = crate::swarm::versioned::Object {
+        what: &what,
+        read_path: format!("/nodes/{}", node.id),
+        write_path: &write_path,
+    };
+    let add = |spec: &mut Value| {
+        let entry = spec
+            .as_object_mut()
+            .map(|s| s.entry("Labels").or_insert_with(|| json!({})));
+        if let Some(entry) = entry {
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            for (k, v) in &node.labels {
+                entry[k] = Value::String(v.clone());
+            }
+        }
+    };
+    crate::swarm::versioned::update(store, &object, add, deadline).map(drop)
+}
+
+/// Waits until every host's node (`ids[i]` is host `i`'s node ID) is Ready, and the first
+/// `managers` hosts' reachable managers.
+pub fn wait_members(
+    engine: &Engine,
+    hosts: &[String],
+    ids: &[String],
+    managers: usize,
+    deadline: Instant,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    // Each poll lists every node: at hundreds of nodes a fixed 50 ms would keep the manager busy.
+    let seen = crate::sys::deadline::poll_until_paced(
+        deadline,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+        || match list_nodes(engine) {
+            Ok(nodes) => {
+                missing = missing_members(&nodes, hosts, ids, managers);
+                missing.is_empty().then_some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
+        },
+    );
+    match seen {
+        Some(result) => result,
+        None => bail!(
+            "failed to see every host as a Ready swarm node before the deadline; missing: {}",
+            missing.join(", ")
+        ),
+    }
+}
+
+/// The hosts not (yet) members as they should be: their own node (by ID, and with their host
+/// name) Ready, and for the first `managers` hosts a reachable manager. By ID, so that another
+/// daemon calling itself by a host's name does not stand in for it.
+fn missing_members<'a>(
+    nodes: &[Node],
+    hosts: &'a [String],
+    ids: &[String],
+    managers: usize,
+) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| {
+            !nodes.iter().any(|n| {
+                ids.get(*i).is_some_and(|id| *id == n.id)
+                    && n.description.hostname == **h
+                    && n.status.state == "ready"
+                    && (*i >= managers
+                        || n.manager_status
+                            .as_ref()
+                            .is_some_and(|m| m.reachability == "reachable"))
+            })
+        })
+        .map(|(_, h)| h.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invitation_survives_its_encoding_and_keeps_its_role() {
+        let worker = Invitation {
+            manager: "10.0.0.1:2377".into(),
+            role: JoinRole::Worker,
+            token: "SWMTKN-1-w".into(),
+        };
+        let back = Invitation::decode(&worker.encode(), JoinRole::Worker).unwrap();
+        assert_eq!(
+            (back.manager.as_str(), back.role, back.token.as_str()),
+            ("10.0.0.1:2377", JoinRole::Worker, "SWMTKN-1-w")
+        );
+        // A worker's invitation is never taken for a manager's, nor garbage for either.
+        assert!(Invitation::decode(&worker.encode(), JoinRole::Manager).is_err());
+        assert!(Invitation::decode(b"only-one-line", JoinRole::Worker).is_err());
+        assert!(Invitation::decode(b"worker\n\n", JoinRole::Worker).is_err());
+        assert!(Invitation::decode(b"worker\na\nb\nc", JoinRole::Worker).is_err());
+    }
+
+    #[test]
+    fn members_need_ready_nodes_and_reachable_managers() {
+        let nodes: Vec<Node> = serde_json::from_value(serde_json::json!([
+            {"ID": "ia", "Description": {"Hostname": "a"}, "Status": {"State": "ready"},
+             "ManagerStatus": {"Reachability": "reachable"}},
+            {"ID": "ib", "Description": {"Hostname": "b"}, "Status": {"State": "ready"}},
+            {"ID": "ic", "Description": {"Hostname": "c"}, "Status": {"State": "down"}},
+            // Another daemon calling itself d does not stand in for d's own node.
+            {"ID": "xd", "Description": {"Hostname": "d"}, "Status": {"State": "ready"}},
+        ]))
+        .unwrap();
+        let hosts: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let ids: Vec<String> = ["ia", "ib", "ic", "id"].map(String::from).to_vec();
+        // A node still joining may come without a description yet.
+        let joining: Vec<Node> = serde_json::from_value(serde_json::json!([{"ID": "ia"}])).unwrap();
+        assert_eq!(
+            missing_members(&joining, &hosts, &ids, 1),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(missing_members(&nodes, &hosts, &ids, 1), ["c", "d"]);
+        // b is Ready but not a manager: with two managers it is missing too.
+        assert_eq!(missing_members(&nodes, &hosts, &ids, 2), ["b", "c", "d"]);
+    }
+}

@@ -1,0 +1,177 @@
+//! The swarm sealed once its membership is confirmed: both join tokens rotated, so that a token
+//! seen during bring-up (on the wire, in a daemon's memory, by a poll of the API) lets nobody in
+//! afterwards, then every node that is not one of the job's hosts' daemons removed, loudly.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::host::engine::{CALL_TIMEOUT, Engine};
+use crate::swarm::formation::{Node, list_nodes};
+use crate::swarm::versioned::{self, Object};
+
+/// Rotates the worker and the manager join token (on a manager), and checks that the daemon no
+/// longer gives out the old ones. Nodes that already joined keep their certificates.
+pub fn rotate_tokens(engine: &Engine, deadline: Instant) -> Result<()> {
+    let write_path = |version: u64| {
+        format!("/swarm/update?version={version}&rotateWorkerToken=true&rotateManagerToken=true")
+    };
+    let object = Object {
+        what: "the swarm's join tokens",
+        read_path: "/swarm".into(),
+        write_path: &write_path,
+    };
+    // The spec goes back unchanged: the query asks for the rotation.
+    let before = versioned::update(engine, &object, |_| {}, deadline)?;
+    check_rotated(engine, &before)
+}
+
+/// The tokens the daemon gives out now are not those of `before`.
+fn check_rotated(engine: &Engine, before: &Value) -> Result<()> {
+    let after = engine.get_json("/swarm", CALL_TIMEOUT)?;
+    for kind in ["Worker", "Manager"] {
+        let pointer = format!("/JoinTokens/{kind}");
+        let (old, new) = (before.pointer(&pointer), after.pointer(&pointer));
+        if new.is_none_or(|t| Some(t) == old) {
+            bail!(
+                "failed to rotate the join tokens: the {} token is unchanged",
+                kind.to_lowercase()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes every node whose ID is not in `members` (the job's hosts' own node IDs), with a
+/// warning naming it; fails if one cannot be removed before `deadline`. Returns how many went.
+pub fn remove_strangers(engine: &Engine, members: &[String], deadline: Instant) -> Result<usize> {
+    let nodes = list_nodes(engine)?;
+    let strangers = strangers(&nodes, members);
+    for node in &strangers {
+        tracing::warn!(
+            "swarm node {} is not one of the job's hosts: removing it (someone outside the job \
+             joined with this run's join token before it was rotated)",
+            describe(node)
+        );
+        remove(engine, node, deadline)?;
+    }
+    Ok(strangers.len())
+}
+
+/// The nodes that are none of the job's hosts' daemons. By node ID, which the swarm's CA
+/// assigned, not by host name or address, which a joining daemon may choose.
+fn strangers<'a>(nodes: &'a [Node], members: &[String]) -> Vec<&'a Node> {
+    nodes.iter().filter(|n| !members.contains(&n.id)).collect()
+}
+
+/// A node as a warning names it: ID, host name and address, whichever it has said so far (a node
+/// still joining may have none yet).
+fn describe(node: &Node) -> String {
+    let or_unknown = |s: &str| {
+        if s.is_empty() {
+            "unknown yet".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let addr = match &node.manager_status {
+        Some(m) if !m.addr.is_empty() => m.addr.as_str(),
+        _ => node.status.addr.as_str(),
+    };
+    format!(
+        "{} (host name {}, address {})",
+        node.id,
+        or_unknown(&node.description.hostname),
+        or_unknown(addr)
+    )
+}
+
+/// Removes a node by force, demoting it first if it is a manager (the swarm refuses to remove a
+/// member of its Raft group); retries until the demotion has taken effect or `deadline`.
+fn remove(engine: &Engine, node: &Node, deadline: Instant) -> Result<()> {
+    if node.manager_status.is_some() {
+        demote(engine, &node.id, deadline)
+            .with_context(|| format!("failed to demote the stranger node {}", describe(node)))?;
+    }
+    let path = format!("/nodes/{}?force=true", node.id);
+    let mut error = String::new();
+    let removed = crate::sys::deadline::poll_until(deadline, Duration::from_millis(200), || {
+        match engine.request("DELETE", &path, None, CALL_TIMEOUT) {
+            // Gone already counts as removed.
+            Ok(r) if r.is_success() || r.status == 404 => Some(()),
+            Ok(r) => {
+                error = format!("{} {}", r.status, r.message());
+                None
+            }
+            Err(e) => {
+                error = format!("{e:#}");
+                None
+            }
+        }
+    });
+    removed.with_context(|| {
+        format!(
+            "failed to remove the stranger node {} before the deadline: {error}",
+            describe(node)
+        )
+    })
+}
+
+/// Makes a node a worker, keeping the rest of its spec.
+fn demote(engine: &Engine, id: &str, deadline: Instant) -> Result<()> {
+    let write_path = |version: u64| format!("/nodes/{id}/update?version={version}");
+    let what = format!("the role of node {id}");
+    let object = Object {
+        what: &what,
+        read_path: format!("/nodes/{id}"),
+        write_path: &write_path,
+    };
+    let demote = |spec: &mut Value| spec["Role"] = Value::String("worker".into());
+    versioned::update(engine, &object, demote, deadline).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<Node> {
+        serde_json::from_value(serde_json::json!([
+            {"ID": "a1", "Description": {"Hostname": "n1"}, "Status": {"Addr": "10.0.0.1"},
+             "ManagerStatus": {"Addr": "10.0.0.1:2377"}},
+            {"ID": "b2", "Description": {"Hostname": "n2"}, "Status": {"Addr": "10.0.0.2"}},
+            // Another daemon calling itself n2: its host name proves nothing.
+            {"ID": "x9", "Description": {"Hostname": "n2"}, "Status": {"Addr": "10.0.0.9"}},
+            // Still joining: no description or status yet.
+            {"ID": "y8"},
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn strangers_are_told_by_node_id_not_host_name() {
+        let nodes = nodes();
+        let members = ["a1".to_owned(), "b2".to_owned()];
+        let ids: Vec<&str> = strangers(&nodes, &members)
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(ids, ["x9", "y8"]);
+        let all = ["a1", "b2", "x9", "y8"].map(String::from);
+        assert!(strangers(&nodes, &all).is_empty());
+    }
+
+    #[test]
+    fn a_stranger_is_named_by_what_it_said_so_far() {
+        let nodes = nodes();
+        assert_eq!(
+            describe(&nodes[0]),
+            "a1 (host name n1, address 10.0.0.1:2377)"
+        );
+        assert_eq!(describe(&nodes[2]), "x9 (host name n2, address 10.0.0.9)");
+        assert_eq!(
+            describe(&nodes[3]),
+            "y8 (host name unknown yet, address unknown yet)"
+        );
+    }
+}

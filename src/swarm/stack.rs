@@ -1,0 +1,367 @@
+//! Deploying the user's compose stack and waiting, through the manager, until it reaches a goal
+//! (`stack_state` judges each service by its mode); a task that failed for good ends the wait
+//! at once, named with its node, exit code and last log lines.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::host::engine::Engine;
+use crate::swarm::stack_state::{self, Counts, Failure, Goal, Nodes, Service, Task, Verdict};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of the CLI's output is kept for an error message (its end).
+const KEEP_OUTPUT: usize = 16 << 10;
+
+/// `docker stack deploy`: compose files are parsed by the Docker CLI, which has no Engine API
+/// equivalent, so this one step runs the CLI against the manager's socket.
+pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Result<()> {
+    let mut child = Command::new("docker")
+        .args([
+            "stack",
+            "deploy",
+            "--resolve-image",
+            "never",
+            "--compose-file",
+        ])
+        .arg(file)
+        .arg(name)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", engine.socket().display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(
+            "failed to run `docker stack deploy` (is the docker CLI installed on rank 0's node?)",
+        )?;
+    // Both pipes are read while the CLI runs: a deploy that prints more than a pipe holds
+    // (many services, long warnings) would otherwise block until the deadline.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    let Some(status) = crate::sys::deadline::wait_or_kill(&mut child, left)? else {
+        bail!(
+            "`docker stack deploy` of {} did not finish before the deadline",
+            file.display()
+        );
+    };
+    // The pipes end with the CLI (unless something it started keeps them): a short wait at most.
+    let _ = stdout.recv_timeout(Duration::from_secs(1));
+    let err = stderr
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_default();
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
+        // Docker's CLI learnt the job modes in compose files in 23.0 (its engine API in 20.10).
+        let hint = if err.contains("Unknown mode: replicated-job")
+            || err.contains("Unknown mode: global-job")
+        {
+            "\n(this docker CLI cannot deploy job modes from a compose file: that needs docker >= \
+             23.0, e.g. Debian 13's 26.1; with Debian 12's 20.10, make one-shot work a service with \
+             restart_policy condition none)"
+        } else {
+            ""
+        };
+        bail!(
+            "failed to deploy the stack {name} from {} ({status}): {}{hint}",
+            file.display(),
+            err.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Reads a child's pipe to its end on a thread; the bytes are kept only up to a bound (the end
+/// of an error message is what matters, and the CLI ends on a deadline anyway).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else {
+            let _ = tx.send(kept);
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > KEEP_OUTPUT {
+                kept.drain(..kept.len() - KEEP_OUTPUT);
+            }
+        }
+        let _ = tx.send(kept);
+    });
+    rx
+}
+
+/// How long Swarm may take to give a global service its tasks; none after that means that no
+/// node is eligible (its orchestrator creates them as soon as the service exists).
+const GLOBAL_SETTLE: Duration = Duration::from_secs(5);
+/// How often a wait asks the manager.
+const POLL: Duration = Duration::from_millis(250);
+/// Lines of a failed task's log shown with its failure.
+const LOG_LINES: usize = 12;
+/// The most a failed task's log lines may add to the wait.
+const LOG_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A stack as the manager sees it at one moment.
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub tasks: Vec<Task>,
+    pub nodes: Nodes,
+}
+
+impl Snapshot {
+    pub fn take(engine: &Engine, name: &str, timeout: Duration) -> Result<Snapshot> {
+        let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
+        let filter = encode(&filter);
+        // `status=true` (API 1.41) adds Swarm's own counts; jobs' completions are read there.
+        let services =
+            engine.get_json(&format!("/services?status=true&filters={filter}"), timeout)?;
+        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), timeout)?;
+        let nodes = engine.get_json("/nodes", timeout)?;
+        Ok(Snapshot {
+            services: stack_state::parse_services(&services),
+            tasks: stack_state::parse_tasks(&tasks),
+            nodes: stack_state::parse_nodes(&nodes),
+        })
+    }
+}
+
+/// Waits until the stack reaches `goal`: fails as soon as a task fails for good (naming its
+/// service, node, exit code and last log lines), and at the deadline with what it still waits
+/// for. `on_progress` hears the counts whenever they change.
+pub fn wait_for(
+    engine: &Engine,
+    name: &str,
+    goal: Goal,
+    deadline: Instant,
+    mut on_progress: impl FnMut(Counts),
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_secs(1), CALL_TIMEOUT);
+        let snap = Snapshot::take(engine, name, timeout)
+            .with_context(|| format!("failed to read the state of stack {name}"))?;
+        let reports = stack_state::reports(&snap.services, &snap.tasks);
+        let counts = stack_state::counts(&reports, goal);
+        if last != Some(counts) {
+            on_progress(counts);
+            last = Some(counts);
+        }
+        let settled = start.elapsed() >= GLOBAL_SETTLE;
+        match stack_state::judge(&reports, goal, settled) {
+            Verdict::Reached => {
+                warn_taskless(name, &reports);
+                return Ok(());
+            }
+            Verdict::Failed(failure) => {
+                bail!(failure_message(engine, &failure, &snap.nodes, deadline))
+            }
+            Verdict::Waiting(waiting) if Instant::now() >= deadline => {
+                let lines: Vec<String> = waiting
+                    .iter()
+                    .map(|r| stack_state::describe_waiting(r, &snap.nodes))
+                    .collect();
+                bail!(
+                    "stack {name} was not up before the deadline ({counts}); still waiting for:\n{}",
+                    lines.join("\n")
+                );
+            }
+            Verdict::Waiting(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Where the work of a stack stands (`--until-jobs-complete`).
+#[derive(Debug)]
+pub enum Work {
+    Running(Counts),
+    /// Every task of every work service exited 0.
+    Done(Counts),
+    /// The earliest task that failed for good: the run's exit code and what to say.
+    Failed {
+        code: i32,
+        message: String,
+    },
+}
+
+/// How long one look at the work may take: rank 0 sends heartbeats between looks.
+const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One look at the stack's work; `settled` as for `stack_state::judge`.
+pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
+    let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
+        .with_context(|| format!("failed to read the state of stack {name}"))?;
+    let reports = stack_state::reports(&snap.services, &snap.tasks);
+    let counts = stack_state::counts(&reports, Goal::WorkDone);
+    Ok(
+        match stack_state::judge(&reports, Goal::WorkDone, settled) {
+            Verdict::Reached => Work::Done(counts),
+            Verdict::Waiting(_) => Work::Running(counts),
+            Verdict::Failed(failure) => Work::Failed {
+                code: failure.exit_code(),
+                message: failure_message(
+                    engine,
+                    &failure,
+                    &snap.nodes,
+                    Instant::now() + LOG_TIMEOUT,
+                ),
+            },
+        },
+    )
+}
+
+/// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
+/// Swarm retries without end (a failing task then never ends the run).
+pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
+    let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
+    let work: Vec<&Service> = snap
+        .services
+        .iter()
+        .filter(|s| s.purpose() == stack_state::Purpose::Work)
+        .collect();
+    if work.is_empty() {
+        bail!(
+            "--until-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
+             replicated-job or global-job, or restart_policy condition none or on-failure): \
+             there is nothing to wait for"
+        );
+    }
+    for s in work.iter().filter(|s| s.retries_forever()) {
+        tracing::warn!(
+            "stack {name}: Swarm restarts the failed tasks of {} ({}) without limit: a failing \
+             task will not end the run (set restart_policy condition none, or max_attempts)",
+            s.name,
+            s.mode.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// A global service Swarm gave no task: no node matches its constraints or platforms.
+fn warn_taskless(name: &str, reports: &[stack_state::ServiceReport]) {
+    for r in reports
+        .iter()
+        .filter(|r| r.expected == 0 && r.service.mode.is_global())
+    {
+        tracing::warn!(
+            "stack {name}: service {} ({}) has no task: no node matches its placement constraints",
+            r.service.name,
+            r.service.mode.as_str()
+        );
+    }
+}
+
+/// A failed task's description with the last lines of its log, read through the manager
+/// (which gathers them from the task's node) as time allows.
+pub fn failure_message(
+    engine: &Engine,
+    failure: &Failure,
+    nodes: &Nodes,
+    deadline: Instant,
+) -> String {
+    let mut text = failure.describe(nodes);
+    if failure.task.exit_code.is_none() {
+        // No container ran (a rejected task): there is no log to read.
+        return text;
+    }
+    let Some(left) = crate::swarm::collect::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
+        text.push_str("\n  (its log was not read: no time was left before the deadline)");
+        return text;
+    };
+    match log_tail(engine, &failure.task.id, LOG_LINES, left) {
+        Ok(lines) if lines.is_empty() => text.push_str("\n  (its log is empty)"),
+        Ok(lines) => {
+            text.push_str("\n  last lines of its log:");
+            for line in lines {
+                text.push_str(&format!("\n    {line}"));
+            }
+        }
+        Err(e) => text.push_str(&format!("\n  (failed to read its log: {e:#})")),
+    }
+    text
+}
+
+/// The last `lines` lines a task wrote (stdout and stderr, in order).
+pub fn log_tail(
+    engine: &Engine,
+    task: &str,
+    lines: usize,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let path = format!("/tasks/{task}/logs?stdout=1&stderr=1&tail={lines}");
+    let (response, _) = engine.get_bounded(&path, 256 << 10, timeout)?;
+    if !response.is_success() {
+        bail!("GET {path}: {}", response.message());
+    }
+    let mut kept: Vec<String> = crate::swarm::collect::frames(&response.body)
+        .into_iter()
+        .flat_map(|(_, payload)| payload.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
+        .collect();
+    let skip = kept.len().saturating_sub(lines);
+    kept.drain(..skip);
+    Ok(kept)
+}
+
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Checks a stack name before anything starts (Docker's rules for names).
+pub fn check_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        bail!(
+            "--stack-name {name:?} is not valid: use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_encoding() {
+        assert!(check_name("demo").is_ok());
+        assert!(check_name("Demo").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("").is_err());
+        assert_eq!(encode("{\"a\":1}"), "%7B%22a%22%3A1%7D");
+    }
+}

@@ -1,0 +1,209 @@
+//! Read-modify-write of a swarm object (a node, the swarm's spec). Swarm refuses a write whose
+//! version moved on since the read ("update out of sequence"): a node's version moves whenever
+//! its status or description changes, which at dozens of nodes happens between any read and
+//! write. Every such update goes through here: a refused write starts again from a fresh read.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::host::engine::{CALL_TIMEOUT, Engine, Response};
+
+/// What an update needs of the Engine API; a test stands in for it to move versions.
+pub trait ObjectStore {
+    fn read(&self, path: &str) -> Result<Value>;
+    fn write(&self, path: &str, body: &Value) -> Result<Response>;
+}
+
+impl ObjectStore for Engine {
+    fn read(&self, path: &str) -> Result<Value> {
+        self.get_json(path, CALL_TIMEOUT)
+    }
+
+    fn write(&self, path: &str, body: &Value) -> Result<Response> {
+        self.request("POST", path, Some(body), CALL_TIMEOUT)
+    }
+}
+
+/// One versioned object: where it is read, and where a spec is written for a version.
+pub struct Object<'a> {
+    /// Named in errors: "the node of msh3", "the swarm".
+    pub what: &'a str,
+    pub read_path: String,
+    pub write_path: &'a dyn Fn(u64) -> String,
+}
+
+/// Reads `object`, lets `change` edit its spec (the whole spec goes back), and writes it; a write
+/// refused as out of sequence is tried again from a fresh read until `deadline`. Returns the
+/// object as read before the write that succeeded.
+pub fn update(
+    store: &impl ObjectStore,
+    object: &Object,
+    change: impl Fn(&mut Value),
+    deadline: Instant,
+) -> Result<Value> {
+    let mut attempts = 0;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        attempts += 1;
+        let current = store.read(&object.read_path)?;
+        let version = current
+            .pointer("/Version/Index")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("failed to update {}: it has no version", object.what))?;
+        let mut spec = current
+            .get("Spec")
+            .cloned()
+            .with_context(|| format!("failed to update {}: it has no spec", object.what))?;
+        change(&mut spec);
+        let response = store.write(&(object.write_path)(version), &spec)?;
+        if response.is_success() {
+            return Ok(current);
+        }
+        let message = response.message();
+        if !out_of_sequence(&message) {
+            bail!(
+                "failed to update {}: the Docker daemon answered {}: {message}",
+                object.what,
+                response.status
+            );
+        }
+        if Instant::now() + pause >= deadline {
+            bail!(
+                "failed to update {} before the deadline: {attempts} write(s) refused as out of \
+                 sequence (its version kept moving), the last: {message}",
+                object.what
+            );
+        }
+        tracing::debug!(
+            "{} moved on (version {version}); reading it again",
+            object.what
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Swarm's answer to a write against a version that is no longer the object's.
+fn out_of_sequence(message: &str) -> bool {
+    message.contains("out of sequence")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A store whose object's version moves on after each of the first `moves` reads, before
+    /// the write (as a node's heartbeat moves it), answering as dockerd 20.10 does.
+    struct MovingStore {
+        version: RefCell<u64>,
+        moves: RefCell<usize>,
+        labels: RefCell<Value>,
+        writes: RefCell<usize>,
+    }
+
+    impl MovingStore {
+        fn new(moves: usize) -> Self {
+            MovingStore {
+                version: RefCell::new(131),
+                moves: RefCell::new(moves),
+                labels: RefCell::new(json!({"user": "kept"})),
+                writes: RefCell::new(0),
+            }
+        }
+    }
+
+    impl ObjectStore for MovingStore {
+        fn read(&self, _path: &str) -> Result<Value> {
+            let version = *self.version.borrow();
+            let mut moves = self.moves.borrow_mut();
+            if *moves > 0 {
+                *moves -= 1;
+                *self.version.borrow_mut() += 1;
+            }
+            Ok(json!({"ID": "n1", "Version": {"Index": version},
+                      "Spec": {"Role": "worker", "Labels": self.labels.borrow().clone()}}))
+        }
+
+        fn write(&self, path: &str, body: &Value) -> Result<Response> {
+            *self.writes.borrow_mut() += 1;
+            let wanted = format!("version={}", self.version.borrow());
+            if !path.ends_with(&wanted) {
+                return Ok(Response {
+                    status: 500,
+                    body:
+                        br#"{"message":"rpc error: code = Unknown desc = update out of sequence"}"#
+                            .to_vec(),
+                });
+            }
+            *self.labels.borrow_mut() = body["Labels"].clone();
+            *self.version.borrow_mut() += 1;
+            Ok(Response {
+                status: 200,
+                body: Vec::new(),
+            })
+        }
+    }
+
+    fn node_object(write: &dyn Fn(u64) -> String) -> Object<'_> {
+        Object {
+            what: "the node of sim29",
+            read_path: "/nodes/n1".into(),
+            write_path: write,
+        }
+    }
+
+    #[test]
+    fn a_write_refused_out_of_sequence_is_retried_from_a_fresh_read() {
+        let store = MovingStore::new(2);
+        let write = |v: u64| format!("/nodes/n1/update?version={v}");
+        let add = |spec: &mut Value| spec["Labels"]["mpiswarm.index"] = json!("29");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        update(&store, &node_object(&write), add, deadline).unwrap();
+        assert_eq!(*store.writes.borrow(), 3);
+        assert_eq!(
+            *store.labels.borrow(),
+            json!({"user": "kept", "mpiswarm.index": "29"})
+        );
+    }
+
+    #[test]
+    fn a_version_that_never_settles_fails_at_the_deadline_naming_the_object() {
+        let store = MovingStore::new(usize::MAX);
+        let write = |v: u64| format!("/nodes/n1/update?version={v}");
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let e = update(&store, &node_object(&write), |_| {}, deadline).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("the node of sim29") && e.contains("out of sequence"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_refusals_fail_at_once() {
+        struct Refusing;
+        impl ObjectStore for Refusing {
+            fn read(&self, _: &str) -> Result<Value> {
+                Ok(json!({"Version": {"Index": 1}, "Spec": {}}))
+            }
+            fn write(&self, _: &str, _: &Value) -> Result<Response> {
+                Ok(Response {
+                    status: 400,
+                    body: br#"{"message":"invalid spec"}"#.to_vec(),
+                })
+            }
+        }
+        let write = |v: u64| format!("/swarm/update?version={v}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let t = Instant::now();
+        let e = update(&Refusing, &node_object(&write), |_| {}, deadline).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid spec"));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

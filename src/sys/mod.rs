@@ -1,0 +1,6 @@
+//! sys
+
+pub mod deadline;
+pub mod procfs;
+pub mod signals;
+pub mod statedir;

@@ -1,0 +1,295 @@
+//! Processes as /proc shows them: one process's entry, every process, a process's descendants.
+//! Read fresh each time; a process that is gone is simply absent.
+
+use std::collections::{HashMap, HashSet};
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, identifies a process across pid reuse.
+    pub start_time: u64,
+    /// User plus system CPU time so far, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident memory, in pages.
+    pub rss_pages: u64,
+    pub cmdline: String,
+}
+
+/// Reads one process's entry; `None` when it is gone.
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start_time = fields.get(19)?.parse().ok()?;
+    let number = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu_ticks = number(11) + number(12);
+    let rss_pages = number(21);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid,
+        uid,
+        zombie: *state == "Z" || *state == "X",
+        start_time,
+        cpu_ticks,
+        rss_pages,
+        cmdline,
+    })
+}
+
+/// CPU seconds and resident KiB of the live processes `procs`, summed by program (the base name
+/// of argv[0]), largest CPU first.
+pub fn usage_by_program(procs: &[ProcInfo]) -> Vec<(String, f64, u64)> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+        / 1024;
+    let mut by: HashMap<String, (f64, u64)> = HashMap::new();
+    for p in procs {
+        let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
+        let name = argv0.rsplit('/').next().unwrap_or(argv0).to_owned();
+        let entry = by.entry(name).or_default();
+        entry.0 += p.cpu_ticks as f64 / ticks;
+        entry.1 += p.rss_pages * page_kib;
+    }
+    let mut out: Vec<(String, f64, u64)> = by.into_iter().map(|(n, (c, r))| (n, c, r)).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+/// The process `root` and its live descendants.
+pub fn tree(root: i32) -> Vec<ProcInfo> {
+    let mut procs = descendants(root);
+    procs.extend(proc_info(root));
+    procs
+}
+
+/// CPU seconds spent so far by the descendants of `root` running `program` (argv[0]'s base name).
+pub fn program_cpu(root: i32, program: &str) -> f64 {
+    usage_by_program(&descendants(root))
+        .into_iter()
+        .find(|(name, _, _)| name == program)
+        .map_or(0.0, |(_, cpu, _)| cpu)
+}
+
+pub fn all_processes() -> Vec<ProcInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .collect()
+}
+
+/// Live descendants of `root`. Walks the tree through each process's children list when the
+/// kernel has one (cost grows with the tree, not with every process on the node: on a node shared
+/// by many daemons, or many simulated hosts, a scan of all /proc is what grows); otherwise scans.
+pub fn descendants(root: i32) -> Vec<ProcInfo> {
+    match children_lists() {
+        true => walk(root)
+            .into_iter()
+            .filter_map(proc_info)
+            .filter(|p| !p.zombie)
+            .collect(),
+        false => descendants_by_scan(root),
+    }
+}
+
+fn descendants_by_scan(root: i32) -> Vec<ProcInfo> {
+    let procs = all_processes();
+    let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child.pid) {
+                stack.push(child.pid);
+                if !child.zombie {
+                    found.push((*child).clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether this kernel lists each thread's children (/proc/PID/task/TID/children).
+fn children_lists() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let tid = nix::unistd::gettid();
+        std::path::Path::new(&format!("/proc/self/task/{tid}/children")).exists()
+    })
+}
+
+/// Every descendant pid of `root`, from the children lists of each of their threads.
+fn walk(root: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in list
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if seen.insert(child) {
+                    stack.push(child);
+                    found.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Live descendants of `root` (pids only): the cheap look that the kill loop repeats until the
+/// tree is gone.
+pub fn descendant_pids(root: i32) -> Vec<i32> {
+    if children_lists() {
+        return walk(root)
+            .into_iter()
+            .filter(|pid| !is_zombie(*pid))
+            .collect();
+    }
+    descendant_pids_by_scan(root)
+}
+
+/// A zombie, or gone.
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    matches!(state, Some("Z" | "X") | None)
+}
+
+fn descendant_pids_by_scan(root: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let zombie = matches!(fields.next(), Some("Z" | "X"));
+        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
+            children.entry(ppid).or_default().push((pid, zombie));
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
+            stack.push(child);
+            if !zombie {
+                found.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// True while the process that had `pid` and `start_time` runs (not reused, not a zombie).
+pub fn still_running(pid: i32, start_time: u64) -> bool {
+    proc_info(pid).is_some_and(|p| p.start_time == start_time && !p.zombie)
+}
+
+/// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace): in
+/// another user namespace and another network namespace than this process. slirp4netns, its
+/// other child, is in that user namespace too but in the host's network namespace.
+pub fn rootlesskit_child(rootlesskit: i32) -> Option<i32> {
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    let (own_user, own_net) = (ns("self", "user"), ns("self", "net"));
+    descendants(rootlesskit)
+        .into_iter()
+        .find(|p| {
+            let pid = p.pid.to_string();
+            p.ppid == rootlesskit && ns(&pid, "user") != own_user && ns(&pid, "net") != own_net
+        })
+        .map(|p| p.pid)
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_finds_what_the_scan_finds() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let found = crate::sys::deadline::poll_until(
+            std::time::Instant::now() + std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(10),
+            || {
+                let mut walked = descendant_pids(me);
+                walked.retain(|p| proc_info(*p).is_some_and(|i| i.cmdline.starts_with("sleep")));
+                (walked.len() == 2).then_some(walked)
+            },
+        );
+        let mut walked = found.expect("two sleeps under sh");
+        let mut scanned = descendant_pids_by_scan(me);
+        scanned.retain(|p| walked.contains(p));
+        walked.sort_unstable();
+        scanned.sort_unstable();
+        assert_eq!(walked, scanned);
+        assert!(children_lists());
+        for pid in &walked {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
