@@ -3,6 +3,8 @@
 
 mod cmd;
 mod host;
+#[cfg(test)]
+mod layering;
 mod mpi;
 mod output;
 mod plan;

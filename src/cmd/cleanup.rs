@@ -2,26 +2,15 @@
 //! crash, or a scheduler that killed everything), and never touches a run that is still alive.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::host::guard;
+use crate::host::leftovers::{Report, clean_dir};
+use crate::sys::statedir::{self, GuardRecord};
 
 /// How young a directory without a lock or record must be to count as a run still starting.
 const STARTING: Duration = Duration::from_secs(10);
-use crate::host::teardown;
-use crate::sys::statedir;
-
-/// What one cleanup found and did.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// State directories and end sockets.
-    pub removed: Vec<String>,
-    pub killed: Vec<String>,
-    pub skipped_live: Vec<String>,
-    pub errors: Vec<String>,
-}
 
 pub fn run(base: &Path, dry_run: bool) -> Result<i32> {
     let report = clean(base, dry_run);
@@ -92,49 +81,14 @@ fn is_live(dir: &Path) -> bool {
     match statedir::run_lock_held(dir) {
         Some(held) => held,
         None => {
-            let record = guard::read_record(dir);
-            if let Some(r) = &record {
-                return guard::is_alive(r);
+            if let Some(record) = GuardRecord::read(dir) {
+                return record.is_alive();
             }
             std::fs::symlink_metadata(dir)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() < STARTING)
         }
     }
-}
-
-/// Kills whatever still runs from a dead run's state directory (orphans of a dead guard) and
-/// removes the directory; records what it did in `report`. True when the directory is gone (or
-/// would be, on a dry run).
-fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> bool {
-    for p in crate::sys::procfs::all_processes() {
-        if p.uid == me && !p.zombie && belongs_to_run(p.pid, dir) {
-            report
-                .killed
-                .push(format!("{} ({})", p.pid, short(&p.cmdline)));
-            if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
-                report.errors.push(format!("{e:#}"));
-            }
-        }
-    }
-    if dry_run {
-        return true;
-    }
-    // Processes inside the daemon's PID namespace die with its init; give them a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline
-        && crate::sys::procfs::all_processes()
-            .iter()
-            .any(|p| p.uid == me && !p.zombie && belongs_to_run(p.pid, dir))
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Err(e) = teardown::remove_state_dir(dir, Duration::from_secs(30)) {
-        report.errors.push(format!("{e:#}"));
-        return false;
-    }
-    let _ = std::fs::remove_file(crate::host::end_notice::end_path_of(dir));
-    true
 }
 
 /// This host's end sockets (`<job>-<host>.end`) that nobody listens on any more: their rank was
@@ -162,58 +116,4 @@ fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut
         }
         report.removed.push(path.display().to_string());
     }
-}
-
-/// A rank whose guard died cleans its host as `cleanup` would: the guard's daemon tree (whatever
-/// survived it) and the state directory. Returns what was done, or every failure.
-pub fn after_guard_death(dir: &Path) -> Result<String> {
-    let mut report = Report::default();
-    let me = nix::unistd::getuid().as_raw();
-    let removed = clean_dir(dir, me, false, &mut report);
-    if let Some(root) = dir.parent() {
-        // The per-user root goes too once no other run of this user is left on the host.
-        let _ = std::fs::remove_dir(root);
-    }
-    if !report.errors.is_empty() {
-        bail!(
-            "could not clean {}: {}",
-            dir.display(),
-            report.errors.join("; ")
-        );
-    }
-    Ok(format!(
-        "killed {} leftover process(es){}",
-        report.killed.len(),
-        if removed {
-            format!(", removed {}", dir.display())
-        } else {
-            String::new()
-        }
-    ))
-}
-
-/// Whether a process is one of a run's own (its guard, rootlesskit and its child, slirp4netns,
-/// dockerd): one of its arguments is exactly one of the paths they are started with, never just
-/// a string that contains the directory's name.
-fn belongs_to_run(pid: i32, dir: &Path) -> bool {
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let d = dir.display();
-    let own = [
-        format!("{d}"),
-        format!("--state-dir={d}/rk"),
-        format!("{d}/rk/.s4nn.sock"),
-        format!("{d}/daemon.json"),
-    ];
-    raw.split(|b| *b == 0)
-        .any(|arg| own.iter().any(|o| o.as_bytes() == arg))
-}
-
-fn short(cmdline: &str) -> String {
-    let mut s: String = cmdline.chars().take(80).collect();
-    if cmdline.chars().count() > 80 {
-        s.push('…');
-    }
-    s
 }

@@ -11,12 +11,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::host::firewall::SWARM_PORTS;
 use crate::plan::config::Network;
 use crate::sys::statedir::StateDir;
-
-/// Swarm's ports: cluster management, gossip (both protocols) and VXLAN data.
-pub const SWARM_PORTS: [(u16, &str); 4] =
-    [(2377, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp")];
 
 /// Inside the namespaces: drop the symlinks copy-up left to the host's runtime files (so the
 /// daemon makes its own), then become dockerd. The same steps as Docker's dockerd-rootless.sh.

@@ -238,3 +238,58 @@ impl Engine {
         Ok(Response { status, body })
     }
 }
+
+/// The pieces of a log stream with the stream each came from. Without a TTY the Engine API
+/// multiplexes stdout and stderr in frames (an 8-byte header: stream, three zeros, a big-endian
+/// length); a TTY's output has no headers. A frame cut short keeps what arrived.
+pub fn frames(body: &[u8]) -> Vec<(&'static str, &[u8])> {
+    let framed = body.len() >= 8 && body[0] <= 2 && body[1..4] == [0, 0, 0];
+    if !framed {
+        return vec![("tty", body)];
+    }
+    let mut found = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 8 {
+        let stream = match rest[0] {
+            0 => "stdin",
+            1 => "stdout",
+            2 => "stderr",
+            _ => break,
+        };
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = 8usize.saturating_add(len).min(rest.len());
+        found.push((stream, &rest[8..end]));
+        rest = &rest[end..];
+    }
+    found
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// One frame of Docker's multiplexed log stream, as the daemon sends it.
+    pub(crate) fn frame(stream: u8, text: &str) -> Vec<u8> {
+        let mut f = vec![stream, 0, 0, 0];
+        f.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        f.extend_from_slice(text.as_bytes());
+        f
+    }
+
+    #[test]
+    fn frame_headers_are_stripped_and_streams_named() {
+        let mut body = frame(1, "2026-01-01T00:00:00.000000001Z hello\n");
+        body.extend(frame(2, "2026-01-01T00:00:00.000000002Z oops\n"));
+        let got = frames(&body);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, "stdout");
+        assert_eq!(
+            got[1],
+            ("stderr", &b"2026-01-01T00:00:00.000000002Z oops\n"[..])
+        );
+        // A TTY stream has no headers; a cut frame keeps what arrived.
+        assert_eq!(frames(b"plain text\n"), vec![("tty", &b"plain text\n"[..])]);
+        let cut = &body[..body.len() - 3];
+        assert_eq!(frames(cut)[1].1, b"2026-01-01T00:00:00.000000002Z oo");
+    }
+}

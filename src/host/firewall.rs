@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::host::daemon::SWARM_PORTS;
+/// Swarm's ports: cluster management, gossip (both protocols) and VXLAN data.
+pub const SWARM_PORTS: [(u16, &str); 4] =
+    [(2377, "tcp"), (7946, "tcp"), (7946, "udp"), (4789, "udp")];
 
 /// mpiswarm's own table in the daemon's namespace (Docker's rules live in tables of their own).
 const TABLE: &str = "ip mpiswarm";

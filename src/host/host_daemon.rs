@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
+use serde_json::json;
 use tracing::debug;
 
-use crate::host::engine::Engine;
+use crate::host::engine::{CALL_TIMEOUT, Engine};
 use crate::host::guard::GuardHandle;
 use crate::host::guard_protocol::GuardEvent;
 use crate::host::preflight::Check;
@@ -129,7 +130,7 @@ impl Launched {
         // The overlay's gateway bridge; the host path has no overlay (and no bridges).
         if !self.network.is_host() {
             let t = Instant::now();
-            crate::swarm::formation::create_gwbridge(&engine)?;
+            create_gwbridge(&engine)?;
             tl.done("gwbridge", t);
         }
         debug!(
@@ -176,5 +177,30 @@ impl Launched {
             self.guard.dir.log().display(),
             self.guard.dir.log_tail(12)
         )
+    }
+}
+
+/// docker_gwbridge must exist before the swarm does, with inter-container traffic allowed, or
+/// the daemon makes one with defaults unsuited to the rootless network.
+fn create_gwbridge(engine: &Engine) -> Result<()> {
+    let body = json!({
+        "Name": "docker_gwbridge",
+        "Driver": "bridge",
+        "Options": {
+            "com.docker.network.bridge.enable_icc": "true",
+            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            "com.docker.network.bridge.name": "docker_gwbridge",
+            // As large as slirp4netns' link behind it (Docker's default is 1500).
+            crate::plan::mtu::DRIVER_OPTION: crate::plan::mtu::SLIRP_MTU.to_string(),
+        },
+        "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
+    });
+    let response = engine.request("POST", "/networks/create", Some(&body), CALL_TIMEOUT)?;
+    match response.status {
+        200 | 201 | 409 => Ok(()),
+        code => bail!(
+            "failed to create docker_gwbridge ({code}): {}",
+            response.message()
+        ),
     }
 }

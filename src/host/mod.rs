@@ -10,6 +10,7 @@ pub mod guard;
 pub mod guard_protocol;
 pub mod host_daemon;
 pub mod identity;
+pub mod leftovers;
 pub mod oci_runtime;
 pub mod offer;
 pub mod preflight;

@@ -191,7 +191,7 @@ impl UpConfig {
             load: args.load.clone(),
             stack: match &args.stack {
                 Some(file) => {
-                    crate::swarm::stack::check_name(&args.stack_name)?;
+                    check_stack_name(&args.stack_name)?;
                     Some((file.clone(), args.stack_name.clone()))
                 }
                 None => None,
@@ -315,9 +315,36 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((addr, len))
 }
 
+/// Checks a stack name before anything starts (Docker's rules for names).
+fn check_stack_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        bail!(
+            "--stack-name {name:?} is not valid: use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_names() {
+        assert!(check_stack_name("demo").is_ok());
+        assert!(check_stack_name("Demo").is_err());
+        assert!(check_stack_name("-x").is_err());
+        assert!(check_stack_name("").is_err());
+    }
 
     #[test]
     fn durations() {

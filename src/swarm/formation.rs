@@ -9,31 +9,6 @@ use serde_json::{Value, json};
 
 use crate::host::engine::{CALL_TIMEOUT, Engine};
 
-/// docker_gwbridge must exist before the swarm does, with inter-container traffic allowed, or
-/// the daemon makes one with defaults unsuited to the rootless network.
-pub fn create_gwbridge(engine: &Engine) -> Result<()> {
-    let body = json!({
-        "Name": "docker_gwbridge",
-        "Driver": "bridge",
-        "Options": {
-            "com.docker.network.bridge.enable_icc": "true",
-            "com.docker.network.bridge.enable_ip_masquerade": "true",
-            "com.docker.network.bridge.name": "docker_gwbridge",
-            // As large as slirp4netns' link behind it (Docker's default is 1500).
-            crate::plan::mtu::DRIVER_OPTION: crate::plan::mtu::SLIRP_MTU.to_string(),
-        },
-        "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
-    });
-    let response = engine.request("POST", "/networks/create", Some(&body), CALL_TIMEOUT)?;
-    match response.status {
-        200 | 201 | 409 => Ok(()),
-        code => bail!(
-            "failed to create docker_gwbridge ({code}): {}",
-            response.message()
-        ),
-    }
-}
-
 /// The role a host joins in; each has its own join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinRole {

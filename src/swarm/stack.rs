@@ -281,7 +281,7 @@ pub fn failure_message(
         // No container ran (a rejected task): there is no log to read.
         return text;
     }
-    let Some(left) = crate::swarm::collect::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
+    let Some(left) = crate::sys::deadline::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
         text.push_str("\n  (its log was not read: no time was left before the deadline)");
         return text;
     };
@@ -310,7 +310,7 @@ pub fn log_tail(
     if !response.is_success() {
         bail!("GET {path}: {}", response.message());
     }
-    let mut kept: Vec<String> = crate::swarm::collect::frames(&response.body)
+    let mut kept: Vec<String> = crate::host::engine::frames(&response.body)
         .into_iter()
         .flat_map(|(_, payload)| payload.split(|b| *b == b'\n'))
         .filter(|l| !l.is_empty())
@@ -333,35 +333,12 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Checks a stack name before anything starts (Docker's rules for names).
-pub fn check_name(name: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !valid {
-        bail!(
-            "--stack-name {name:?} is not valid: use lower-case letters, digits, '-' and '_', starting with a letter or digit"
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_and_encoding() {
-        assert!(check_name("demo").is_ok());
-        assert!(check_name("Demo").is_err());
-        assert!(check_name("-x").is_err());
-        assert!(check_name("").is_err());
+    fn names_are_encoded() {
         assert_eq!(encode("{\"a\":1}"), "%7B%22a%22%3A1%7D");
     }
 }

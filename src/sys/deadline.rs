@@ -109,6 +109,12 @@ impl Backoff {
 /// A paced poll keeps its server busy at most 1 / (1 + PACED_RATIO) of the time.
 const PACED_RATIO: u32 = 4;
 
+/// The time left until `until`, if any worth starting a call with.
+pub fn time_left(until: Instant) -> Option<Duration> {
+    let left = until.saturating_duration_since(Instant::now());
+    (left >= Duration::from_millis(1)).then_some(left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

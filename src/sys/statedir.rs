@@ -16,7 +16,7 @@
 //! ```
 
 use std::fs::DirBuilder;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +35,29 @@ pub struct GuardRecord {
     pub start_time: u64,
     pub host: String,
     pub job: String,
+}
+
+impl GuardRecord {
+    /// Reads a run's guard record, for `cleanup`.
+    pub fn read(dir: &Path) -> Option<GuardRecord> {
+        let mut text = String::new();
+        std::fs::File::open(
+            StateDir {
+                path: dir.to_path_buf(),
+            }
+            .guard_record(),
+        )
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// True while the guard that wrote this record is still running (pid and start time both
+    /// match).
+    pub fn is_alive(&self) -> bool {
+        crate::sys::procfs::still_running(self.pid, self.start_time)
+    }
 }
 
 #[derive(Debug, Clone)]

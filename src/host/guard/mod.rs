@@ -8,12 +8,12 @@
 //! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
 //! would, and the run tears down reporting the host.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -147,7 +147,7 @@ fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool
 /// Once slirp4netns listens on the published TCP ports, deepens their accept queues; reports the
 /// outcome as an event (the rank logs it).
 fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBool>) {
-    let ports: Vec<u16> = daemon::SWARM_PORTS
+    let ports: Vec<u16> = crate::host::firewall::SWARM_PORTS
         .iter()
         .filter(|(_, proto)| *proto == "tcp")
         .map(|(port, _)| *port)
@@ -173,7 +173,7 @@ fn wait_for_teardown(
 ) -> Option<crate::host::squatters::Squatter> {
     let stdin = std::io::stdin();
     let mut lifeline = stdin.lock();
-    let udp_ports: Vec<u16> = daemon::SWARM_PORTS
+    let udp_ports: Vec<u16> = crate::host::firewall::SWARM_PORTS
         .iter()
         .filter(|(_, proto)| *proto == "udp")
         .map(|(port, _)| *port)
@@ -481,7 +481,7 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
         "the guard (pid {}) died ({how}): cleaning this host now",
         watch.pid
     );
-    let what = match crate::cmd::cleanup::after_guard_death(&watch.dir) {
+    let what = match crate::host::leftovers::after_guard_death(&watch.dir) {
         Ok(done) => format!(
             "the guard (pid {}) died ({how}); this rank cleaned the host as `mpiswarm cleanup` would: {done}",
             watch.pid
@@ -512,24 +512,4 @@ fn wait_dead(pid: u32, deadline: Instant) -> String {
             Err(_) => return "ended".to_owned(),
         }
     }
-}
-
-/// Reads a guard record, for `cleanup`.
-pub fn read_record(dir: &Path) -> Option<GuardRecord> {
-    let mut text = String::new();
-    std::fs::File::open(
-        StateDir {
-            path: dir.to_path_buf(),
-        }
-        .guard_record(),
-    )
-    .ok()?
-    .read_to_string(&mut text)
-    .ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// True while the guard that wrote `record` is still running (pid and start time both match).
-pub fn is_alive(record: &GuardRecord) -> bool {
-    crate::sys::procfs::still_running(record.pid, record.start_time)
 }

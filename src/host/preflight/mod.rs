@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::host::daemon::SWARM_PORTS;
+use crate::host::firewall::SWARM_PORTS;
 use crate::plan::config::{HostConfig, Network};
 use crate::sys::statedir::{self, StateDir};
 

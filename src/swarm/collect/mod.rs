@@ -23,15 +23,14 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::host::engine::Engine;
+use crate::host::engine::{Engine, frames};
 use crate::host::host_daemon::HostDaemon;
 use crate::mpi::collective::{Gathered, Leaders};
 use crate::plan::config::Collect;
-use crate::swarm::collect::out::Output;
+use crate::swarm::collect::out::{Output, SERVICE_CAP};
+use crate::sys::deadline::time_left;
 use crate::sys::signals::Signals;
 
-/// The most kept of one service's logs on one host; beyond it they are cut, saying so.
-pub const SERVICE_CAP: usize = 4 << 20;
 /// The most kept of one host's daemon log: its end.
 const DAEMON_LOG_CAP: u64 = 4 << 20;
 /// Longer lines are split (a TTY's output may have no newlines at all).
@@ -210,12 +209,6 @@ fn transfer(
     }
 }
 
-/// The time left until `until`, if any worth starting a call with.
-pub fn time_left(until: Instant) -> Option<Duration> {
-    let left = until.saturating_duration_since(Instant::now());
-    (left >= Duration::from_millis(1)).then_some(left)
-}
-
 /// This host's share, in an unnamed file in its state directory (memory stays bounded; the
 /// file goes with the teardown), rewound for sending.
 fn spool(
@@ -370,31 +363,6 @@ fn format_logs(
     Ok((written, false))
 }
 
-/// The pieces of a log stream with the stream each came from. Without a TTY the Engine API
-/// multiplexes stdout and stderr in frames (an 8-byte header: stream, three zeros, a big-endian
-/// length); a TTY's output has no headers. A frame cut short keeps what arrived.
-pub fn frames(body: &[u8]) -> Vec<(&'static str, &[u8])> {
-    let framed = body.len() >= 8 && body[0] <= 2 && body[1..4] == [0, 0, 0];
-    if !framed {
-        return vec![("tty", body)];
-    }
-    let mut found = Vec::new();
-    let mut rest = body;
-    while rest.len() >= 8 {
-        let stream = match rest[0] {
-            0 => "stdin",
-            1 => "stdout",
-            2 => "stderr",
-            _ => break,
-        };
-        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let end = 8usize.saturating_add(len).min(rest.len());
-        found.push((stream, &rest[8..end]));
-        rest = &rest[end..];
-    }
-    found
-}
-
 /// The end of this host's daemon log (at most `DAEMON_LOG_CAP` bytes) as `D` lines.
 fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> Result<()> {
     let name = format!("hosts/{host}/daemon.log");
@@ -439,33 +407,9 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// One frame of Docker's multiplexed log stream, as the daemon sends it.
-    pub(crate) fn frame(stream: u8, text: &str) -> Vec<u8> {
-        let mut f = vec![stream, 0, 0, 0];
-        f.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        f.extend_from_slice(text.as_bytes());
-        f
-    }
-
-    #[test]
-    fn frame_headers_are_stripped_and_streams_named() {
-        let mut body = frame(1, "2026-01-01T00:00:00.000000001Z hello\n");
-        body.extend(frame(2, "2026-01-01T00:00:00.000000002Z oops\n"));
-        let got = frames(&body);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0, "stdout");
-        assert_eq!(
-            got[1],
-            ("stderr", &b"2026-01-01T00:00:00.000000002Z oops\n"[..])
-        );
-        // A TTY stream has no headers; a cut frame keeps what arrived.
-        assert_eq!(frames(b"plain text\n"), vec![("tty", &b"plain text\n"[..])]);
-        let cut = &body[..body.len() - 3];
-        assert_eq!(frames(cut)[1].1, b"2026-01-01T00:00:00.000000002Z oo");
-    }
+    use crate::host::engine::tests::frame;
 
     #[test]
     fn log_lines_carry_time_task_node_and_stream_and_are_cut_at_the_cap() {

@@ -13,8 +13,11 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::host::engine::Engine;
-use crate::swarm::collect::time_left;
+use crate::sys::deadline::time_left;
 use crate::sys::statedir::StateDir;
+
+/// The most kept of one service's logs on one host; beyond it they are cut, saying so.
+pub const SERVICE_CAP: usize = 4 << 20;
 
 /// A host's unfinished line longer than this is written as it is (lines are cut shorter).
 const MAX_PENDING: usize = 1 << 20;

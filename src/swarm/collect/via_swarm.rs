@@ -11,8 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::host::engine::{Body, Engine};
-use crate::swarm::collect::{SERVICE_CAP, frames, time_left};
+use crate::host::engine::{Body, Engine, frames};
+use crate::swarm::collect::out::SERVICE_CAP;
+use crate::sys::deadline::time_left;
 
 /// Who a task is, for its log lines: its name as Docker gives it, and its host.
 struct TaskName {
@@ -192,7 +193,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::swarm::collect::tests::frame;
+    use crate::host::engine::tests::frame;
 
     #[test]
     fn manager_lines_read_like_the_hosts_own_and_only_the_wanted_hosts_are_kept() {
