@@ -1,0 +1,202 @@
+//! `up` with a swarm: formed, its membership confirmed and sealed, then used (images loaded,
+//! stack deployed, the workload run).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tracing::info;
+
+use crate::host::engine::Engine;
+use crate::host::host_daemon::HostDaemon;
+use crate::mpi::collective::Interrupt;
+use crate::plan::config::Workload;
+use crate::swarm::formation;
+use crate::swarm::stack_state::Goal;
+
+use super::{Milestones, Run};
+
+impl Run<'_> {
+    /// Everything between the daemons' start and the teardown; returns the exit code.
+    pub(super) fn with_swarm(
+        &mut self,
+        daemon: &HostDaemon,
+        join: Option<formation::Invitations>,
+        hosts: &[String],
+        marks: &mut Milestones,
+    ) -> Result<i32> {
+        let node_id = self.join(daemon, join, hosts)?;
+        let node_ids = self.leaders.gather_to_root(
+            &node_id,
+            "say their swarm node IDs",
+            self.deadline,
+            Interrupt::BySignal,
+        )?;
+        let node_ids = node_ids.unwrap_or_default();
+        let managers = self.managers(hosts.len());
+        self.phase("confirm swarm membership", Some("membership"), |run| {
+            if run.is_root() {
+                let guard = daemon.guard.pid() as i32;
+                run.confirm_members(&daemon.engine, guard, hosts, &node_ids, managers)?;
+            }
+            Ok(())
+        })?;
+        marks.swarm_ready = self.start.elapsed().as_secs_f64() + self.started_in;
+        if !self.cfg.load.is_empty() {
+            let t = Instant::now();
+            let names = crate::swarm::images::distribute(
+                self.leaders,
+                &self.cfg.load,
+                &daemon.engine,
+                self.deadline,
+            )?;
+            self.tl.done("image-load", t);
+            if self.is_root() {
+                info!(
+                    "loaded {} on {} host(s) in {:.2} s",
+                    names.join(", "),
+                    hosts.len(),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        if let Some((file, name)) = &self.cfg.stack {
+            self.phase(&format!("deploy the stack {name}"), Some("stack"), |run| {
+                if run.is_root() {
+                    run.deploy_stack(&daemon.engine, file, name)?;
+                }
+                Ok(())
+            })?;
+        }
+        if let Some(image) = &self.cfg.probe_image {
+            let t = Instant::now();
+            crate::swarm::verify::run(
+                self.leaders,
+                &daemon.engine,
+                hosts,
+                image,
+                self.cfg.overlay_mtu,
+                self.deadline,
+            )?;
+            self.tl.done("verify", t);
+        }
+        marks.bring_up = self.start.elapsed().as_secs_f64() + self.started_in;
+        self.use_swarm(daemon, hosts, marks)
+    }
+
+    /// The swarm in use: rank 0 runs the command or waits (then tells every host to stop), the
+    /// other hosts wait to be told; returns the exit code.
+    pub(super) fn use_swarm(
+        &mut self,
+        daemon: &HostDaemon,
+        hosts: &[String],
+        marks: &Milestones,
+    ) -> Result<i32> {
+        if !self.is_root() {
+            return crate::swarm::workload::wait_for_stop(self.leaders, self.signals).map(|()| 0);
+        }
+        info!(
+            "swarm ready: {} node(s) ({}) in {:.2} s",
+            hosts.len(),
+            hosts.join(", "),
+            marks.swarm_ready
+        );
+        let ready =
+            crate::output::outputs::ReadyFile::write(self.cfg, daemon.engine.socket(), hosts.len());
+        let workload = match &self.cfg.workload {
+            Workload::Command(command) => crate::swarm::workload::Workload::Command(command),
+            Workload::StackWork(name) => crate::swarm::workload::Workload::StackWork {
+                engine: &daemon.engine,
+                name,
+            },
+            Workload::Signal => crate::swarm::workload::Workload::Signal,
+        };
+        let code = ready.and_then(|_ready| {
+            crate::swarm::workload::run_or_wait(
+                self.leaders,
+                &workload,
+                daemon.engine.socket(),
+                self.signals,
+            )
+        });
+        self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
+        code
+    }
+
+    /// Rank 0: every host's node Ready, the swarm sealed (in this order: once the tokens are
+    /// rotated nobody else can join, so the strangers listed after it are all there will be),
+    /// then every node labelled. Each step is timed for the report.
+    pub(super) fn confirm_members(
+        &mut self,
+        engine: &crate::host::engine::Engine,
+        guard_pid: i32,
+        hosts: &[String],
+        node_ids: &[String],
+        managers: usize,
+    ) -> Result<()> {
+        let until = self.own_deadline();
+        let t = Instant::now();
+        formation::wait_members(engine, hosts, node_ids, managers, until)?;
+        self.tl.done("members-ready", t);
+        self.tl.set_manager_join_cpu(
+            crate::sys::procfs::program_cpu(guard_pid, "dockerd") - self.manager_cpu_at_join,
+        );
+        let t = Instant::now();
+        crate::swarm::seal::rotate_tokens(engine, until)?;
+        crate::swarm::seal::remove_strangers(engine, node_ids, until)?;
+        self.tl.done("seal", t);
+        let t = Instant::now();
+        formation::label_nodes(engine, &self.node_labels(hosts, node_ids), until)?;
+        self.tl.done("labels", t);
+        Ok(())
+    }
+
+    /// Rank 0's part of the stack phase: deploy, then wait until the stack is up (beside
+    /// `--until-jobs-complete`, only its lasting services: the work is the workload's).
+    pub(super) fn deploy_stack(
+        &self,
+        engine: &Engine,
+        file: &std::path::Path,
+        name: &str,
+    ) -> Result<()> {
+        let until = self.own_deadline();
+        crate::swarm::stack::deploy(engine, file, name, until)?;
+        let goal = match self.cfg.workload {
+            Workload::StackWork(_) => Goal::Infrastructure,
+            Workload::Command(_) | Workload::Signal => Goal::Up,
+        };
+        crate::swarm::stack::wait_for(engine, name, goal, until, |counts| {
+            info!("stack {name}: {counts}");
+        })?;
+        if goal == Goal::Infrastructure {
+            crate::swarm::stack::check_work(engine, name)?;
+        }
+        Ok(())
+    }
+
+    /// The labels stacks can place by, for each host's node (rank 0; `ids` in host order).
+    pub(super) fn node_labels(
+        &self,
+        hosts: &[String],
+        ids: &[String],
+    ) -> Vec<formation::NodeLabels> {
+        hosts
+            .iter()
+            .zip(ids)
+            .zip(&self.facts)
+            .enumerate()
+            .map(|(index, ((host, id), f))| {
+                let labels = [
+                    ("mpiswarm.index", index.to_string()),
+                    ("mpiswarm.ranks", f.ranks.to_string()),
+                    ("mpiswarm.cpus", f.offer.cpus.to_string()),
+                    ("mpiswarm.memory", f.offer.memory_mib.to_string()),
+                ];
+                formation::NodeLabels {
+                    host: host.clone(),
+                    id: id.clone(),
+                    labels: labels.map(|(k, v)| (k.to_owned(), v)).to_vec(),
+                }
+            })
+            .collect()
+    }
+}
