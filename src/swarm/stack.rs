@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::host::engine::Engine;
-use crate::swarm::stack_state::{self, Counts, Failure, Goal, Nodes, Service, Task, Verdict};
+use crate::swarm::stack_state::verdict::{self, Counts, Failure, Goal, Verdict};
+use crate::swarm::stack_state::{self, Nodes, Service, Task};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the CLI's output is kept for an error message (its end).
@@ -158,14 +159,14 @@ pub fn wait_for(
             .clamp(Duration::from_secs(1), CALL_TIMEOUT);
         let snap = Snapshot::take(engine, name, timeout)
             .with_context(|| format!("failed to read the state of stack {name}"))?;
-        let reports = stack_state::reports(&snap.services, &snap.tasks);
-        let counts = stack_state::counts(&reports, goal);
+        let reports = verdict::reports(&snap.services, &snap.tasks);
+        let counts = verdict::counts(&reports, goal);
         if last != Some(counts) {
             on_progress(counts);
             last = Some(counts);
         }
         let settled = start.elapsed() >= GLOBAL_SETTLE;
-        match stack_state::judge(&reports, goal, settled) {
+        match verdict::judge(&reports, goal, settled) {
             Verdict::Reached => {
                 warn_taskless(name, &reports);
                 return Ok(());
@@ -176,7 +177,7 @@ pub fn wait_for(
             Verdict::Waiting(waiting) if Instant::now() >= deadline => {
                 let lines: Vec<String> = waiting
                     .iter()
-                    .map(|r| stack_state::describe_waiting(r, &snap.nodes))
+                    .map(|r| verdict::describe_waiting(r, &snap.nodes))
                     .collect();
                 bail!(
                     "stack {name} was not up before the deadline ({counts}); still waiting for:\n{}",
@@ -204,27 +205,20 @@ pub enum Work {
 /// How long one look at the work may take: rank 0 sends heartbeats between looks.
 const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One look at the stack's work; `settled` as for `stack_state::judge`.
+/// One look at the stack's work; `settled` as for `verdict::judge`.
 pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
     let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
         .with_context(|| format!("failed to read the state of stack {name}"))?;
-    let reports = stack_state::reports(&snap.services, &snap.tasks);
-    let counts = stack_state::counts(&reports, Goal::WorkDone);
-    Ok(
-        match stack_state::judge(&reports, Goal::WorkDone, settled) {
-            Verdict::Reached => Work::Done(counts),
-            Verdict::Waiting(_) => Work::Running(counts),
-            Verdict::Failed(failure) => Work::Failed {
-                code: failure.exit_code(),
-                message: failure_message(
-                    engine,
-                    &failure,
-                    &snap.nodes,
-                    Instant::now() + LOG_TIMEOUT,
-                ),
-            },
+    let reports = verdict::reports(&snap.services, &snap.tasks);
+    let counts = verdict::counts(&reports, Goal::WorkDone);
+    Ok(match verdict::judge(&reports, Goal::WorkDone, settled) {
+        Verdict::Reached => Work::Done(counts),
+        Verdict::Waiting(_) => Work::Running(counts),
+        Verdict::Failed(failure) => Work::Failed {
+            code: failure.exit_code(),
+            message: failure_message(engine, &failure, &snap.nodes, Instant::now() + LOG_TIMEOUT),
         },
-    )
+    })
 }
 
 /// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
@@ -255,7 +249,7 @@ pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
 }
 
 /// A global service Swarm gave no task: no node matches its constraints or platforms.
-fn warn_taskless(name: &str, reports: &[stack_state::ServiceReport]) {
+fn warn_taskless(name: &str, reports: &[verdict::ServiceReport]) {
     for r in reports
         .iter()
         .filter(|r| r.expected == 0 && r.service.mode.is_global())

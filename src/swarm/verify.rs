@@ -153,7 +153,7 @@ fn deploy_probes(
     crate::swarm::stack::wait_for(
         engine,
         NETWORK,
-        crate::swarm::stack_state::Goal::Up,
+        crate::swarm::stack_state::verdict::Goal::Up,
         deadline,
         |_| {},
     )

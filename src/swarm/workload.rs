@@ -15,7 +15,7 @@ use tracing::{debug, info};
 use crate::host::engine::Engine;
 use crate::mpi::collective::Leaders;
 use crate::swarm::stack::Work;
-use crate::swarm::stack_state::Counts;
+use crate::swarm::stack_state::verdict::Counts;
 use crate::sys::signals::{self, Signals};
 
 /// How often rank 0 tells the others it is alive while the swarm is up.

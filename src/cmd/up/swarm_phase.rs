@@ -11,7 +11,7 @@ use crate::host::host_daemon::HostDaemon;
 use crate::mpi::collective::Interrupt;
 use crate::plan::config::Workload;
 use crate::swarm::formation;
-use crate::swarm::stack_state::Goal;
+use crate::swarm::stack_state::verdict::Goal;
 
 use super::{Milestones, Run};
 
