@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::host::preflight::{self, Check, Status};
+use crate::host::preflight::{
+    self,
+    check::{Check, Status},
+};
 use crate::mpi::cluster::{Cluster, Role};
 use crate::mpi::collective::{Interrupt, Leaders};
 use crate::plan::config::{HostConfig, Network};

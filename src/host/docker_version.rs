@@ -37,7 +37,7 @@ impl Probe {
         child.stdout.take()?.read_to_string(&mut text).ok()?;
         let version = status
             .success()
-            .then(|| crate::host::preflight::major_minor(&text))
+            .then(|| crate::host::preflight::tools::major_minor(&text))
             .flatten();
         tracing::debug!("dockerd --version: {:?} -> {version:?}", text.trim());
         version

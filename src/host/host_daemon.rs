@@ -12,7 +12,7 @@ use tracing::debug;
 use crate::host::engine::{CALL_TIMEOUT, Engine};
 use crate::host::guard::GuardHandle;
 use crate::host::guard_protocol::GuardEvent;
-use crate::host::preflight::Check;
+use crate::host::preflight::check::Check;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
 use crate::sys::signals::{self, Signals};
