@@ -4,6 +4,9 @@
 //! gathered to it. No collective waits past its deadline or (unless asked) a teardown signal;
 //! one that was abandoned leaves MPI unusable, and every later one is refused.
 
+mod notices;
+mod transfer;
+
 use std::fmt;
 use std::time::Instant;
 
@@ -12,22 +15,14 @@ use mpi::collective::SystemOperation;
 use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::mpi::messages::{Kind, ManagerInvitation, Message};
 use crate::mpi::mpi_buffer::Lent;
 use crate::mpi::progress::Progress;
 use crate::sys::signals::{self, Signals};
 
-/// Chunk size of streamed broadcasts (image archives).
-const CHUNK: usize = 4 << 20;
 /// A failure's message is cut to this many bytes in an agreement.
 const MAX_ERROR: usize = 4096;
-/// What rank 0 holds at once in a streamed gather, over all hosts (one chunk per host).
-const GATHER_ROUND: usize = 16 << 20;
-/// A streamed gather's chunk per host: no smaller than this however many hosts there are.
-const GATHER_MIN_CHUNK: usize = 64 << 10;
 
 /// How a streamed gather ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,149 +198,6 @@ impl Leaders {
         .into())
     }
 
-    /// Every leader's value, in host order, at rank 0 (`None` elsewhere).
-    pub fn gather_to_root<T: Serialize + DeserializeOwned>(
-        &mut self,
-        value: &T,
-        what: &str,
-        deadline: Instant,
-        interrupt: Interrupt,
-    ) -> Result<Option<Vec<T>>> {
-        let record = serde_json::to_vec(value)?;
-        let width = self.all_reduce_max(record.len() as u64, what, deadline, interrupt)?;
-        let Some(records) = self.gather_fixed(record, width as usize, what, deadline, interrupt)?
-        else {
-            return Ok(None);
-        };
-        let values = records
-            .iter()
-            .map(|r| serde_json::from_slice(r))
-            .collect::<Result<Vec<T>, _>>()?;
-        Ok(Some(values))
-    }
-
-    /// Rank 0's value (`Some` there, `None` elsewhere), on every leader.
-    pub fn broadcast_value<T: Serialize + DeserializeOwned>(
-        &mut self,
-        value: Option<&T>,
-        what: &str,
-        deadline: Instant,
-    ) -> Result<T> {
-        let bytes = value.map(serde_json::to_vec).transpose()?;
-        let bytes = self.broadcast(bytes, what, deadline)?;
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    /// Rank 0's bytes, on every leader.
-    pub fn broadcast(
-        &mut self,
-        data: Option<Vec<u8>>,
-        what: &str,
-        deadline: Instant,
-    ) -> Result<Vec<u8>> {
-        let len = Box::new(data.as_ref().map_or(0, |d| d.len() as u64));
-        let len = *self.broadcast_box(len, what, deadline)?;
-        let buf = data
-            .unwrap_or_else(|| vec![0; len as usize])
-            .into_boxed_slice();
-        Ok(self.broadcast_box(buf, what, deadline)?.into_vec())
-    }
-
-    /// Streams rank 0's `source` to every leader's `sink` in fixed-size chunks: memory stays
-    /// bounded whatever the size. Returns the number of bytes streamed.
-    pub fn broadcast_stream(
-        &mut self,
-        mut source: Option<&mut dyn std::io::Read>,
-        mut sink: impl FnMut(&[u8]),
-        what: &str,
-        deadline: Instant,
-    ) -> Result<u64> {
-        let mut buf = vec![0u8; CHUNK + 8].into_boxed_slice();
-        let mut total = 0u64;
-        loop {
-            if let Some(src) = source.as_mut() {
-                let header = match read_full(*src, &mut buf[8..]) {
-                    Ok(n) => n as u64,
-                    Err(_) => u64::MAX,
-                };
-                buf[..8].copy_from_slice(&header.to_le_bytes());
-            }
-            buf = self.broadcast_box(buf, what, deadline)?;
-            let mut header = [0u8; 8];
-            header.copy_from_slice(&buf[..8]);
-            match u64::from_le_bytes(header) {
-                0 => return Ok(total),
-                u64::MAX => bail!("rank 0 failed to read the data to {what}"),
-                n => {
-                    let n = (n as usize).min(CHUNK);
-                    sink(&buf[8..8 + n]);
-                    total += n as u64;
-                }
-            }
-        }
-    }
-
-    /// Streams every leader's `source` to rank 0, which hands each piece to `sink` with the
-    /// sender's host index, in order per host. Each round every leader sends at most one chunk
-    /// (rank 0 holds at most `GATHER_ROUND` bytes at once, whatever the number of hosts); a
-    /// leader whose `stop` says so ends the stream everywhere after the rounds already done.
-    /// The waits never end on a first signal (this runs during teardown), only at `deadline`.
-    pub fn gather_stream(
-        &mut self,
-        mut source: Option<&mut dyn std::io::Read>,
-        mut sink: impl FnMut(usize, &[u8]),
-        stop: impl Fn() -> bool,
-        what: &str,
-        deadline: Instant,
-    ) -> Result<Gathered> {
-        let chunk = (GATHER_ROUND / self.hosts().max(1)).clamp(GATHER_MIN_CHUNK, CHUNK);
-        let mut buf = vec![0u8; chunk];
-        loop {
-            let len = match source.as_mut().map(|s| read_full(*s, &mut buf)) {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => {
-                    tracing::warn!("{}: failed to read what to send to {what}: {e}", self.host);
-                    source = None;
-                    0
-                }
-                None => 0,
-            };
-            let vote = if stop() { u64::MAX } else { len as u64 };
-            let width = self.all_reduce_max(vote, what, deadline, Interrupt::Never)?;
-            match width {
-                u64::MAX => return Ok(Gathered::Stopped),
-                0 => return Ok(Gathered::Complete),
-                _ => {}
-            }
-            let record = buf[..len].to_vec();
-            let records =
-                self.gather_fixed(record, width as usize, what, deadline, Interrupt::Never)?;
-            for (host, piece) in records.iter().flatten().enumerate() {
-                if !piece.is_empty() {
-                    sink(host, piece);
-                }
-            }
-        }
-    }
-
-    /// Broadcasts the contents of `buf` from rank 0 into every leader's `buf`, and gives it back.
-    fn broadcast_box<T: ?Sized + BufferMut + 'static>(
-        &mut self,
-        buf: Box<T>,
-        what: &str,
-        deadline: Instant,
-    ) -> Result<Box<T>> {
-        self.ready(what)?;
-        let (lent, view) = Lent::new(buf);
-        let request = self
-            .comm
-            .process_at_rank(0)
-            .immediate_broadcast_into(StaticScope, view);
-        self.wait(request, what, deadline, Interrupt::BySignal)?;
-        // SAFETY: the request completed; `view` went into it and is not used again.
-        Ok(unsafe { lent.reclaim() })
-    }
-
     fn all_reduce_max(
         &mut self,
         value: u64,
@@ -366,39 +218,6 @@ impl Leaders {
         // SAFETY: the request completed; the views went into it and are not used again.
         let (_, max) = unsafe { (send.reclaim(), recv.reclaim()) };
         Ok(*max)
-    }
-
-    /// Gathers `record` (at most `width` bytes) from every leader to rank 0, which gets them in
-    /// host order with their padding removed.
-    fn gather_fixed(
-        &mut self,
-        mut record: Vec<u8>,
-        width: usize,
-        what: &str,
-        deadline: Instant,
-        interrupt: Interrupt,
-    ) -> Result<Option<Vec<Vec<u8>>>> {
-        self.ready(what)?;
-        let len = record.len();
-        // The length goes first: records may contain any bytes.
-        record.splice(0..0, (len as u64).to_le_bytes());
-        record.resize(width + 8, 0);
-        let (send, send_view) = Lent::new(record.into_boxed_slice());
-        let root = self.comm.process_at_rank(0);
-        if !self.is_root() {
-            let request = root.immediate_gather_into(StaticScope, &*send_view);
-            self.wait(request, what, deadline, interrupt)?;
-            // SAFETY: the request completed; the view went into it and is not used again.
-            drop(unsafe { send.reclaim() });
-            return Ok(None);
-        }
-        let all = vec![0u8; (width + 8) * self.hosts()].into_boxed_slice();
-        let (recv, recv_view) = Lent::new(all);
-        let request = root.immediate_gather_into_root(StaticScope, &*send_view, recv_view);
-        self.wait(request, what, deadline, interrupt)?;
-        // SAFETY: as above.
-        let (_, all) = unsafe { (send.reclaim(), recv.reclaim()) };
-        Ok(Some(all.chunks(width + 8).map(unpad).collect()))
     }
 
     fn ready(&self, what: &str) -> Result<()> {
@@ -455,118 +274,6 @@ impl Leaders {
             self.signals.sleep(backoff.next());
         }
     }
-
-    /// Rank 0: sends a manager's join invitation to the host of index `host` alone.
-    pub fn send_manager_invitation(&self, host: usize, bytes: &[u8]) {
-        ManagerInvitation::send(&self.comm, host as i32, bytes);
-    }
-
-    /// A manager host: waits for its join invitation from rank 0 until the deadline or a
-    /// teardown signal. Only a probe is pending meanwhile: giving up leaves MPI usable.
-    pub fn receive_manager_invitation(&self, deadline: Instant) -> Result<Vec<u8>> {
-        let mut backoff = crate::sys::deadline::Backoff::default();
-        loop {
-            if let Some(bytes) = ManagerInvitation::poll(&self.comm, Some(0)) {
-                return Ok(bytes);
-            }
-            if let Some(sig) = self.signals.received() {
-                bail!(
-                    "interrupted by {} while waiting for the manager join invitation from rank 0",
-                    signals::name(sig)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!("timed out waiting for the manager join invitation from rank 0");
-            }
-            self.signals.sleep(backoff.next());
-        }
-    }
-
-    /// This worker host's join ended: the host `index` (a join window later) may start its own.
-    pub fn pass_join_turn(&self, index: usize) {
-        Message::JoinTurn.send(&self.comm, index as i32);
-    }
-
-    /// Waits until host `index` (a join window earlier) says its join ended, until the deadline
-    /// or a teardown signal; `name` is that host's, for the error.
-    pub fn wait_join_turn(&self, index: usize, name: &str, deadline: Instant) -> Result<()> {
-        let mut backoff = crate::sys::deadline::Backoff::default();
-        loop {
-            if Message::poll(&self.comm, Some(index as i32), Kind::JoinTurn).is_some() {
-                return Ok(());
-            }
-            if let Some(sig) = self.signals.received() {
-                bail!(
-                    "interrupted by {} while waiting for {name} to finish joining the swarm \
-                     (joins go a window at a time)",
-                    signals::name(sig)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "timed out waiting for {name} to finish joining the swarm: this host joins \
-                     after it (joins go a window at a time, --joins-per-manager)"
-                );
-            }
-            self.signals.sleep(backoff.next());
-        }
-    }
-
-    /// Rank 0 starts counting hosts that finish the next phase (shown live on a terminal).
-    pub fn begin_progress(&mut self, label: &str, total: usize) {
-        let is_root = self.is_root();
-        self.progress.begin(is_root, label, total);
-    }
-
-    /// This host finished its part of the current progress phase.
-    pub fn progress_done(&mut self) {
-        let is_root = self.is_root();
-        self.progress.done(&self.comm, is_root);
-    }
-
-    /// Rank 0: a stop requested by any rank of the job (the signal it received).
-    pub fn poll_stop_request(&self) -> Option<i32> {
-        match Message::poll(&self.world, None, Kind::StopRequest)? {
-            (_, Message::StopRequest { signal }) => Some(signal),
-            _ => None,
-        }
-    }
-
-    /// This rank asks rank 0 to stop the job (it received `signal`).
-    pub fn request_stop(&self, signal: i32) {
-        Message::StopRequest { signal }.send(&self.world, 0);
-    }
-
-    /// Rank 0 tells every other leader to tear down.
-    pub fn announce_stop(&self, code: i32) {
-        Message::Stop { code }.send_to_each(&self.comm, 1);
-    }
-
-    /// Leaders other than rank 0: whether rank 0 said stop.
-    pub fn poll_stop(&self) -> bool {
-        Message::poll(&self.comm, Some(0), Kind::Stop).is_some()
-    }
-
-    /// Rank 0: tells every other leader it is alive.
-    pub fn send_heartbeats(&self) {
-        Message::Heartbeat.send_to_each(&self.comm, 1);
-    }
-
-    /// Leaders other than rank 0: true if rank 0's heartbeat arrived since the last call.
-    pub fn poll_heartbeats(&self) -> bool {
-        let mut heard = false;
-        while Message::poll(&self.comm, Some(0), Kind::Heartbeat).is_some() {
-            heard = true;
-        }
-        heard
-    }
-
-    /// Receives messages nobody waited for (both sides stopped at once), so that none is left
-    /// in flight at finalize. Called after the last agreement, which follows every send.
-    pub fn drain(&self) {
-        Message::drain(&self.comm);
-        Message::drain(&self.world);
-    }
 }
 
 /// A local result as an agreement's status and the value to keep if every host agrees.
@@ -575,14 +282,6 @@ pub fn split<T>(result: Result<T>) -> (Result<()>, Option<T>) {
         Ok(v) => (Ok(()), Some(v)),
         Err(e) => (Err(e), None),
     }
-}
-
-/// A gathered record without its length prefix and padding.
-fn unpad(slot: &[u8]) -> Vec<u8> {
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&slot[..8]);
-    let len = (u64::from_le_bytes(len) as usize).min(slot.len() - 8);
-    slot[8..8 + len].to_vec()
 }
 
 /// Cuts `text` to at most `max` bytes, on a character boundary, saying so.
@@ -599,22 +298,9 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// Reads until `buf` is full or the source ends.
-fn read_full(source: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::transfer::unpad;
     use super::*;
 
     #[test]

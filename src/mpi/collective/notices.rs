@@ -1,0 +1,125 @@
+//! The leaders' point-to-point notices outside the agreements: manager invitations, join
+//! turns, progress, stop requests, heartbeats, and the drain of what is left at the end.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::mpi::messages::{Kind, ManagerInvitation, Message};
+use crate::sys::signals::{self};
+
+use super::Leaders;
+
+impl Leaders {
+    /// Rank 0: sends a manager's join invitation to the host of index `host` alone.
+    pub fn send_manager_invitation(&self, host: usize, bytes: &[u8]) {
+        ManagerInvitation::send(&self.comm, host as i32, bytes);
+    }
+
+    /// A manager host: waits for its join invitation from rank 0 until the deadline or a
+    /// teardown signal. Only a probe is pending meanwhile: giving up leaves MPI usable.
+    pub fn receive_manager_invitation(&self, deadline: Instant) -> Result<Vec<u8>> {
+        let mut backoff = crate::sys::deadline::Backoff::default();
+        loop {
+            if let Some(bytes) = ManagerInvitation::poll(&self.comm, Some(0)) {
+                return Ok(bytes);
+            }
+            if let Some(sig) = self.signals.received() {
+                bail!(
+                    "interrupted by {} while waiting for the manager join invitation from rank 0",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out waiting for the manager join invitation from rank 0");
+            }
+            self.signals.sleep(backoff.next());
+        }
+    }
+
+    /// This worker host's join ended: the host `index` (a join window later) may start its own.
+    pub fn pass_join_turn(&self, index: usize) {
+        Message::JoinTurn.send(&self.comm, index as i32);
+    }
+
+    /// Waits until host `index` (a join window earlier) says its join ended, until the deadline
+    /// or a teardown signal; `name` is that host's, for the error.
+    pub fn wait_join_turn(&self, index: usize, name: &str, deadline: Instant) -> Result<()> {
+        let mut backoff = crate::sys::deadline::Backoff::default();
+        loop {
+            if Message::poll(&self.comm, Some(index as i32), Kind::JoinTurn).is_some() {
+                return Ok(());
+            }
+            if let Some(sig) = self.signals.received() {
+                bail!(
+                    "interrupted by {} while waiting for {name} to finish joining the swarm \
+                     (joins go a window at a time)",
+                    signals::name(sig)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out waiting for {name} to finish joining the swarm: this host joins \
+                     after it (joins go a window at a time, --joins-per-manager)"
+                );
+            }
+            self.signals.sleep(backoff.next());
+        }
+    }
+
+    /// Rank 0 starts counting hosts that finish the next phase (shown live on a terminal).
+    pub fn begin_progress(&mut self, label: &str, total: usize) {
+        let is_root = self.is_root();
+        self.progress.begin(is_root, label, total);
+    }
+
+    /// This host finished its part of the current progress phase.
+    pub fn progress_done(&mut self) {
+        let is_root = self.is_root();
+        self.progress.done(&self.comm, is_root);
+    }
+
+    /// Rank 0: a stop requested by any rank of the job (the signal it received).
+    pub fn poll_stop_request(&self) -> Option<i32> {
+        match Message::poll(&self.world, None, Kind::StopRequest)? {
+            (_, Message::StopRequest { signal }) => Some(signal),
+            _ => None,
+        }
+    }
+
+    /// This rank asks rank 0 to stop the job (it received `signal`).
+    pub fn request_stop(&self, signal: i32) {
+        Message::StopRequest { signal }.send(&self.world, 0);
+    }
+
+    /// Rank 0 tells every other leader to tear down.
+    pub fn announce_stop(&self, code: i32) {
+        Message::Stop { code }.send_to_each(&self.comm, 1);
+    }
+
+    /// Leaders other than rank 0: whether rank 0 said stop.
+    pub fn poll_stop(&self) -> bool {
+        Message::poll(&self.comm, Some(0), Kind::Stop).is_some()
+    }
+
+    /// Rank 0: tells every other leader it is alive.
+    pub fn send_heartbeats(&self) {
+        Message::Heartbeat.send_to_each(&self.comm, 1);
+    }
+
+    /// Leaders other than rank 0: true if rank 0's heartbeat arrived since the last call.
+    pub fn poll_heartbeats(&self) -> bool {
+        let mut heard = false;
+        while Message::poll(&self.comm, Some(0), Kind::Heartbeat).is_some() {
+            heard = true;
+        }
+        heard
+    }
+
+    /// Receives messages nobody waited for (both sides stopped at once), so that none is left
+    /// in flight at finalize. Called after the last agreement, which follows every send.
+    pub fn drain(&self) {
+        Message::drain(&self.comm);
+        Message::drain(&self.world);
+    }
+}
