@@ -10,7 +10,7 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::host::engine::{CALL_TIMEOUT, Engine};
-use crate::host::guard::GuardHandle;
+use crate::host::guard::handle::GuardHandle;
 use crate::host::guard_protocol::GuardEvent;
 use crate::host::preflight::check::Check;
 use crate::output::report::Timeline;

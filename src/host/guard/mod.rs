@@ -6,37 +6,31 @@
 //! from its stdout (`guard_protocol`). `teardown` on the lifeline, or its end, starts the
 //! teardown. The daemon's tree dies with the guard (a parent death signal); if the guard dies
 //! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
-//! would, and the run tears down reporting the host.
+//! would, and the run tears down reporting the host. This file is the guard process; `handle`
+//! is the rank's side.
 
-use std::io::{BufRead, BufReader, Write};
+pub mod handle;
+
+use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Child;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
 
 use crate::host::guard_protocol::{GuardCommand, GuardEvent};
 use crate::host::{daemon, teardown};
 use crate::plan::cli::GuardArgs;
 use crate::plan::config::Network;
-use crate::sys::signals::OnSignal;
 use crate::sys::statedir::{GuardRecord, StateDir};
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
-
-/// How long the teardown waits for the rank's own cleanup after killing a hung guard.
-const LOST_CLEANUP_BUDGET: Duration = Duration::from_secs(35);
 
 /// How long the guard looks for slirp4netns' listeners (they appear before dockerd starts).
 const BACKLOG_WAIT: Duration = Duration::from_secs(60);
@@ -238,278 +232,5 @@ fn teardown_host(dir: &StateDir) -> Result<()> {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
         (Err(a), Err(b)) => Err(anyhow!("{a:#}; {b:#}")),
-    }
-}
-
-/// The write end of the guard's stdin, shared with the signal thread: a teardown signal reaches
-/// the guard at once, whatever the rank's main thread is blocked in.
-struct Lifeline(Mutex<Option<ChildStdin>>);
-
-impl Lifeline {
-    /// Sends `teardown` and closes the lifeline (its end means the same); later calls do nothing.
-    fn teardown(&self) {
-        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut pipe) = taken {
-            let _ = pipe.write_all(GuardCommand::Teardown.encode().as_bytes());
-        }
-    }
-}
-
-impl OnSignal for Lifeline {
-    fn on_signal(&self, _sig: i32) {
-        self.teardown();
-    }
-}
-
-/// The rank's side: starts the guard and talks to it.
-pub struct GuardHandle {
-    child: Child,
-    lifeline: Arc<Lifeline>,
-    events: Receiver<GuardEvent>,
-    /// Set when the guard died without a verdict: what this rank then did to clean the host.
-    lost: Arc<OnceLock<String>>,
-    pub dir: StateDir,
-    done: bool,
-}
-
-/// Starts the guard in a session of its own, which its daemon's processes inherit. Out of the
-/// rank's process group, the launcher's group kill cannot hit the daemon half-way (the guard
-/// reacts to the rank's death instead). And where the kernel groups processes by session for CPU
-/// scheduling (autogroup, on by default in Debian's kernels), the daemon gets a fair share beside
-/// the job's ranks however many there are. At 32 ranks per host on 2 cores that gives rank 0's
-/// early daemon its CPU during MPI's start better than lowering the waiting ranks' priority did,
-/// which slowed MPI's start itself (bench/SCALE.md).
-///
-/// The guard also keeps none of the rank's other descriptors: MPI's sockets are not close-on-exec,
-/// and a daemon tree holding a rank's connections and its listening socket keeps a dead rank's
-/// connections open for its peers (they would not see it die).
-fn own_session(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and makes two async-signal-safe
-    // system calls (close_range, setsid); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Every descriptor past stdio closes at exec; an old kernel without close_range
-            // (before 5.11) leaves them, as before.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
-}
-
-impl GuardHandle {
-    pub fn spawn(
-        dir: StateDir,
-        addr: Ipv4Addr,
-        network: Network,
-        vxlan_nolearning: bool,
-        overlay_default_mtu: Option<u32>,
-    ) -> Result<Self> {
-        let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
-        let mut guard = Command::new(&exe);
-        guard.arg("guard");
-        if vxlan_nolearning {
-            guard.arg("--vxlan-nolearning");
-        }
-        if let Some(mtu) = overlay_default_mtu {
-            guard.arg("--overlay-default-mtu").arg(mtu.to_string());
-        }
-        guard
-            .arg("--dir")
-            .arg(&dir.path)
-            .arg("--advertise-addr")
-            .arg(addr.to_string())
-            .arg("--net")
-            .arg(network.guard_net().as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        own_session(&mut guard);
-        let mut child = guard
-            .spawn()
-            .with_context(|| format!("failed to start the guard {}", exe.display()))?;
-        let lifeline = Arc::new(Lifeline(Mutex::new(child.stdin.take())));
-        let listener: Weak<dyn OnSignal> = Arc::downgrade(&lifeline) as _;
-        crate::sys::signals::listen(listener);
-        let stdout = child
-            .stdout
-            .take()
-            .context("the guard's output was not piped")?;
-        let (tx, events) = channel();
-        let lost = Arc::new(OnceLock::new());
-        let watch = Watch {
-            pid: child.id(),
-            dir: dir.path.clone(),
-            lost: lost.clone(),
-        };
-        std::thread::Builder::new()
-            .name("guard-events".into())
-            .spawn(move || read_events(stdout, &tx, &watch))
-            .context("failed to start the guard reader thread")?;
-        Ok(GuardHandle {
-            lifeline,
-            child,
-            events,
-            lost,
-            dir,
-            done: false,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An event from the guard, if one arrives within `timeout`.
-    pub fn next_event(&self, timeout: Duration) -> Option<GuardEvent> {
-        match self.events.recv_timeout(timeout) {
-            Ok(event) => Some(event),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
-        }
-    }
-
-    /// Set as soon as the guard died without a verdict (and this rank cleaned the host): what
-    /// happened. The signal side learns it too (`signals::GUARD_LOST`), so every wait ends.
-    pub fn gone(&self) -> Option<&str> {
-        self.lost.get().map(String::as_str)
-    }
-
-    /// Starts the teardown without waiting for it (so that several things can overlap).
-    pub fn begin_teardown(&mut self) {
-        self.lifeline.teardown();
-    }
-
-    /// Tears the host down and waits for the guard's verdict, at most `timeout`.
-    pub fn teardown(&mut self, timeout: Duration) -> Result<()> {
-        if self.done {
-            return Ok(());
-        }
-        self.done = true;
-        self.begin_teardown();
-        let deadline = Instant::now() + timeout;
-        let mut verdict = None;
-        while verdict.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(GuardEvent::Clean) => verdict = Some(Ok(())),
-                Ok(GuardEvent::Dirty(what)) => verdict = Some(Err(anyhow!("{what}"))),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    verdict = Some(Err(match self.gone() {
-                        Some(what) => anyhow!("{what}"),
-                        None => anyhow!(
-                            "the guard (pid {}) ended without a verdict",
-                            self.child.id()
-                        ),
-                    }));
-                }
-                Err(RecvTimeoutError::Timeout) => return Err(self.kill_hung(timeout)),
-            }
-        }
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        crate::sys::deadline::wait_or_kill(&mut self.child, left)?;
-        verdict.unwrap_or_else(|| Err(anyhow!("the guard gave no verdict")))
-    }
-
-    /// The guard did not finish its teardown: kill it; its reader then cleans the host as after
-    /// any death of the guard, and the error says how that went.
-    fn kill_hung(&mut self, timeout: Duration) -> anyhow::Error {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let cleaned = loop {
-            match self.events.recv_timeout(LOST_CLEANUP_BUDGET) {
-                Ok(GuardEvent::Dirty(what)) => break what,
-                Ok(_) => {}
-                Err(_) => break "no cleanup after it".to_owned(),
-            }
-        };
-        anyhow!(
-            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed; {cleaned}",
-            self.dir.path.display(),
-            timeout,
-            self.child.id()
-        )
-    }
-}
-
-impl Drop for GuardHandle {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown(TEARDOWN_BUDGET + Duration::from_secs(2)) {
-            tracing::error!("{e:#}");
-        }
-    }
-}
-
-/// What the reader thread needs to clean up after its guard.
-struct Watch {
-    pid: u32,
-    dir: PathBuf,
-    lost: Arc<OnceLock<String>>,
-}
-
-/// The guard-events reader: passes events on; if the guard's output ends without a verdict (it
-/// died: SIGKILL, OOM, a crash), cleans the host at once, then reports it like a verdict.
-fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
-    let mut verdict = false;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        match GuardEvent::decode(&line) {
-            Ok(event) => {
-                verdict |= event.is_verdict();
-                if let GuardEvent::Intruder { .. } = &event {
-                    // The whole job stops now, not at the next phase.
-                    tracing::error!("{event}");
-                    crate::sys::signals::intruder();
-                }
-                // The handle may be gone already; keep reading until the guard's end anyway.
-                let _ = tx.send(event);
-            }
-            Err(e) => tracing::warn!("{e:#}"),
-        }
-    }
-    if verdict {
-        return;
-    }
-    let how = wait_dead(watch.pid, Instant::now() + Duration::from_secs(1));
-    tracing::error!(
-        "the guard (pid {}) died ({how}): cleaning this host now",
-        watch.pid
-    );
-    let what = match crate::host::leftovers::after_guard_death(&watch.dir) {
-        Ok(done) => format!(
-            "the guard (pid {}) died ({how}); this rank cleaned the host as `mpiswarm cleanup` would: {done}",
-            watch.pid
-        ),
-        Err(e) => format!(
-            "the guard (pid {}) died ({how}), and cleaning the host after it failed: {e:#}",
-            watch.pid
-        ),
-    };
-    let _ = watch.lost.set(what.clone());
-    let _ = tx.send(GuardEvent::Dirty(what));
-    crate::sys::signals::guard_lost();
-}
-
-/// Waits until the guard has exited (without reaping it: its handle does), and says how.
-fn wait_dead(pid: u32, deadline: Instant) -> String {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-    loop {
-        match waitid(Id::Pid(Pid::from_raw(pid as i32)), flags) {
-            Ok(WaitStatus::Exited(_, code)) => return format!("exit code {code}"),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return format!("killed by {}", sig.as_str()),
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(WaitStatus::StillAlive) => return "its output ended, still running".to_owned(),
-            Ok(other) => return format!("{other:?}"),
-            // Reaped already by its handle.
-            Err(_) => return "ended".to_owned(),
-        }
     }
 }
