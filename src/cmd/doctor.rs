@@ -124,6 +124,15 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
         );
         return i32::from(failed);
     }
+    print_table(reports);
+    if !print_problems(reports) {
+        println!("\nall {} host(s) ready for mpiswarm", reports.len());
+    }
+    i32::from(failed)
+}
+
+/// One line per host, one column per check.
+fn print_table(reports: &[HostReport]) {
     let names: Vec<&str> = reports
         .first()
         .map(|r| r.checks.iter().map(|c| c.name.as_str()).collect())
@@ -156,6 +165,10 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
         }
         println!("{}", line.trim_end());
     }
+}
+
+/// Each warning and failure with its fix; whether there was any.
+fn print_problems(reports: &[HostReport]) -> bool {
     let mut problems = false;
     for r in reports {
         for c in r.checks.iter().filter(|c| c.status != Status::Ok) {
@@ -174,8 +187,5 @@ fn print_reports(reports: &[HostReport], json: bool) -> i32 {
             );
         }
     }
-    if !problems {
-        println!("\nall {} host(s) ready for mpiswarm", reports.len());
-    }
-    i32::from(failed)
+    problems
 }

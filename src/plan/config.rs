@@ -196,14 +196,7 @@ impl UpConfig {
                 }
                 None => None,
             },
-            probe_image: match (args.verify, &args.probe_image) {
-                (false, _) => None,
-                (true, Some(image)) => Some(image.clone()),
-                (true, None) => bail!(
-                    "--verify needs --probe-image IMAGE: an image with sh and nc, loaded with --load \
-                     (e.g. a busybox image saved with `docker save`)"
-                ),
-            },
+            probe_image: probe_image(args)?,
             report: args.report.clone(),
             managers: usize::from(args.managers),
             joins_per_manager: usize::from(args.joins_per_manager),
@@ -218,19 +211,7 @@ impl UpConfig {
                 args.overlay_mtu
                     .unwrap_or(crate::plan::mtu::DEFAULT_OVERLAY_MTU),
             )?,
-            collect: match &args.collect {
-                Some(dir) if dir.as_os_str().is_empty() => bail!("--collect needs a directory"),
-                Some(dir) => Some(Collect {
-                    dir: dir.clone(),
-                    budget: parse_duration(&args.collect_timeout).with_context(|| {
-                        format!(
-                            "--collect-timeout {:?} is not a valid duration",
-                            args.collect_timeout
-                        )
-                    })?,
-                }),
-                None => None,
-            },
+            collect: collect(args)?,
             workload: match (&args.command[..], args.until_jobs_complete) {
                 (_, true) => Workload::StackWork(args.stack_name.clone()),
                 ([], false) => Workload::Signal,
@@ -313,6 +294,35 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
         bail!("it overlaps slirp4netns' network 10.0.2.0/24; choose e.g. 10.128.0.0/12");
     }
     Ok((addr, len))
+}
+
+/// `--verify`'s probe image, which it cannot do without.
+fn probe_image(args: &UpArgs) -> Result<Option<String>> {
+    Ok(match (args.verify, &args.probe_image) {
+        (false, _) => None,
+        (true, Some(image)) => Some(image.clone()),
+        (true, None) => bail!(
+            "--verify needs --probe-image IMAGE: an image with sh and nc, loaded with --load \
+             (e.g. a busybox image saved with `docker save`)"
+        ),
+    })
+}
+
+/// `--collect DIR` with its budget.
+fn collect(args: &UpArgs) -> Result<Option<Collect>> {
+    Ok(match &args.collect {
+        Some(dir) if dir.as_os_str().is_empty() => bail!("--collect needs a directory"),
+        Some(dir) => Some(Collect {
+            dir: dir.clone(),
+            budget: parse_duration(&args.collect_timeout).with_context(|| {
+                format!(
+                    "--collect-timeout {:?} is not a valid duration",
+                    args.collect_timeout
+                )
+            })?,
+        }),
+        None => None,
+    })
 }
 
 /// Checks a stack name before anything starts (Docker's rules for names).

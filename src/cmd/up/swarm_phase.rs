@@ -42,22 +42,7 @@ impl Run<'_> {
         })?;
         marks.swarm_ready = self.start.elapsed().as_secs_f64() + self.started_in;
         if !self.cfg.load.is_empty() {
-            let t = Instant::now();
-            let names = crate::swarm::images::distribute(
-                self.leaders,
-                &self.cfg.load,
-                &daemon.engine,
-                self.deadline,
-            )?;
-            self.tl.done("image-load", t);
-            if self.is_root() {
-                info!(
-                    "loaded {} on {} host(s) in {:.2} s",
-                    names.join(", "),
-                    hosts.len(),
-                    t.elapsed().as_secs_f64()
-                );
-            }
+            self.load_images(daemon, hosts)?;
         }
         if let Some((file, name)) = &self.cfg.stack {
             self.phase(&format!("deploy the stack {name}"), Some("stack"), |run| {
@@ -81,6 +66,27 @@ impl Run<'_> {
         }
         marks.bring_up = self.start.elapsed().as_secs_f64() + self.started_in;
         self.use_swarm(daemon, hosts, marks)
+    }
+
+    /// `--load`: every archive read once at rank 0 and loaded on every host.
+    fn load_images(&mut self, daemon: &HostDaemon, hosts: &[String]) -> Result<()> {
+        let t = Instant::now();
+        let names = crate::swarm::images::distribute(
+            self.leaders,
+            &self.cfg.load,
+            &daemon.engine,
+            self.deadline,
+        )?;
+        self.tl.done("image-load", t);
+        if self.is_root() {
+            info!(
+                "loaded {} on {} host(s) in {:.2} s",
+                names.join(", "),
+                hosts.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
     }
 
     /// The swarm in use: rank 0 runs the command or waits (then tells every host to stop), the

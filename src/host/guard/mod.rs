@@ -52,38 +52,14 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         .advertise_addr
         .parse()
         .with_context(|| format!("invalid advertise address {:?}", args.advertise_addr))?;
-    let me = crate::sys::procfs::proc_info(std::process::id() as i32)
-        .ok_or_else(|| anyhow!("cannot read /proc/self"))?;
-    let record = GuardRecord {
-        pid: me.pid,
-        start_time: me.start_time,
-        host: crate::host::identity::hostname(),
-        job: args
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
+    let record = own_record(args)?;
     // Held for the guard's life: `cleanup` leaves a run alone while anyone holds it.
     let _run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
     StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
     let network = Network::from_guard_net(args.net);
-    let mut daemon =
-        match daemon::command(&dir, addr, network, args.overlay_default_mtu).and_then(|mut c| {
-            c.spawn()
-                .context("failed to start rootlesskit (is it installed and on PATH?)")
-        }) {
-            Ok(child) => Some(child),
-            Err(e) => {
-                emit(&mut out, &GuardEvent::Exited(format!("{e:#}")));
-                None
-            }
-        };
-    if let Some(child) = &daemon {
-        emit(&mut out, &GuardEvent::Started(child.id()));
-    }
+    let mut daemon = start_daemon(args, &dir, addr, network, &mut out);
     let stop_helpers = Arc::new(AtomicBool::new(false));
     if args.vxlan_nolearning
         && let Some(child) = &daemon
@@ -114,6 +90,47 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         Err(e) => emit(&mut out, &GuardEvent::Dirty(format!("{e:#}"))),
     }
     Ok(if result.is_ok() { 0 } else { 1 })
+}
+
+/// What `guard.json` says of this guard: `cleanup` leaves the run alone while it is alive.
+fn own_record(args: &GuardArgs) -> Result<GuardRecord> {
+    let me = crate::sys::procfs::proc_info(std::process::id() as i32)
+        .ok_or_else(|| anyhow!("cannot read /proc/self"))?;
+    Ok(GuardRecord {
+        pid: me.pid,
+        start_time: me.start_time,
+        host: crate::host::identity::hostname(),
+        job: args
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Starts rootlesskit with dockerd and tells the rank (`Started`, or `Exited` with the reason).
+fn start_daemon(
+    args: &GuardArgs,
+    dir: &StateDir,
+    addr: Ipv4Addr,
+    network: Network,
+    out: &mut impl Write,
+) -> Option<Child> {
+    let daemon =
+        match daemon::command(dir, addr, network, args.overlay_default_mtu).and_then(|mut c| {
+            c.spawn()
+                .context("failed to start rootlesskit (is it installed and on PATH?)")
+        }) {
+            Ok(child) => Some(child),
+            Err(e) => {
+                emit(out, &GuardEvent::Exited(format!("{e:#}")));
+                None
+            }
+        };
+    if let Some(child) = &daemon {
+        emit(out, &GuardEvent::Started(child.id()));
+    }
+    daemon
 }
 
 /// One event to the rank, as one line.

@@ -45,27 +45,7 @@ pub fn run_checks(
     checks.push(check_userns());
     checks.push(check_tun());
     checks.push(check_kernel_fs("overlay"));
-    match network {
-        Network::Overlay { .. } => {
-            if network.slirp4netns_forwards() {
-                checks.push(check_nft());
-            }
-            checks.push(check_module(
-                "vxlan",
-                Status::Fail,
-                "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)",
-            ));
-            checks.push(check_module(
-                "ip_vs",
-                Status::Warn,
-                "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
-            ));
-        }
-        Network::Host => checks.push(host_network_check(
-            which("rootlesskit").map(|p| tool_version(&p)),
-            which("dockerd").map(|p| tool_version(&p)),
-        )),
-    }
+    checks.extend(network_checks(network));
     checks.push(ptrace_check(
         std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
             .ok()
@@ -89,6 +69,34 @@ pub fn run_checks(
     }
     checks.push(check_memory());
     checks
+}
+
+/// What the chosen data path needs: for overlays nft (with the slirp4netns port driver), vxlan
+/// and ip_vs; for `--net host`, recent enough rootlesskit and dockerd.
+fn network_checks(network: Network) -> Vec<Check> {
+    let mut found = Vec::new();
+    match network {
+        Network::Overlay { .. } => {
+            if network.slirp4netns_forwards() {
+                found.push(check_nft());
+            }
+            found.push(check_module(
+                "vxlan",
+                Status::Fail,
+                "overlay networks need the vxlan module: ask your admin to load it (modprobe vxlan)",
+            ));
+            found.push(check_module(
+                "ip_vs",
+                Status::Warn,
+                "without IPVS, service virtual IPs do not route: use endpoint_mode: dnsrr in compose files",
+            ));
+        }
+        Network::Host => found.push(host_network_check(
+            which("rootlesskit").map(|p| tool_version(&p)),
+            which("dockerd").map(|p| tool_version(&p)),
+        )),
+    }
+    found
 }
 
 /// The checks `up` needs to pass, as one error listing every failure with its fix.

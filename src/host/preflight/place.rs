@@ -70,20 +70,7 @@ pub(super) fn check_state_base(base: &Path) -> Check {
             "pass a node-local --state-dir (e.g. /tmp or local scratch)",
         );
     }
-    // Checked without creating anything: a check must leave no trace.
-    let root = statedir::user_root(base);
-    let writable = if root.exists() {
-        statedir::check_user_root(&root).and_then(|()| {
-            nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into)
-        })
-    } else {
-        nix::unistd::access(
-            base,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .map_err(Into::into)
-    };
-    if let Err(e) = writable {
+    if let Err(e) = writable(base) {
         return bad(
             name,
             Status::Fail,
@@ -104,6 +91,23 @@ pub(super) fn check_state_base(base: &Path) -> Check {
         name,
         format!("{} ({} GiB free)", base.display(), free >> 30),
     )
+}
+
+/// Whether this user may make a run's directory under `base` (or in the per-user root there):
+/// checked without creating anything, since a check must leave no trace.
+fn writable(base: &Path) -> anyhow::Result<()> {
+    let root = statedir::user_root(base);
+    if root.exists() {
+        statedir::check_user_root(&root).and_then(|()| {
+            nix::unistd::access(&root, nix::unistd::AccessFlags::W_OK).map_err(Into::into)
+        })
+    } else {
+        nix::unistd::access(
+            base,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .map_err(Into::into)
+    }
 }
 
 pub(super) fn check_ports(addr: Ipv4Addr) -> Check {

@@ -66,19 +66,10 @@ pub fn at_teardown(
         return None;
     }
     let mut out = if leaders.is_root() {
-        Output::create(&plan.dir, job, hosts)
-            .inspect_err(|e| warn!("--collect: {e:#}"))
-            .ok()
+        open_output(plan, job, hosts, skipped, &daemon.engine, read_until)
     } else {
         None
     };
-    if let Some(o) = out.as_mut() {
-        if skipped {
-            o.missing("everything: a second signal asked for an immediate teardown".into());
-        } else {
-            o.swarm_facts(&daemon.engine, read_until);
-        }
-    }
     let share = if skipped {
         None
     } else {
@@ -87,22 +78,7 @@ pub fn at_teardown(
             .inspect_err(|e| warn!("--collect: {e:#}"))
             .ok()
     };
-    let cut = match &abandoned {
-        Some(reason) => {
-            if let Some(o) = out.as_mut() {
-                keep_own_share(o, share);
-            }
-            Some(Cut::Failed(format!(
-                "an earlier MPI collective was abandoned ({reason}), so MPI could carry no \
-                 other host's share"
-            )))
-        }
-        None => {
-            let stop = || signals.urgent() || Instant::now() >= deadline;
-            let until = deadline + TRANSFER_GRACE;
-            transfer(leaders, share, out.as_mut(), stop, until)
-        }
-    };
+    let cut = carry_shares(leaders, signals, share, out.as_mut(), abandoned, deadline);
     let mpi_failed = matches!(cut, Some(Cut::Failed(_)));
     let why = cut.map(|c| match c {
         _ if signals.urgent() => "a second signal ended it".to_owned(),
@@ -126,6 +102,57 @@ pub fn at_teardown(
         dir.display()
     );
     Some(dir)
+}
+
+/// Rank 0's output directory, with the swarm's own facts (unless a second signal asked for an
+/// immediate teardown).
+fn open_output(
+    plan: &Collect,
+    job: &str,
+    hosts: &[String],
+    skipped: bool,
+    engine: &Engine,
+    read_until: Instant,
+) -> Option<Output> {
+    let mut out = Output::create(&plan.dir, job, hosts)
+        .inspect_err(|e| warn!("--collect: {e:#}"))
+        .ok();
+    if let Some(o) = out.as_mut() {
+        if skipped {
+            o.missing("everything: a second signal asked for an immediate teardown".into());
+        } else {
+            o.swarm_facts(engine, read_until);
+        }
+    }
+    out
+}
+
+/// Every host's share to rank 0 over MPI, unless an earlier collective was abandoned (then rank
+/// 0 keeps only its own); what cut the transfer short, if anything.
+fn carry_shares(
+    leaders: &mut Leaders,
+    signals: &Signals,
+    share: Option<File>,
+    mut out: Option<&mut Output>,
+    abandoned: Option<String>,
+    deadline: Instant,
+) -> Option<Cut> {
+    match abandoned {
+        Some(reason) => {
+            if let Some(o) = out.as_mut() {
+                keep_own_share(o, share);
+            }
+            Some(Cut::Failed(format!(
+                "an earlier MPI collective was abandoned ({reason}), so MPI could carry no \
+                 other host's share"
+            )))
+        }
+        None => {
+            let stop = || signals.urgent() || Instant::now() >= deadline;
+            let until = deadline + TRANSFER_GRACE;
+            transfer(leaders, share, out, stop, until)
+        }
+    }
 }
 
 /// A host other than rank 0's when MPI cannot carry its share: rank 0 reads its containers'
@@ -265,6 +292,42 @@ fn service_logs(
         crate::swarm::stack::encode(&filter)
     );
     let listed = engine.get_json(&path, left)?;
+    for (service, mut tasks) in by_service(&listed) {
+        tasks.sort();
+        let mut room = SERVICE_CAP;
+        for (task, id) in tasks {
+            let who = format!("{task}@{host}");
+            let Some(left) = time_left(until).filter(|_| !stopped()) else {
+                note(
+                    out,
+                    &format!("services/{service}.log: {who}: the time budget ran out"),
+                )?;
+                continue;
+            };
+            if room == 0 {
+                continue;
+            }
+            let Some((written, cut)) = task_log(engine, &id, &service, &who, room, left, out)?
+            else {
+                continue;
+            };
+            room = room.saturating_sub(written);
+            if cut {
+                room = 0;
+                writeln!(
+                    out,
+                    "S\t{service}\t[mpiswarm: the logs of {service} on {host} are cut here: \
+                     more than {} MiB]",
+                    SERVICE_CAP >> 20
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The listed containers by service: each task's name and container ID.
+fn by_service(listed: &Value) -> BTreeMap<String, Vec<(String, String)>> {
     let mut services: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for c in listed.as_array().into_iter().flatten() {
         let label = |k: &str| c.pointer(&format!("/Labels/{k}")).and_then(Value::as_str);
@@ -280,52 +343,38 @@ fn service_logs(
             .or_default()
             .push((task.to_owned(), id.to_owned()));
     }
-    for (service, mut tasks) in services {
-        tasks.sort();
-        let mut room = SERVICE_CAP;
-        for (task, id) in tasks {
-            let who = format!("{task}@{host}");
-            let Some(left) = time_left(until).filter(|_| !stopped()) else {
-                note(
-                    out,
-                    &format!("services/{service}.log: {who}: the time budget ran out"),
-                )?;
-                continue;
-            };
-            if room == 0 {
-                continue;
-            }
-            let path = format!("/containers/{id}/logs?stdout=1&stderr=1&timestamps=1");
-            let (written, cut) = match engine.get_capped(&path, room, left) {
-                Ok((r, cut)) if r.is_success() => {
-                    let (written, full) = format_logs(&r.body, &service, &who, room, out)?;
-                    (written, cut || full)
-                }
-                Ok((r, _)) => {
-                    note(
-                        out,
-                        &format!("services/{service}.log: {who}: {}", r.message()),
-                    )?;
-                    continue;
-                }
-                Err(e) => {
-                    note(out, &format!("services/{service}.log: {who}: {e:#}"))?;
-                    continue;
-                }
-            };
-            room = room.saturating_sub(written);
-            if cut {
-                room = 0;
-                writeln!(
-                    out,
-                    "S\t{service}\t[mpiswarm: the logs of {service} on {host} are cut here: \
-                     more than {} MiB]",
-                    SERVICE_CAP >> 20
-                )?;
-            }
+    services
+}
+
+/// One task's logs, at most `room` bytes: what was written and whether it was cut; `None` when
+/// the daemon gave none (named in the output).
+fn task_log(
+    engine: &Engine,
+    id: &str,
+    service: &str,
+    who: &str,
+    room: usize,
+    left: Duration,
+    out: &mut impl Write,
+) -> Result<Option<(usize, bool)>> {
+    let path = format!("/containers/{id}/logs?stdout=1&stderr=1&timestamps=1");
+    match engine.get_capped(&path, room, left) {
+        Ok((r, cut)) if r.is_success() => {
+            let (written, full) = format_logs(&r.body, service, who, room, out)?;
+            Ok(Some((written, cut || full)))
+        }
+        Ok((r, _)) => {
+            note(
+                out,
+                &format!("services/{service}.log: {who}: {}", r.message()),
+            )?;
+            Ok(None)
+        }
+        Err(e) => {
+            note(out, &format!("services/{service}.log: {who}: {e:#}"))?;
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Writes a container's log stream as `S` lines (`<time> <task>@<host> <stream> <text>`), at

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -56,37 +56,51 @@ pub fn service_logs(
             continue;
         };
         let share = left / (services.len() - i) as u32;
-        let path = format!("/services/{id}/logs?stdout=1&stderr=1&timestamps=1&details=1");
-        let cap = SERVICE_CAP.saturating_mul(hosts.len().max(1));
-        match engine.get_bounded(&path, cap, share) {
-            Ok((r, body)) if r.is_success() => {
-                write_lines(&r.body, service, &names, hosts, out)?;
-                if body != Body::Whole {
-                    note(
-                        out,
-                        &format!(
-                            "services/{service}.log: through the swarm manager: {}",
-                            if body == Body::Capped {
-                                "cut at the size limit"
-                            } else {
-                                "cut by the time budget (a node did not send all its lines)"
-                            }
-                        ),
-                    )?;
-                }
+        one_service(engine, id, service, &names, hosts, share, out)?;
+    }
+    Ok(())
+}
+
+/// One service's logs through the manager, in `share` of the time left.
+fn one_service(
+    engine: &Engine,
+    id: &str,
+    service: &str,
+    names: &HashMap<String, TaskName>,
+    hosts: &BTreeSet<String>,
+    share: Duration,
+    out: &mut impl Write,
+) -> Result<()> {
+    let path = format!("/services/{id}/logs?stdout=1&stderr=1&timestamps=1&details=1");
+    let cap = SERVICE_CAP.saturating_mul(hosts.len().max(1));
+    match engine.get_bounded(&path, cap, share) {
+        Ok((r, body)) if r.is_success() => {
+            write_lines(&r.body, service, names, hosts, out)?;
+            if body != Body::Whole {
+                note(
+                    out,
+                    &format!(
+                        "services/{service}.log: through the swarm manager: {}",
+                        if body == Body::Capped {
+                            "cut at the size limit"
+                        } else {
+                            "cut by the time budget (a node did not send all its lines)"
+                        }
+                    ),
+                )?;
             }
-            Ok((r, _)) => note(
-                out,
-                &format!(
-                    "services/{service}.log: through the swarm manager: {}",
-                    r.message()
-                ),
-            )?,
-            Err(e) => note(
-                out,
-                &format!("services/{service}.log: through the swarm manager: {e:#}"),
-            )?,
         }
+        Ok((r, _)) => note(
+            out,
+            &format!(
+                "services/{service}.log: through the swarm manager: {}",
+                r.message()
+            ),
+        )?,
+        Err(e) => note(
+            out,
+            &format!("services/{service}.log: through the swarm manager: {e:#}"),
+        )?,
     }
     Ok(())
 }
