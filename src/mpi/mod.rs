@@ -1,4 +1,8 @@
-//! mpi
+//! The ranks of the job: MPI's start and end, each rank's role (one leader per host), the host
+//! leaders' agreements, gathers and broadcasts with deadlines, the point-to-point messages,
+//! buffers lent to MPI, the job's key, and rank 0's progress line.
+//!
+//! Layer rule: `mpi` uses `host`, `output`, `plan` and `sys`.
 
 pub mod cluster;
 pub mod collective;

@@ -1,4 +1,8 @@
-//! swarm
+//! The swarm, over the Engine API and the leaders' collectives: formation (init, joins,
+//! membership, labels), the seal (tokens rotated, strangers removed), images without a registry,
+//! stacks and their state, the overlay check (`verify`), the user's workload, and `--collect`.
+//!
+//! Layer rule: `swarm` uses `mpi`, `host`, `output`, `plan` and `sys`.
 
 pub mod collect;
 pub mod formation;

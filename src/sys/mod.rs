@@ -1,4 +1,9 @@
-//! sys
+//! Operating-system helpers that know nothing of Docker, MPI or a swarm: processes as /proc
+//! shows them, waits with deadlines, signals turned into events, and the per-host state
+//! directory's layout and permissions.
+//!
+//! Layer rule (ARCHITECTURE.md, checked by `layering.rs`): `sys` is the bottom layer; it uses
+//! no other folder of mpiswarm.
 
 pub mod deadline;
 pub mod procfs;

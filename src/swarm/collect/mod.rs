@@ -1,7 +1,8 @@
 //! `--collect DIR`: at teardown, before anything is killed, every host reads its own containers'
 //! logs and its daemon's log (in parallel, each into an unnamed file in its state directory),
 //! then streams that share to rank 0 over MPI in bounded chunks; rank 0 writes every file
-//! (`collect_out`). A time budget bounds it all; a second signal skips it.
+//! (`out`; `via_swarm` reads through the manager what MPI cannot carry). A time budget bounds it
+//! all; a second signal skips it.
 //!
 //! Why everything goes through rank 0: one file per service holds the lines of every host, so it
 //! needs one writer; DIR may be node-local to rank 0 (only rank 0's view of it was checked before
