@@ -1,0 +1,285 @@
+//! This host's share of `--collect`: its containers' logs (`S` lines, at most `SERVICE_CAP`
+//! per service) and the end of its daemon's log (`D` lines), spooled into an unnamed file in the
+//! state directory while every host reads its own in parallel.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::host::engine::{Engine, frames};
+use crate::host::host_daemon::HostDaemon;
+use crate::swarm::collect::out::SERVICE_CAP;
+use crate::sys::deadline::time_left;
+
+/// The most kept of one host's daemon log: its end.
+const DAEMON_LOG_CAP: u64 = 4 << 20;
+/// Longer lines are split (a TTY's output may have no newlines at all).
+const MAX_LINE: usize = 64 << 10;
+
+/// This host's share, in an unnamed file in its state directory (memory stays bounded; the
+/// file goes with the teardown), rewound for sending.
+pub(super) fn spool(
+    daemon: &HostDaemon,
+    host: &str,
+    until: Instant,
+    stopped: &dyn Fn() -> bool,
+) -> Result<File> {
+    let dir = &daemon.guard.dir;
+    let mut file = tempfile::tempfile_in(&dir.path).with_context(|| {
+        format!(
+            "failed to make a spool file in {} on {host}",
+            dir.path.display()
+        )
+    })?;
+    {
+        let mut out = BufWriter::new(&mut file);
+        if let Err(e) = service_logs(&daemon.engine, host, until, stopped, &mut out) {
+            note(&mut out, &format!("service logs on {host}: {e:#}"))?;
+        }
+        daemon_log(&dir.log(), host, until, &mut out)?;
+        out.write_all(b"E\n")?;
+        out.flush()
+            .with_context(|| format!("failed to write the spool file on {host}"))?;
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// A line for INCOMPLETE.
+pub(super) fn note(out: &mut impl Write, what: &str) -> Result<()> {
+    writeln!(out, "M\t{}", what.replace('\n', " "))?;
+    Ok(())
+}
+
+/// The logs of every swarm container on this host, service by service, each service's at most
+/// `SERVICE_CAP` bytes.
+fn service_logs(
+    engine: &Engine,
+    host: &str,
+    until: Instant,
+    stopped: &dyn Fn() -> bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let Some(left) = time_left(until) else {
+        return note(
+            out,
+            &format!("services/*.log: the logs on {host}: the time budget ran out"),
+        );
+    };
+    let filter = json!({"label": ["com.docker.swarm.service.name"]}).to_string();
+    let path = format!(
+        "/containers/json?all=1&filters={}",
+        crate::swarm::stack::encode(&filter)
+    );
+    let listed = engine.get_json(&path, left)?;
+    for (service, mut tasks) in by_service(&listed) {
+        tasks.sort();
+        let mut room = SERVICE_CAP;
+        for (task, id) in tasks {
+            let who = format!("{task}@{host}");
+            let Some(left) = time_left(until).filter(|_| !stopped()) else {
+                note(
+                    out,
+                    &format!("services/{service}.log: {who}: the time budget ran out"),
+                )?;
+                continue;
+            };
+            if room == 0 {
+                continue;
+            }
+            let Some((written, cut)) = task_log(engine, &id, &service, &who, room, left, out)?
+            else {
+                continue;
+            };
+            room = room.saturating_sub(written);
+            if cut {
+                room = 0;
+                writeln!(
+                    out,
+                    "S\t{service}\t[mpiswarm: the logs of {service} on {host} are cut here: \
+                     more than {} MiB]",
+                    SERVICE_CAP >> 20
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The listed containers by service: each task's name and container ID.
+fn by_service(listed: &Value) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut services: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for c in listed.as_array().into_iter().flatten() {
+        let label = |k: &str| c.pointer(&format!("/Labels/{k}")).and_then(Value::as_str);
+        let (Some(service), Some(id)) = (
+            label("com.docker.swarm.service.name"),
+            c.get("Id").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let task = label("com.docker.swarm.task.name").unwrap_or(id);
+        services
+            .entry(service.to_owned())
+            .or_default()
+            .push((task.to_owned(), id.to_owned()));
+    }
+    services
+}
+
+/// One task's logs, at most `room` bytes: what was written and whether it was cut; `None` when
+/// the daemon gave none (named in the output).
+fn task_log(
+    engine: &Engine,
+    id: &str,
+    service: &str,
+    who: &str,
+    room: usize,
+    left: Duration,
+    out: &mut impl Write,
+) -> Result<Option<(usize, bool)>> {
+    let path = format!("/containers/{id}/logs?stdout=1&stderr=1&timestamps=1");
+    match engine.get_capped(&path, room, left) {
+        Ok((r, cut)) if r.is_success() => {
+            let (written, full) = format_logs(&r.body, service, who, room, out)?;
+            Ok(Some((written, cut || full)))
+        }
+        Ok((r, _)) => {
+            note(
+                out,
+                &format!("services/{service}.log: {who}: {}", r.message()),
+            )?;
+            Ok(None)
+        }
+        Err(e) => {
+            note(out, &format!("services/{service}.log: {who}: {e:#}"))?;
+            Ok(None)
+        }
+    }
+}
+
+/// Writes a container's log stream as `S` lines (`<time> <task>@<host> <stream> <text>`), at
+/// most `room` bytes of them; returns the bytes written and whether some did not fit.
+fn format_logs(
+    body: &[u8],
+    service: &str,
+    who: &str,
+    room: usize,
+    out: &mut impl Write,
+) -> Result<(usize, bool)> {
+    let mut written = 0;
+    for (stream, payload) in frames(body) {
+        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            for piece in line.chunks(MAX_LINE) {
+                let (time, text) = match piece.iter().position(|b| *b == b' ') {
+                    Some(i) => (&piece[..i], &piece[i + 1..]),
+                    None => (piece, &[][..]),
+                };
+                let head = format!("S\t{service}\t");
+                let prefix = format!(" {who} {stream} ");
+                let size = time.len() + prefix.len() + text.len() + 1;
+                if written + size > room {
+                    return Ok((written, true));
+                }
+                out.write_all(head.as_bytes())?;
+                out.write_all(time)?;
+                out.write_all(prefix.as_bytes())?;
+                out.write_all(text)?;
+                out.write_all(b"\n")?;
+                written += size;
+            }
+        }
+    }
+    Ok((written, false))
+}
+
+/// The end of this host's daemon log (at most `DAEMON_LOG_CAP` bytes) as `D` lines.
+fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> Result<()> {
+    let name = format!("hosts/{host}/daemon.log");
+    if time_left(until).is_none() {
+        return note(out, &format!("{name}: the time budget ran out"));
+    }
+    let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
+    let (mut file, len) = match opened {
+        Ok(found) => found,
+        Err(e) => {
+            return note(
+                out,
+                &format!("{name}: failed to read {}: {e}", path.display()),
+            );
+        }
+    };
+    let skip = len.saturating_sub(DAEMON_LOG_CAP);
+    let mut lines = if skip > 0 {
+        file.seek(SeekFrom::Start(skip))?;
+        writeln!(
+            out,
+            "D\t[mpiswarm: the first {skip} bytes of {} on {host} are not kept: only its last {} MiB]",
+            path.display(),
+            DAEMON_LOG_CAP >> 20
+        )?;
+        let mut lines = BufReader::new(file.take(DAEMON_LOG_CAP)).split(b'\n');
+        // The first line is a piece of one.
+        lines.next();
+        lines
+    } else {
+        BufReader::new(file.take(DAEMON_LOG_CAP)).split(b'\n')
+    };
+    for line in lines.by_ref() {
+        let line = line.with_context(|| format!("failed to read {} on {host}", path.display()))?;
+        for piece in line.chunks(MAX_LINE) {
+            out.write_all(b"D\t")?;
+            out.write_all(piece)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::engine::tests::frame;
+
+    #[test]
+    fn log_lines_carry_time_task_node_and_stream_and_are_cut_at_the_cap() {
+        let mut body = frame(1, "T1 first line\nT2 second line\n");
+        body.extend(frame(2, "T3 an error\n"));
+        let mut out = Vec::new();
+        let (n, cut) = format_logs(&body, "web", "web.1.x@h2", 1 << 20, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!cut);
+        assert_eq!(
+            text,
+            "S\tweb\tT1 web.1.x@h2 stdout first line\nS\tweb\tT2 web.1.x@h2 stdout second line\n\
+             S\tweb\tT3 web.1.x@h2 stderr an error\n"
+        );
+        assert!(n > 0);
+        let mut out = Vec::new();
+        let (n, cut) = format_logs(&body, "web", "web.1.x@h2", 40, &mut out).unwrap();
+        assert!(cut && n <= 40, "{n}");
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn a_daemon_log_is_kept_whole_or_by_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("daemon.log");
+        std::fs::write(&log, "one\ntwo\n").unwrap();
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        daemon_log(&log, "h1", until, &mut out).unwrap();
+        assert_eq!(out, b"D\tone\nD\ttwo\n");
+        let mut out = Vec::new();
+        daemon_log(&dir.path().join("gone"), "h1", until, &mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("M\thosts/h1/daemon.log: ")
+        );
+    }
+}
