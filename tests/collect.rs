@@ -224,7 +224,8 @@ fn with_the_smallest_budget_incomplete_names_what_is_missing() {
     let mut args = stack_args(&image, &stack, &dir_arg);
     args.extend(["--collect-timeout", "1ms"]);
     let bg = Background::start(HOSTS, HOSTS, &args);
-    bg.signal("TERM");
+    // SIGUSR1: the summary checked below is sure to come only after it (README, Signals).
+    bg.signal("USR1");
     let out = bg.wait(Duration::from_secs(30));
     let stderr = text(&out).1;
     assert!(stderr.contains("torn down: 3 host(s) clean"), "{stderr}");

@@ -148,7 +148,7 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
         "leaders peak {smallest_leader} KiB+, followers at most {} KiB, {ticks} ticks in 2 s",
         after.iter().map(|u| u.0).max().unwrap_or(0)
     );
-    bg.signal("INT");
+    bg.signal("USR1");
     let out = bg.wait(Duration::from_secs(30));
     assert!(
         text(&out).1.contains("torn down: 3 host(s) clean"),

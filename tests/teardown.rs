@@ -115,13 +115,22 @@ fn sigusr1_to_every_daemon_leaves_no_file_in_temp_dirs() {
     assert_clean(Duration::from_secs(3));
 }
 
-/// Kills one rank; its host must be clean within a second, every host within `every`.
-fn sigkill_one_rank(bg: Background, rank: u32, every: Duration) {
+/// Every surviving rank gone after a rank's SIGKILL (issue 26, the same 8 tasks on 4 hosts): Open
+/// MPI 4.1's second before it signals the survivors, their teardown, and only a brief wait for
+/// the dead host's word. Measured 1.43-1.52 s on an idle machine; without the brief wait the
+/// survivors lived until mpirun's own SIGKILL, 2.0 s after the death. (mpirun itself returns
+/// once its daemons do: one in about ten runs the dead rank's node's daemon held it to 2.07 s.)
+const SURVIVORS_GONE: Duration = Duration::from_millis(1900);
+
+/// Kills one rank; its host must be clean within a second, every host within `every`; returns
+/// how long the other ranks took to exit after the kill.
+fn sigkill_one_rank(bg: Background, rank: u32, every: Duration) -> Duration {
     let ranks = ranks();
     let victim = ranks
         .iter()
         .find(|r| r.2 == rank)
         .unwrap_or_else(|| panic!("no rank {rank}: {ranks:?}"));
+    let survivors: Vec<u32> = ranks.iter().filter(|r| r.2 != rank).map(|r| r.0).collect();
     let trees = daemon_trees();
     let (own, others): (Vec<Tree>, Vec<Tree>) = trees.into_iter().partition(|t| t.host == victim.1);
     assert_eq!(own.len(), 1, "one daemon tree on {}", victim.1);
@@ -130,8 +139,27 @@ fn sigkill_one_rank(bg: Background, rank: u32, every: Duration) {
     let what = format!("SIGKILL to rank {rank}");
     assert_gone_within(&what, &own, t0, KILLED_HOST_CLEAN);
     assert_gone_within(&what, &others, t0, every);
+    let gone = loop {
+        if survivors.iter().all(|p| !running(*p)) || t0.elapsed() > Duration::from_secs(10) {
+            break t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let _ = bg.wait(Duration::from_secs(30));
+    eprintln!(
+        "{what}: the other ranks gone after {gone:?}, mpirun returned after {:?}",
+        t0.elapsed()
+    );
     assert_clean(Duration::from_secs(3));
+    gone
+}
+
+/// Whether `pid` runs (an exited process not yet reaped by its parent does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -152,7 +180,11 @@ fn sigkill_to_a_nonzero_rank_of_eight_on_four_hosts() {
     let Some(_c) = cluster() else { return };
     let bg = Background::start(8, 4, &[]);
     assert_eq!(daemon_trees().len(), 4, "one daemon per host");
-    sigkill_one_rank(bg, 2, EVERY_HOST_CLEAN);
+    let gone = sigkill_one_rank(bg, 2, EVERY_HOST_CLEAN);
+    assert!(
+        gone <= SURVIVORS_GONE,
+        "the other ranks lived {gone:?} after the SIGKILL of rank 2 (at most {SURVIVORS_GONE:?})"
+    );
 }
 
 #[test]

@@ -409,6 +409,10 @@ fn a_ready_file_in_a_directory_others_can_write_is_refused_before_anything_start
         ),
         "{stderr}"
     );
+    // The error says why and which directories work.
+    for needed in ["another user could put a file there first", "mktemp -d"] {
+        assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
+    }
     assert!(!std::path::Path::new("/tmp/mpiswarm-test-ready-refused").exists());
     assert_clean(Duration::from_secs(3));
 }

@@ -104,8 +104,9 @@ fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut
             .file_name()
             .is_some_and(|n| n.to_string_lossy().ends_with(&end))
             && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
-        // A live rank accepts the connection (and forgets it at its end).
-        if !ours || std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        // A live rank listens there. Looked up, not connected to: the rank would count a
+        // connection as one of its host's ranks, and stop listening before the last one came.
+        if !ours || crate::sys::procfs::unix_listener_at(&path) {
             continue;
         }
         if !dry_run && let Err(e) = std::fs::remove_file(&path) {
@@ -115,5 +116,25 @@ fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut
             continue;
         }
         report.removed.push(path.display().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::end_notice::{Announcer, EndWatch};
+
+    /// A host whose last rank has not connected yet: cleanup's look at the socket must not be
+    /// taken for that rank (the leader stops listening once every rank of the host is there).
+    #[test]
+    fn a_live_end_socket_is_left_to_its_ranks() {
+        let base = tempfile::tempdir().unwrap();
+        let announcer = Announcer::listen(base.path(), "j1", "h", 1).unwrap();
+        let mut report = Report::default();
+        clean_end_sockets(&statedir::user_root(base.path()), "-h", false, &mut report);
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let me = std::process::id() as i32;
+        EndWatch::connect(announcer.path(), me).expect("the host's rank still connects");
     }
 }

@@ -84,7 +84,7 @@ pub struct Announcer {
 struct Audience {
     waiting: Vec<UnixStream>,
     /// Set once the end is announced: a rank that connects later hears it at once.
-    code: Option<i32>,
+    end: Option<End>,
 }
 
 impl Announcer {
@@ -108,17 +108,25 @@ impl Announcer {
         &self.path
     }
 
-    /// Tells every rank of the host (connected now or later) that the job ended with `code`.
-    pub fn announce(&self, code: i32) {
-        let mut audience = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        audience.code = Some(code);
-        for mut stream in audience.waiting.drain(..) {
-            // A rank already gone cannot be told; the others must still be.
-            let _ = stream.write_all(&code.to_le_bytes());
-        }
+    /// Tells every rank of the host (connected now or later) how the job ended.
+    pub fn announce(&self, end: End) {
+        tell(&self.listeners, end);
+    }
+
+    /// `announce` for another thread, which may have to tell the host's ranks to leave while
+    /// the one owning this is stuck.
+    pub fn teller(&self) -> impl Fn(End) + Send + 'static {
+        let listeners = Arc::clone(&self.listeners);
+        move |end| tell(&listeners, end)
+    }
+}
+
+fn tell(listeners: &Mutex<Audience>, end: End) {
+    let mut audience = listeners.lock().unwrap_or_else(PoisonError::into_inner);
+    audience.end = Some(end);
+    for mut stream in audience.waiting.drain(..) {
+        // A rank already gone cannot be told; the others must still be.
+        let _ = stream.write_all(&end.encode());
     }
 }
 
@@ -167,11 +175,56 @@ fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: us
             let _ = std::fs::remove_file(path);
         }
         let mut audience = audience.lock().unwrap_or_else(PoisonError::into_inner);
-        match audience.code {
-            Some(code) => {
-                let _ = stream.write_all(&code.to_le_bytes());
+        match audience.end {
+            Some(end) => {
+                let _ = stream.write_all(&end.encode());
             }
             None => audience.waiting.push(stream),
+        }
+    }
+}
+
+/// How the job ended, as a leader tells its host's other ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub code: i32,
+    pub mpi: MpiEnd,
+}
+
+/// How a rank leaves MPI at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MpiEnd {
+    /// Every host agreed: MPI is finalized, as usual.
+    Finalize,
+    /// The launcher is ending the job and the hosts could not all agree (one is dead or hung):
+    /// a finalize would wait for them, so the ranks leave without it.
+    Leave,
+}
+
+/// The end's size on the wire: the code, then whether MPI is finalized.
+const END_BYTES: usize = 5;
+
+impl End {
+    fn encode(self) -> [u8; END_BYTES] {
+        let mut wire = [0u8; END_BYTES];
+        wire[..4].copy_from_slice(&self.code.to_le_bytes());
+        wire[4] = match self.mpi {
+            MpiEnd::Finalize => 0,
+            MpiEnd::Leave => 1,
+        };
+        wire
+    }
+
+    fn decode(wire: [u8; END_BYTES]) -> End {
+        let mut code = [0u8; 4];
+        code.copy_from_slice(&wire[..4]);
+        End {
+            code: i32::from_le_bytes(code),
+            mpi: if wire[4] == 0 {
+                MpiEnd::Finalize
+            } else {
+                MpiEnd::Leave
+            },
         }
     }
 }
@@ -179,8 +232,8 @@ fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: us
 /// What a waiting rank heard.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heard {
-    /// The job ended with this exit code.
-    End(i32),
+    /// The job ended.
+    End(End),
     /// The leader's end of the connection closed without a word: it died.
     LeaderGone,
     /// Nothing yet.
@@ -218,9 +271,9 @@ impl EndWatch {
             Ok(_) => {}
             Err(_) => return Heard::LeaderGone,
         }
-        let mut code = [0u8; 4];
-        match self.stream.read_exact(&mut code) {
-            Ok(()) => Heard::End(i32::from_le_bytes(code)),
+        let mut wire = [0u8; END_BYTES];
+        match self.stream.read_exact(&mut wire) {
+            Ok(()) => Heard::End(End::decode(wire)),
             Err(e) if e.kind() == ErrorKind::Interrupted => Heard::Nothing,
             Err(_) => Heard::LeaderGone,
         }
@@ -274,12 +327,16 @@ mod tests {
             "removed before every rank connected"
         );
         assert_eq!(early[0].wait(Duration::from_millis(20)), Heard::Nothing);
-        announcer.announce(7);
+        let end = End {
+            code: 7,
+            mpi: MpiEnd::Leave,
+        };
+        announcer.announce(end);
         for w in &mut early {
-            assert_eq!(w.wait(Duration::from_secs(5)), Heard::End(7));
+            assert_eq!(w.wait(Duration::from_secs(5)), Heard::End(end));
         }
         let mut late = EndWatch::connect(announcer.path(), me).unwrap();
-        assert_eq!(late.wait(Duration::from_secs(5)), Heard::End(7));
+        assert_eq!(late.wait(Duration::from_secs(5)), Heard::End(end));
         let _last = EndWatch::connect(announcer.path(), me).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while announcer.path().exists() && std::time::Instant::now() < deadline {

@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow};
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::host::end_notice::{Announcer, EndWatch, Greeting, Heard};
+use crate::host::end_notice::{Announcer, End, EndWatch, Greeting, Heard, MpiEnd};
 use crate::mpi::collective::Leaders;
 use crate::mpi::messages::Message;
 use crate::sys::signals::Signals;
@@ -18,6 +18,11 @@ use crate::sys::signals::Signals;
 /// How often a waiting rank looks whether it received a signal to pass on (a look costs one
 /// system call: no MPI progress).
 const SIGNAL_CHECK: Duration = Duration::from_millis(250);
+/// How long a rank waits for its signal to reach rank 0 (which received it too, when the launcher
+/// signalled the job; it may be gone).
+const PASS_ON_DEADLINE: Duration = Duration::from_millis(200);
+/// How long a rank whose leader died waits for the launcher's signal before leaving anyway.
+const LEADER_GONE_WAIT: Duration = Duration::from_secs(3);
 
 /// Open MPI's setting that makes a rank waiting inside MPI give its core away (`sched_yield`)
 /// instead of spinning.
@@ -101,6 +106,15 @@ impl Cluster {
                     .ok()
                 });
                 let leaders = Leaders::new(comm, universe.world(), node, host, signals);
+                if let Some(a) = &announcer {
+                    let tell = a.teller();
+                    crate::sys::signals::stuck_watchdog::tell_others_with(Box::new(move |code| {
+                        tell(End {
+                            code,
+                            mpi: MpiEnd::Leave,
+                        })
+                    }));
+                }
                 (Role::Leader(leaders), announcer)
             }
             None => {
@@ -119,16 +133,35 @@ impl Cluster {
         Ok((cluster, role))
     }
 
-    /// Ends MPI: a leader first tells its host's other ranks the exit code; MPI is finalized when
-    /// every collective completed, aborted when one was abandoned (a finalize could then wait
-    /// forever for a rank that is gone).
+    /// Ends MPI: a leader first tells its host's other ranks how the job ended. MPI is finalized
+    /// when every collective completed. When one was abandoned a finalize could wait forever for
+    /// a rank that is gone: the ranks leave without it if the launcher is ending the job anyway
+    /// (its signal, or a rank's death, which it turns into one), and abort MPI otherwise.
     pub fn finish(self, role: Role, code: i32) {
-        let abandoned = match &role {
-            Role::Leader(leaders) => leaders.abandoned(),
-            Role::Follower(_) => false,
+        let end = match &role {
+            Role::Leader(leaders) if leaders.abandoned() => End {
+                code,
+                mpi: MpiEnd::Leave,
+            },
+            Role::Leader(_) => End {
+                code,
+                mpi: MpiEnd::Finalize,
+            },
+            Role::Follower(follower) if follower.undelivered => End {
+                code,
+                mpi: MpiEnd::Leave,
+            },
+            Role::Follower(follower) => follower.heard.unwrap_or(End {
+                code,
+                mpi: MpiEnd::Finalize,
+            }),
+        };
+        let launcher_ends_job = match &role {
+            Role::Leader(leaders) => leaders.launcher_ends_job(),
+            Role::Follower(_) => true,
         };
         if let Some(announcer) = &self.announcer {
-            announcer.announce(code);
+            announcer.announce(end);
         }
         // Every communicator is freed before MPI is finalized.
         drop(role);
@@ -138,7 +171,10 @@ impl Cluster {
             announcer,
             ..
         } = self;
-        if abandoned && world.size() > 1 {
+        if end.mpi == MpiEnd::Leave && world.size() > 1 {
+            if launcher_ends_job {
+                leave_without_finalize(announcer, end.code);
+            }
             world.abort(if code == 0 { 1 } else { code });
         }
         // The world communicator goes before MPI is finalized.
@@ -147,6 +183,14 @@ impl Cluster {
         // Every rank of the host has connected by now (they all reached MPI_Finalize).
         drop(announcer);
     }
+}
+
+/// Exits at once, MPI unfinalized: the launcher is already ending the job, and MPI_Abort would
+/// only add its banner. What must not outlive the rank (the end socket) goes first.
+fn leave_without_finalize(announcer: Option<Announcer>, code: i32) -> ! {
+    drop(announcer);
+    tracing::debug!("leaving without MPI_Finalize: the launcher is ending the job");
+    std::process::exit(code)
 }
 
 /// The host's ranks greet each other right after the split, when all of them are there: one
@@ -175,6 +219,10 @@ pub struct Follower {
     /// connect (it then waits inside MPI_Finalize).
     watch: Option<EndWatch>,
     signals: Signals,
+    /// What the leader said at the end (`None` until then, or if it could not be heard).
+    heard: Option<End>,
+    /// A signal passed on to rank 0 was not delivered.
+    undelivered: bool,
 }
 
 impl Follower {
@@ -195,6 +243,8 @@ impl Follower {
             leader_pid: greeting.leader_pid,
             watch,
             signals,
+            heard: None,
+            undelivered: false,
         }
     }
 
@@ -205,22 +255,48 @@ impl Follower {
             return 0;
         };
         let mut passed_on = false;
-        loop {
+        let end = loop {
             match watch.wait(SIGNAL_CHECK) {
-                Heard::End(code) => return code,
+                Heard::End(end) => break end,
                 Heard::LeaderGone => {
                     tracing::error!(
                         "the leader of this host (pid {}) is gone without saying how the job ended",
                         self.leader_pid
                     );
-                    return 1;
+                    // The launcher learned of the death as this rank did and is ending the job:
+                    // leaving on its signal, not before, keeps it from waiting for this rank
+                    // (Open MPI 4.1's daemon, busy signalling, saw a rank that left meanwhile
+                    // only after its own SIGKILL step, a second later).
+                    self.await_the_launchers_signal(LEADER_GONE_WAIT);
+                    // Its MPI_Finalize will never come: neither may this rank's.
+                    break End {
+                        code: 1,
+                        mpi: MpiEnd::Leave,
+                    };
                 }
                 Heard::Nothing => {}
             }
             if !passed_on && let Some(signal) = self.signals.received() {
-                Message::StopRequest { signal }.send(&self.world, 0);
+                let deadline = std::time::Instant::now() + PASS_ON_DEADLINE;
+                let sent =
+                    Message::StopRequest { signal }.send_to_each(&self.world, 0..1, deadline, None);
+                // Rank 0 is gone or hung: the request stays inside MPI, which can only be left.
+                self.undelivered = sent.is_err();
                 passed_on = true;
             }
+        };
+        self.heard = Some(end);
+        end.code
+    }
+}
+
+impl Follower {
+    /// Sleeps until a signal arrives, or `limit` passed.
+    fn await_the_launchers_signal(&self, limit: Duration) {
+        let until = std::time::Instant::now() + limit;
+        while self.signals.received().is_none() && std::time::Instant::now() < until {
+            self.signals
+                .sleep(until.saturating_duration_since(std::time::Instant::now()));
         }
     }
 }

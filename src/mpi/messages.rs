@@ -2,9 +2,16 @@
 //! kind has its own MPI tag and one integer of payload, mapped here and nowhere else. One message
 //! carries bytes instead: a manager's join invitation, which only its recipient may hold.
 
+use std::time::Instant;
+
 use mpi::Tag;
+use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
+
+use crate::mpi::mpi_buffer::Lent;
+use crate::sys::deadline::Backoff;
+use crate::sys::signals::Signals;
 
 /// A message between ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,23 +94,53 @@ impl Message {
             .send_with_tag(&self.payload(), self.kind().tag());
     }
 
-    /// Sends to every rank of `comm` from `first` on, all at once: a first message to a rank
+    /// Sends to each of `ranks` of `comm`, all at once: a first message to a rank
     /// opens a connection, which completes only when that rank next looks (a waiting rank looks
-    /// every 100 ms), and one send after the other would add those waits up.
-    pub fn send_to_each(self, comm: &SimpleCommunicator, first: i32) {
-        let payload = self.payload();
+    /// every 50 ms at most), and one send after the other would add those waits up. Waits until
+    /// `deadline` at most (or a signal, if `signals` is given); the ranks whose message was not
+    /// delivered by then (gone, or hung) are returned, their requests left inside MPI.
+    pub fn send_to_each(
+        self,
+        comm: &SimpleCommunicator,
+        ranks: std::ops::Range<i32>,
+        deadline: Instant,
+        signals: Option<&Signals>,
+    ) -> Result<(), Vec<i32>> {
+        let (lent, payload) = Lent::new(Box::new(self.payload()));
+        let payload: &'static i32 = payload;
         let tag = self.kind().tag();
-        mpi::request::scope(|scope| {
-            let sent: Vec<_> = (first..comm.size())
-                .map(|rank| {
+        let mut pending: Vec<(i32, Request<'static, i32>)> = ranks
+            .map(|rank| {
+                let request =
                     comm.process_at_rank(rank)
-                        .immediate_send_with_tag(scope, &payload, tag)
-                })
+                        .immediate_send_with_tag(StaticScope, payload, tag);
+                (rank, request)
+            })
+            .collect();
+        let mut backoff = Backoff::default();
+        loop {
+            pending = pending
+                .into_iter()
+                .filter_map(|(rank, request)| request.test().err().map(|r| (rank, r)))
                 .collect();
-            for request in sent {
-                request.wait();
+            if pending.is_empty() {
+                // SAFETY: every request that used the payload completed.
+                drop(unsafe { lent.reclaim() });
+                return Ok(());
             }
-        });
+            if Instant::now() >= deadline || signals.is_some_and(|s| s.received().is_some()) {
+                let undelivered = pending.iter().map(|(rank, _)| *rank).collect();
+                // MPI still owns these requests and the payload: both are leaked.
+                for (_, request) in pending {
+                    std::mem::forget(request);
+                }
+                return Err(undelivered);
+            }
+            match signals {
+                Some(signals) => signals.sleep(backoff.next()),
+                None => std::thread::sleep(backoff.next()),
+            }
+        }
     }
 
     /// A queued message of `kind` from `from` (any rank if `None`), with its sender; never blocks.

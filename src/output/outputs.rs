@@ -59,12 +59,32 @@ fn check_dir(flag: &str, path: &Path, dir: &Path) -> Result<()> {
     }
     if let Some(why) = shared_dir_problem(meta.mode(), meta.uid(), nix::unistd::getuid().as_raw()) {
         bail!(
-            "{flag} {}: {} {why}; put it in a directory only you can write (e.g. your home directory)",
+            "{flag} {}: {} {why}: another user could put a file there first, which your job \
+             script would then read as mpiswarm's; use a directory only you can write: {}",
             path.display(),
-            dir.display()
+            dir.display(),
+            private_places()
         );
     }
     Ok(())
+}
+
+/// Directories that work, as this user would write them.
+fn private_places() -> String {
+    let mut places = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        places.push(format!(
+            "your home directory ({})",
+            Path::new(&home).display()
+        ));
+    }
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
+        places.push(format!("$XDG_RUNTIME_DIR ({})", Path::new(&run).display()));
+    }
+    places.push(
+        "a private one from `mktemp -d` (e.g. --ready-file \"$(mktemp -d)/swarm.env\")".into(),
+    );
+    places.join(", or ")
 }
 
 /// Why a directory is unsafe for files other users must not replace, if it is.

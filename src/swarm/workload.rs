@@ -136,7 +136,7 @@ impl Running<'_> {
 
 /// Rank 0: runs the workload (or waits), and returns the exit code mpiswarm should end with.
 pub fn run_or_wait(
-    leaders: &Leaders,
+    leaders: &mut Leaders,
     workload: &Workload,
     socket: &Path,
     signals: &Signals,
@@ -207,6 +207,7 @@ fn spawn(command: &[String], socket: &Path) -> Result<Child> {
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.
 fn stop_command(child: &mut Child, signals: &Signals) {
+    let _busy = crate::sys::signals::stuck_watchdog::Hold::new();
     let group = Pid::from_raw(child.id() as i32);
     let _ = killpg(group, Signal::SIGTERM);
     let deadline = Instant::now() + COMMAND_GRACE;
@@ -222,7 +223,7 @@ fn stop_command(child: &mut Child, signals: &Signals) {
 
 /// Host leaders other than rank 0: wait until rank 0 says stop, or a signal arrives here (then
 /// tell rank 0), or rank 0 falls silent.
-pub fn wait_for_stop(leaders: &Leaders, signals: &Signals) -> Result<()> {
+pub fn wait_for_stop(leaders: &mut Leaders, signals: &Signals) -> Result<()> {
     let mut last_heard = Instant::now();
     let mut backoff = crate::sys::deadline::Backoff::default();
     loop {

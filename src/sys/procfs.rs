@@ -2,6 +2,7 @@
 //! Read fresh each time; a process that is gone is simply absent.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 /// One process as /proc shows it.
 #[derive(Debug, Clone)]
@@ -256,6 +257,37 @@ pub fn rootlesskit_child(rootlesskit: i32) -> Option<i32> {
         .map(|p| p.pid)
 }
 
+/// Whether a Unix socket in this network namespace listens at `path` (from /proc/net/unix, so
+/// without connecting: a connection would be taken for one of the listener's clients).
+pub fn unix_listener_at(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/net/unix").is_ok_and(|table| listens_at(&table, path))
+}
+
+/// `unix_listener_at` on a /proc/net/unix table: the Flags column has `__SO_ACCEPTCON` (0x10000)
+/// for a listening socket; the path is the last column.
+fn listens_at(table: &str, path: &Path) -> bool {
+    const ACCEPTCON: u32 = 0x10000;
+    table.lines().skip(1).any(|line| {
+        let Some((fields, named)) = columns(line, 7) else {
+            return false;
+        };
+        u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTCON != 0)
+            && Path::new(named) == path
+    })
+}
+
+/// The first `n` whitespace-separated columns of `line`, and the rest (which may hold spaces).
+fn columns(line: &str, n: usize) -> Option<(Vec<&str>, &str)> {
+    let mut fields = Vec::with_capacity(n);
+    let mut rest = line.trim_start();
+    while fields.len() < n {
+        let end = rest.find(char::is_whitespace)?;
+        fields.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    Some((fields, rest.trim_end()))
+}
+
 #[cfg(test)]
 mod walk_tests {
     use super::*;
@@ -291,5 +323,27 @@ mod walk_tests {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn a_listening_unix_socket_is_found_by_its_path_without_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a b.end");
+        assert!(!unix_listener_at(&path));
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(unix_listener_at(&path));
+        drop(listener);
+        assert!(
+            path.exists() && !unix_listener_at(&path),
+            "the file outlives its listener"
+        );
+        let table = "Num RefCount Protocol Flags Type St Inode Path\n\
+                     0: 00000002 00000000 00010000 0001 01 11 /r/j-h.end\n\
+                     0: 00000003 00000000 00000000 0001 03 12 /r/k-h.end\n";
+        assert!(listens_at(table, Path::new("/r/j-h.end")));
+        assert!(
+            !listens_at(table, Path::new("/r/k-h.end")),
+            "connected, not listening"
+        );
     }
 }

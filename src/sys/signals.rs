@@ -61,6 +61,10 @@ impl Signals {
             .spawn(move || {
                 for sig in iter.forever() {
                     recorder.record(sig);
+                    // With --collect the main thread collects first, and decides.
+                    if launcher_ends_job(sig) && !FIRST_WAITS.load(Ordering::SeqCst) {
+                        stuck_watchdog::start(sig);
+                    }
                     let nth = recorder.count.fetch_add(1, Ordering::SeqCst) + 1;
                     // With --collect the first signal must leave the daemon up for collecting
                     // (the main loop tears down after it); a second one means now.
@@ -141,6 +145,120 @@ pub fn intruder() {
 fn record_event(code: i32) {
     if let Some(signals) = INSTALLED.get() {
         signals.record(code);
+    }
+}
+
+/// Whether `sig` comes from a launcher that kills the ranks soon after it (Open MPI 4.1's mpirun
+/// SIGKILLs them 1 s after its SIGTERM, Open MPI 5's 250 ms after; both also send it when a rank
+/// died): a rank whose host is clean then has nothing to wait for. SIGUSR1 is never escalated.
+pub fn launcher_ends_job(sig: i32) -> bool {
+    sig == SIGINT || sig == SIGTERM || sig == SIGHUP
+}
+
+/// The last resort of a host leader whose main thread is stuck when the launcher ends the job:
+/// Open MPI 4.1 can block a rank inside any MPI call that touches a dead peer (it retries the
+/// connection), where no deadline of ours runs. The guard, told by the signal thread, cleans the
+/// host all the same; this waits for that, tells the host's other ranks, and leaves, instead of
+/// holding the launcher until it SIGKILLs the rank.
+pub mod stuck_watchdog {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// How long the watchdog waits for the guard to finish the host's teardown.
+    const GUARD_BUDGET: Duration = Duration::from_secs(3);
+    /// Once the host is clean: how long the main thread has to reach the teardown, or past the
+    /// time it said it would leave by, before it counts as stuck.
+    const MARGIN: Duration = Duration::from_millis(50);
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static GUARD: AtomicI32 = AtomicI32::new(0);
+    static HOLDS: AtomicUsize = AtomicUsize::new(0);
+    static LEAVE_BY: Mutex<Option<Instant>> = Mutex::new(None);
+    type Tell = Box<dyn Fn(i32) + Send>;
+    static TELL_OTHERS: Mutex<Option<Tell>> = Mutex::new(None);
+
+    /// A host leader arms it once its guard runs (`guard` is the guard's pid).
+    pub fn arm(guard: i32) {
+        GUARD.store(guard, Ordering::SeqCst);
+        ARMED.store(true, Ordering::SeqCst);
+    }
+
+    /// How the leader tells its host's other ranks the exit code, when it leaves this way.
+    pub fn tell_others_with(tell: Tell) {
+        *TELL_OTHERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(tell);
+    }
+
+    /// The main thread is in the teardown and will have left by `when`, unless stuck.
+    pub fn leaving_by(when: Instant) {
+        *LEAVE_BY.lock().unwrap_or_else(|e| e.into_inner()) = Some(when);
+    }
+
+    /// Every host answered: no MPI call can wait for a dead peer any more.
+    pub fn disarm() {
+        ARMED.store(false, Ordering::SeqCst);
+    }
+
+    /// Held while the main thread does work of its own after the signal (stopping the user's
+    /// command): it is busy, not stuck.
+    pub struct Hold;
+
+    impl Hold {
+        pub fn new() -> Hold {
+            HOLDS.fetch_add(1, Ordering::SeqCst);
+            Hold
+        }
+    }
+
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            HOLDS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn start(sig: i32) {
+        if !ARMED.load(Ordering::SeqCst) || STARTED.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("stuck-watchdog".into())
+            .spawn(move || watch(sig));
+    }
+
+    fn watch(sig: i32) {
+        let guard = GUARD.load(Ordering::SeqCst);
+        let until = Instant::now() + GUARD_BUDGET;
+        while crate::sys::procfs::proc_info(guard).is_some_and(|p| !p.zombie)
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let clean = Instant::now();
+        loop {
+            if !ARMED.load(Ordering::SeqCst) {
+                return;
+            }
+            let leave_by = *LEAVE_BY.lock().unwrap_or_else(|e| e.into_inner());
+            let stuck_since = leave_by.unwrap_or(clean) + MARGIN;
+            if HOLDS.load(Ordering::SeqCst) == 0 && Instant::now() >= stuck_since {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let code = 128 + sig;
+        if let Some(tell) = TELL_OTHERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            tell(code);
+        }
+        tracing::debug!(
+            "the main thread is stuck (inside MPI, towards a dead rank?) after {}: leaving",
+            super::name(sig)
+        );
+        std::process::exit(code);
     }
 }
 

@@ -53,12 +53,12 @@ pub fn host_path_available() -> bool {
     available
 }
 
-/// Whether mpirun passes `sig` on to the ranks with time for a graceful teardown. Measured:
-/// Open MPI 4.1 sends SIGTERM 1 s after SIGINT/SIGTERM and SIGKILL 1 s later; Open MPI 5
-/// (PRRTE 3) sends SIGCONT at once, SIGTERM after 250 ms and SIGKILL 250 ms later, with no
-/// option to change it. Both forward SIGUSR1 at once and never escalate it.
+/// Whether rank 0's summary is sure to follow `sig` to mpirun. Both Open MPIs forward SIGUSR1 at
+/// once and never escalate it. They end the job on SIGINT/SIGTERM (Open MPI 4.1 sends SIGTERM 1 s
+/// after it and SIGKILL 1 s later; Open MPI 5, 250 ms and 500 ms), and then each rank leaves as
+/// soon as its host is clean, waiting for the others' word only briefly (README, Signals).
 pub fn graceful_signal(sig: &str) -> bool {
-    sig == "USR1" || userland().is_none()
+    sig == "USR1"
 }
 
 /// Open MPI's option for the launcher's session directory: Open MPI 5 (PRRTE) renamed it.

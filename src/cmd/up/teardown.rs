@@ -1,6 +1,6 @@
 //! `up`'s end: every host torn down (agreed, with a deadline) and the run's report.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tracing::info;
@@ -10,6 +10,12 @@ use crate::mpi::collective::Interrupt;
 use crate::output::report::{HostTimes, RunReport, phase_stats};
 
 use super::{Milestones, Run, TEARDOWN_DEADLINE};
+
+/// After the launcher's signal, how long after this host began its teardown it waits for the
+/// other hosts' word (their teardowns began at the same moment), and the least it waits once
+/// clean.
+const WORD_AFTER_A_SIGNAL: Duration = Duration::from_millis(300);
+const LEAST_WAIT_AFTER_A_SIGNAL: Duration = Duration::from_millis(100);
 
 impl Run<'_> {
     /// Tears this host down, agrees that every host is clean, and at rank 0 reports (with the
@@ -56,8 +62,9 @@ impl Run<'_> {
             return local;
         }
         let deadline = Instant::now() + TEARDOWN_DEADLINE;
-        self.leaders
-            .agree_until("tear down", local, deadline, Interrupt::Never)?;
+        if !self.agree_clean(local, t.elapsed())? {
+            return Ok(());
+        }
         let times = self.tl.snapshot();
         let per_host = self.leaders.gather_to_root(
             &times,
@@ -70,6 +77,61 @@ impl Run<'_> {
             return Ok(());
         };
         self.report(per_host, hosts, marks, collected.as_deref())
+    }
+
+    /// Agrees with the other hosts that every host is clean; `false` when this host, clean, left
+    /// without their word because the launcher is ending the job (see `wait_for_the_others`).
+    fn agree_clean(&mut self, local: Result<()>, own: Duration) -> Result<bool> {
+        let wait = self.wait_for_the_others(own);
+        crate::sys::signals::stuck_watchdog::leaving_by(Instant::now() + wait);
+        let failed_here = local.as_ref().err().map(|e| format!("{e:#}"));
+        let Err(e) =
+            self.leaders
+                .agree_until("tear down", local, Instant::now() + wait, Interrupt::Never)
+        else {
+            crate::sys::signals::stuck_watchdog::disarm();
+            return Ok(true);
+        };
+        if !(self.leaders.abandoned() && wait < TEARDOWN_DEADLINE) {
+            return Err(e);
+        }
+        // Without the others' word, this host's own outcome is all there is to say.
+        match failed_here {
+            Some(here) => Err(anyhow::anyhow!("{here}")),
+            None => {
+                self.leave_before_the_others(wait);
+                Ok(false)
+            }
+        }
+    }
+
+    /// How long this host, clean after `own` of teardown, waits for the others' word. After a
+    /// signal by which the launcher ends the job (it kills every rank soon after; a rank's death
+    /// comes as one too) the others were signalled at the same moment and tear down as this host
+    /// did: a host that has not answered soon after is dead or hung, and waiting longer only
+    /// keeps the launcher from returning (Open MPI 4.1 SIGKILLs the ranks a second after its
+    /// SIGTERM).
+    fn wait_for_the_others(&self, own: Duration) -> Duration {
+        if self.leaders.launcher_ends_job() {
+            WORD_AFTER_A_SIGNAL
+                .saturating_sub(own)
+                .max(LEAST_WAIT_AFTER_A_SIGNAL)
+        } else {
+            TEARDOWN_DEADLINE
+        }
+    }
+
+    /// Says (rank 0 only) why this rank leaves without the other hosts' word.
+    fn leave_before_the_others(&self, waited: Duration) {
+        if self.is_root() {
+            info!(
+                "{} is clean; the other hosts did not all confirm theirs within {} ms, and the \
+                 launcher is ending the job: leaving without their word (a host whose teardown \
+                 fails says so itself; `mpiswarm cleanup` finishes any host left unclean)",
+                self.leaders.host,
+                waited.as_millis()
+            );
+        }
     }
 
     /// Rank 0's summary and `--report`, when bring-up got that far; the report also goes into

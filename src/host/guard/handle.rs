@@ -110,7 +110,10 @@ impl GuardHandle {
             .arg("--net")
             .arg(network.guard_net().as_str())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            // Not the rank's own stderr: the launcher counts a rank as ended only once every
+            // holder of its output closed it, and a dead rank's guard is still tearing down.
+            .stderr(Stdio::piped());
         own_session(&mut guard);
         let mut child = guard
             .spawn()
@@ -133,6 +136,17 @@ impl GuardHandle {
             .name("guard-events".into())
             .spawn(move || read_events(stdout, &tx, &watch))
             .context("failed to start the guard reader thread")?;
+        let stderr = child
+            .stderr
+            .take()
+            .context("the guard's log was not piped")?;
+        std::thread::Builder::new()
+            .name("guard-log".into())
+            .spawn(move || pass_on_log(stderr))
+            .context("failed to start the guard log thread")?;
+        // Told by the signal thread, the guard cleans the host even if this rank's main thread
+        // is stuck; the watchdog then lets the rank go.
+        crate::sys::signals::stuck_watchdog::arm(child.id() as i32);
         Ok(GuardHandle {
             lifeline,
             child,
@@ -238,6 +252,15 @@ struct Watch {
 
 /// The guard-events reader: passes events on; if the guard's output ends without a verdict (it
 /// died: SIGKILL, OOM, a crash), cleans the host at once, then reports it like a verdict.
+/// The guard's log lines, on this rank's stderr while the rank lives.
+fn pass_on_log(log: std::process::ChildStderr) {
+    use std::io::Write;
+    for line in BufReader::new(log).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
 fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
     let mut verdict = false;
     for line in BufReader::new(stdout).lines() {

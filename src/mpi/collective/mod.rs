@@ -21,6 +21,10 @@ use crate::mpi::mpi_buffer::Lent;
 use crate::mpi::progress::Progress;
 use crate::sys::signals::{self, Signals};
 
+/// How long an interrupted collective may still complete (it takes milliseconds once every host
+/// is in it).
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A failure's message is cut to this many bytes in an agreement.
 const MAX_ERROR: usize = 4096;
 
@@ -150,6 +154,13 @@ impl Leaders {
         matches!(self.state, State::Abandoned(_))
     }
 
+    /// Whether this rank received a signal by which the launcher ends the job.
+    pub fn launcher_ends_job(&self) -> bool {
+        self.signals
+            .received()
+            .is_some_and(signals::launcher_ends_job)
+    }
+
     /// Why a collective was abandoned, if one was.
     pub fn abandoned_because(&self) -> Option<&str> {
         match &self.state {
@@ -240,15 +251,22 @@ impl Leaders {
     ) -> Result<()> {
         let mut request = request;
         let mut backoff = crate::sys::deadline::Backoff::default();
+        let mut signalled_at = None;
         loop {
             match request.test() {
                 Ok(_) => return Ok(()),
                 Err(pending) => request = pending,
             }
+            // A collective that the other hosts have all but completed (rank 0 already went on,
+            // e.g. to write the ready file that a job script signals after) still completes:
+            // giving it up would leave MPI only an abort.
             let signal = self
                 .signals
                 .received()
-                .filter(|_| interrupt == Interrupt::BySignal);
+                .filter(|_| interrupt == Interrupt::BySignal)
+                .filter(|_| {
+                    signalled_at.get_or_insert_with(Instant::now).elapsed() >= SIGNAL_GRACE
+                });
             let abandon = if let Some(sig) = signal {
                 Some(format!(
                     "interrupted by {} while waiting for all hosts to {what}",
@@ -271,7 +289,12 @@ impl Leaders {
             if self.is_root() {
                 self.progress.collect(&self.comm);
             }
-            self.signals.sleep(backoff.next());
+            if signalled_at.is_some() || self.signals.received().is_some() {
+                // A signal makes `Signals::sleep` return at once: pause for the grace here.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            } else {
+                self.signals.sleep(backoff.next());
+            }
         }
     }
 }

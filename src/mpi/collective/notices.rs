@@ -8,7 +8,13 @@ use anyhow::{Result, bail};
 use crate::mpi::messages::{Kind, ManagerInvitation, Message};
 use crate::sys::signals::{self};
 
-use super::Leaders;
+use super::{Leaders, State};
+
+/// How long rank 0 waits for a notice to reach every leader (a live one looks every 50 ms at
+/// most; the first notice also opens the connection).
+const NOTICE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The same after the launcher's signal, which every rank received.
+const STOP_NOTICE_AFTER_A_SIGNAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Leaders {
     /// Rank 0: sends a manager's join invitation to the host of index `host` alone.
@@ -87,14 +93,44 @@ impl Leaders {
         }
     }
 
-    /// This rank asks rank 0 to stop the job (it received `signal`).
-    pub fn request_stop(&self, signal: i32) {
-        Message::StopRequest { signal }.send(&self.world, 0);
+    /// This rank asks rank 0 to stop the job (it received `signal`); rank 0 may be gone.
+    pub fn request_stop(&mut self, signal: i32) {
+        let sent = Message::StopRequest { signal }.send_to_each(
+            &self.world,
+            0..1,
+            Instant::now() + STOP_NOTICE_AFTER_A_SIGNAL,
+            None,
+        );
+        self.note_undelivered(sent, "ask rank 0 to stop");
     }
 
-    /// Rank 0 tells every other leader to tear down.
-    pub fn announce_stop(&self, code: i32) {
-        Message::Stop { code }.send_to_each(&self.comm, 1);
+    /// Rank 0 tells every other leader to tear down. After the launcher's signal the others
+    /// had it too and a dead one cannot be told: rank 0 then waits only briefly.
+    pub fn announce_stop(&mut self, code: i32) {
+        let wait = if self.launcher_ends_job() {
+            STOP_NOTICE_AFTER_A_SIGNAL
+        } else {
+            NOTICE_DEADLINE
+        };
+        let sent = Message::Stop { code }.send_to_each(
+            &self.comm,
+            1..self.hosts() as i32,
+            Instant::now() + wait,
+            None,
+        );
+        self.note_undelivered(sent, "tell every host to tear down");
+    }
+
+    /// Leaves MPI's state as a pending send left it: a message not delivered (its host is gone
+    /// or hung) keeps a request inside MPI, which can then only be aborted or left.
+    fn note_undelivered(&mut self, sent: Result<(), Vec<i32>>, what: &str) {
+        if let Err(ranks) = sent {
+            let hosts: Vec<String> = ranks.iter().map(|r| format!("leader {r}")).collect();
+            self.state = State::Abandoned(format!(
+                "could not {what}: no answer from {} (gone or hung)",
+                hosts.join(", ")
+            ));
+        }
     }
 
     /// Leaders other than rank 0: whether rank 0 said stop.
@@ -102,9 +138,15 @@ impl Leaders {
         Message::poll(&self.comm, Some(0), Kind::Stop).is_some()
     }
 
-    /// Rank 0: tells every other leader it is alive.
-    pub fn send_heartbeats(&self) {
-        Message::Heartbeat.send_to_each(&self.comm, 1);
+    /// Rank 0: tells every other leader it is alive (a signal ends the wait: the job is ending).
+    pub fn send_heartbeats(&mut self) {
+        let sent = Message::Heartbeat.send_to_each(
+            &self.comm,
+            1..self.hosts() as i32,
+            Instant::now() + NOTICE_DEADLINE,
+            Some(&self.signals.clone()),
+        );
+        self.note_undelivered(sent, "send every host its heartbeat");
     }
 
     /// Leaders other than rank 0: true if rank 0's heartbeat arrived since the last call.
