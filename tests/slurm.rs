@@ -272,12 +272,16 @@ fn srun_launches_the_ranks_through_pmix() {
     assert_clean(Duration::from_secs(5));
 }
 
+/// Several tasks per node under srun: one daemon per node. Two, one per CPU of each simulated
+/// node, as users launch one rank per core. Four on 2 CPUs (overcommitted) failed in Open MPI
+/// 4.1's own start-up now and then on this machine, before mpiswarm did anything: its shared
+/// memory set-up could not open its file ("open(2): No such file or directory"), its same-node
+/// TCP connects then failed ("Operation now in progress") and two tasks segfaulted.
 #[test]
-fn srun_with_four_tasks_per_node_brings_up_one_daemon_per_node() {
+fn srun_with_two_tasks_per_node_brings_up_one_daemon_per_node() {
     let Some(_c) = cluster() else { return };
     slurm();
-    // Four tasks on each 2-CPU node, as users launch one rank per core.
-    let (out, job, log) = run_job_with("srun.sbatch", &["--ntasks-per-node=4", "--overcommit"]);
+    let (out, job, log) = run_job_with("srun.sbatch", &["--ntasks-per-node=2"]);
     assert!(out.status.success(), "job {job} failed:\n{log}");
     assert!(log.contains("swarm ready: 3 node(s)"), "{log}");
     assert_clean(Duration::from_secs(5));

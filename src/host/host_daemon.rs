@@ -18,6 +18,9 @@ use crate::plan::config::{Network, UpConfig};
 use crate::sys::signals::{self, Signals};
 use crate::sys::statedir::StateDir;
 
+/// How long a host, its daemon up, waits for the guard's word on the swarm ports' accept queues.
+const QUEUES_WAIT: Duration = Duration::from_secs(5);
+
 /// One host's running daemon; dropping it tears the host down.
 pub struct HostDaemon {
     pub guard: GuardHandle,
@@ -111,8 +114,11 @@ impl Launched {
         // daemon polls less often the longer it waits (the daemons of many simulated hosts share
         // the same cores as the waiting ranks).
         let mut backoff = crate::sys::deadline::Backoff::default();
+        // Ready also means the published ports take a burst of joins: the guard's word on their
+        // accept queues (it comes when slirp4netns listens, usually before the API answers).
+        let mut queues_told = !self.network.slirp4netns_forwards();
         while !(engine.socket().exists() && engine.ping(Duration::from_millis(500))) {
-            self.take_guard_news(backoff.next())?;
+            queues_told |= self.take_guard_news(backoff.next())?;
             if let Some(sig) = signals.received() {
                 bail!(
                     "interrupted by {} while the daemon was starting",
@@ -126,6 +132,7 @@ impl Launched {
                 )));
             }
         }
+        self.await_deep_queues(queues_told, deadline)?;
         tl.done("daemon", self.started);
         // The overlay's gateway bridge; the host path has no overlay (and no bridges).
         if !self.network.is_host() {
@@ -147,10 +154,33 @@ impl Launched {
         })
     }
 
-    /// The guard's news so far (a wait of `wait` for more paces the caller's loop); an error if
-    /// the daemon died.
-    fn take_guard_news(&self, wait: Duration) -> Result<()> {
+    /// Waits (briefly) for the guard's word on the published ports' accept queues, unless it
+    /// came already. A slirp4netns that listens late only costs joins a retransmission each, so
+    /// past `QUEUES_WAIT` the host goes on, saying so, and the guard deepens them when it can.
+    fn await_deep_queues(&self, told: bool, deadline: Instant) -> Result<()> {
+        let until = deadline.min(Instant::now() + QUEUES_WAIT);
+        let mut told = told;
+        let mut backoff = crate::sys::deadline::Backoff::default();
+        while !told {
+            if Instant::now() >= until {
+                tracing::warn!(
+                    "the guard did not say within {} s whether the swarm ports' accept queues \
+                     were deepened (slirp4netns has not listened on all of them yet): until it \
+                     does, hosts that connect at once wait a second for a retransmission",
+                    QUEUES_WAIT.as_secs()
+                );
+                return Ok(());
+            }
+            told = self.take_guard_news(backoff.next())?;
+        }
+        Ok(())
+    }
+
+    /// The guard's news so far (a wait of `wait` for more paces the caller's loop): whether it
+    /// said how the accept queues went; an error if the daemon died.
+    fn take_guard_news(&self, wait: Duration) -> Result<bool> {
         let mut wait = wait;
+        let mut queues_told = false;
         while let Some(event) = self.guard.next_event(wait) {
             wait = Duration::ZERO;
             match event {
@@ -161,13 +191,20 @@ impl Launched {
                 }
                 // Only a guard that died sends a verdict now: it says what happened.
                 GuardEvent::Dirty(what) => return Err(self.failed(&what)),
-                GuardEvent::Backlog(Err(_)) => tracing::warn!(
-                    "{event}: when many hosts connect at once, some wait a second for a retransmission"
-                ),
+                GuardEvent::Backlog(Err(_)) => {
+                    queues_told = true;
+                    tracing::warn!(
+                        "{event}: when many hosts connect at once, some wait a second for a retransmission"
+                    );
+                }
+                GuardEvent::Backlog(Ok(_)) => {
+                    queues_told = true;
+                    debug!("guard: {event}");
+                }
                 _ => debug!("guard: {event}"),
             }
         }
-        Ok(())
+        Ok(queues_told)
     }
 
     /// A start-up failure with the end of the daemon's log.
