@@ -133,6 +133,8 @@ mod tests {
         let mut report = Report::default();
         clean_end_sockets(&statedir::user_root(base.path()), "-h", false, &mut report);
         assert!(report.removed.is_empty(), "{:?}", report.removed);
+        // Time for the leader's accepting thread to count a probe's connection, as it did when
+        // cleanup connected to look: the socket was then gone before its rank came.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let me = std::process::id() as i32;
         EndWatch::connect(announcer.path(), me).expect("the host's rank still connects");

@@ -92,7 +92,7 @@ impl Run<'_> {
             crate::sys::signals::stuck_watchdog::disarm();
             return Ok(true);
         };
-        if !(self.leaders.abandoned() && wait < TEARDOWN_DEADLINE) {
+        if !(self.leaders.abandoned() && self.leaders.launcher_ends_job()) {
             return Err(e);
         }
         // Without the others' word, this host's own outcome is all there is to say.
