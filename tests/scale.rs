@@ -211,3 +211,57 @@ fn sigkill_to_a_host_leader_ends_its_waiting_ranks_and_leaves_every_host_clean()
     // end_notice's unit test (MPI's launcher ends them too).
     sigkill_to_rank_on_host_2(1);
 }
+
+/// A host leader that could not listen for its host's other ranks (a fault injected into the
+/// debug build): they hear of the job's end over MPI, asleep meanwhile rather than spinning inside
+/// MPI_Finalize, and the job ends as usual.
+#[test]
+fn ranks_whose_leader_could_not_listen_sleep_then_end_with_the_job() {
+    let Some(_c) = cluster() else { return };
+    let (per_host, nhosts) = (4, 2);
+    let bg = Background::start_env_within(
+        per_host * nhosts,
+        nhosts,
+        &[("MPISWARM_TEST_FAULT", "end-socket")],
+        &[],
+        Duration::from_secs(60),
+    );
+    let ranks = ranks();
+    let followers: Vec<u32> = hosts(nhosts)
+        .iter()
+        .flat_map(|h| {
+            let mut on_host: Vec<&(u32, String, u32)> =
+                ranks.iter().filter(|r| &r.1 == h).collect();
+            on_host.sort_by_key(|r| r.2);
+            on_host[1..].iter().map(|r| r.0).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(followers.len(), (per_host - 1) * nhosts, "{ranks:?}");
+    // Let them settle into their slowest look (every 50 ms), then count.
+    std::thread::sleep(Duration::from_secs(3));
+    let before: u64 = followers.iter().map(|p| usage(*p).1).sum();
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = followers.iter().map(|p| usage(*p).1).sum::<u64>() - before;
+    // 6 waiting ranks over 2 s: together under a tenth of one core (20 ticks at 100 Hz).
+    assert!(ticks < 20, "waiting ranks used {ticks} CPU ticks in 2 s");
+    eprintln!("6 ranks waiting for the end over MPI: {ticks} CPU ticks in 2 s");
+    bg.signal("USR1");
+    let out = bg.wait(Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("will hear of the job's end over MPI"),
+        "the fault was not injected:\n{stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("torn down: {nhosts} host(s) clean")),
+        "{stderr}"
+    );
+    for pid in &followers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "rank pid {pid} outlived the job"
+        );
+    }
+    assert_clean(Duration::from_secs(3));
+}

@@ -12,7 +12,8 @@ use mpi::traits::*;
 
 use crate::host::end_notice::{Announcer, End, EndWatch, Greeting, Heard, MpiEnd};
 use crate::mpi::collective::Leaders;
-use crate::mpi::messages::Message;
+use crate::mpi::messages::{Kind, Message};
+use crate::sys::deadline::Backoff;
 use crate::sys::signals::Signals;
 
 /// How often a waiting rank looks whether it received a signal to pass on (a look costs one
@@ -71,6 +72,8 @@ pub struct Cluster {
     pub started_in: f64,
     /// This host's end socket (its leader only; `None` if it could not listen).
     announcer: Option<Announcer>,
+    /// A leader that could not listen tells its host's other ranks the end over MPI.
+    tell_followers_over_mpi: bool,
     world: SimpleCommunicator,
     universe: mpi::environment::Universe,
 }
@@ -85,8 +88,14 @@ impl Cluster {
         let is_leader = node.rank() == 0;
         // A host with one rank has nobody to tell.
         let others = (node.size() - 1) as usize;
-        let announcer =
-            (is_leader && others > 0).then(|| Announcer::listen(base, job, &host, others));
+        let announcer = (is_leader && others > 0).then(|| {
+            if crate::sys::fault::injected("end-socket") {
+                return Err(anyhow!(
+                    "failed to listen for this host's ranks: fault injected"
+                ));
+            }
+            Announcer::listen(base, job, &host, others)
+        });
         let greeting = greet_host(&node, announcer.as_ref());
         // Leaders in job order: the job's rank 0 (a leader: lowest on its host) is their rank 0.
         let color = if is_leader {
@@ -100,7 +109,7 @@ impl Cluster {
                 let announcer = announcer.and_then(|a| {
                     a.inspect_err(|e| {
                         tracing::warn!(
-                            "{e:#}: this host's other ranks will wait inside MPI_Finalize, using CPU"
+                            "{e:#}: this host's other ranks will hear of the job's end over MPI"
                         );
                     })
                     .ok()
@@ -122,11 +131,14 @@ impl Cluster {
                 (Role::Follower(follower), None)
             }
         };
+        let tell_followers_over_mpi =
+            matches!(role, Role::Leader(_)) && others > 0 && announcer.is_none();
         let cluster = Cluster {
             rank: world.rank(),
             size: world.size(),
             started_in: crate::output::report::since_process_start(),
             announcer,
+            tell_followers_over_mpi,
             world,
             universe,
         };
@@ -138,7 +150,7 @@ impl Cluster {
     /// a rank that is gone: the ranks leave without it if the launcher is ending the job anyway
     /// (its signal, or a rank's death, which it turns into one), and abort MPI otherwise.
     pub fn finish(self, role: Role, code: i32) {
-        let end = match &role {
+        let mut end = match &role {
             Role::Leader(leaders) if leaders.abandoned() => End {
                 code,
                 mpi: MpiEnd::Leave,
@@ -162,6 +174,12 @@ impl Cluster {
         };
         if let Some(announcer) = &self.announcer {
             announcer.announce(end);
+        } else if let Role::Leader(leaders) = &role
+            && self.tell_followers_over_mpi
+            && !leaders.tell_followers(end)
+        {
+            // A rank of the host not told would never reach MPI_Finalize: nor may this one.
+            end.mpi = MpiEnd::Leave;
         }
         // Every communicator is freed before MPI is finalized.
         drop(role);
@@ -212,12 +230,11 @@ fn greet_host(node: &SimpleCommunicator, announcer: Option<&Result<Announcer>>) 
 /// job ended, passes on a signal it receives, and gives up if the leader dies.
 pub struct Follower {
     world: SimpleCommunicator,
-    /// This host's ranks: freed before MPI is finalized.
-    _node: SimpleCommunicator,
+    /// This host's ranks (the leader is its rank 0): freed before MPI is finalized.
+    node: SimpleCommunicator,
     leader_pid: i32,
-    /// Where the end is heard; `None` when the leader could not listen or this rank could not
-    /// connect (it then waits inside MPI_Finalize).
-    watch: Option<EndWatch>,
+    /// Where the end is heard.
+    channel: Channel,
     signals: Signals,
     /// What the leader said at the end (`None` until then, or if it could not be heard).
     heard: Option<End>,
@@ -232,16 +249,27 @@ impl Follower {
         signals: Signals,
         greeting: &Greeting,
     ) -> Follower {
-        let watch = greeting.end_path.as_deref().and_then(|path| {
-            EndWatch::connect(path, greeting.leader_pid)
-                .inspect_err(|e| tracing::warn!("{e:#}: this rank will wait inside MPI_Finalize"))
-                .ok()
-        });
+        let channel = match greeting.end_path.as_deref() {
+            Some(path) => match EndWatch::connect(path, greeting.leader_pid) {
+                Ok(watch) => Channel::Socket(watch),
+                Err(e) => {
+                    // The leader listens, so it announces on its socket, never over MPI: only
+                    // the leader's death or MPI_Finalize can end this rank's wait.
+                    tracing::warn!("{e:#}: this rank will wait inside MPI_Finalize");
+                    Channel::Finalize
+                }
+            },
+            None => Channel::Mpi {
+                leader_start: crate::sys::procfs::proc_info(greeting.leader_pid)
+                    .map(|p| p.start_time),
+                backoff: Backoff::default(),
+            },
+        };
         Follower {
             world,
-            _node: node,
+            node,
             leader_pid: greeting.leader_pid,
-            watch,
+            channel,
             signals,
             heard: None,
             undelivered: false,
@@ -251,12 +279,12 @@ impl Follower {
     /// Waits for the job's end and returns its exit code (0 when it cannot be heard: the
     /// leaders' codes are the job's).
     pub fn wait_for_end(&mut self) -> i32 {
-        let Some(watch) = &mut self.watch else {
+        if matches!(self.channel, Channel::Finalize) {
             return 0;
-        };
+        }
         let mut passed_on = false;
         let end = loop {
-            match watch.wait(SIGNAL_CHECK) {
+            match self.hear() {
                 Heard::End(end) => break end,
                 Heard::LeaderGone => {
                     tracing::error!(
@@ -290,7 +318,46 @@ impl Follower {
     }
 }
 
+/// How a follower hears of the job's end.
+enum Channel {
+    /// On its leader's end socket, in the kernel.
+    Socket(EndWatch),
+    /// As an MPI message from its leader, which could not listen: looked for with a backoff (up
+    /// to 50 ms between looks, each a probe: a sleeping rank, not one spinning in MPI_Finalize).
+    Mpi {
+        /// The leader's start time, to tell it from a process that reuses its pid.
+        leader_start: Option<u64>,
+        backoff: Backoff,
+    },
+    /// Nowhere: it waits inside MPI_Finalize (it could not connect to a socket that exists).
+    Finalize,
+}
+
 impl Follower {
+    /// What was heard of the end (after waiting up to `SIGNAL_CHECK`).
+    fn hear(&mut self) -> Heard {
+        match &mut self.channel {
+            Channel::Socket(watch) => watch.wait(SIGNAL_CHECK),
+            Channel::Mpi {
+                leader_start,
+                backoff,
+            } => {
+                if let Some((_, Message::End(end))) = Message::poll(&self.node, Some(0), Kind::End)
+                {
+                    return Heard::End(end);
+                }
+                let alive = leader_start
+                    .is_some_and(|t| crate::sys::procfs::still_running(self.leader_pid, t));
+                if !alive {
+                    return Heard::LeaderGone;
+                }
+                self.signals.sleep(backoff.next().min(SIGNAL_CHECK));
+                Heard::Nothing
+            }
+            Channel::Finalize => Heard::Nothing,
+        }
+    }
+
     /// Sleeps until a signal arrives, or `limit` passed.
     fn await_the_launchers_signal(&self, limit: Duration) {
         let until = std::time::Instant::now() + limit;

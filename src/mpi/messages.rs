@@ -1,6 +1,8 @@
 //! The point-to-point messages ranks send each other outside the agreements, as one enum: each
 //! kind has its own MPI tag and one integer of payload, mapped here and nowhere else. One message
-//! carries bytes instead: a manager's join invitation, which only its recipient may hold.
+//! carries bytes instead: a manager's join invitation, which only its recipient may hold. Every
+//! send has a deadline: a first message to a rank waits for that rank's handshake, which a gone or
+//! hung rank never makes.
 
 use std::time::Instant;
 
@@ -9,6 +11,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
+use crate::host::end_notice::{End, MpiEnd};
 use crate::mpi::mpi_buffer::Lent;
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::Signals;
@@ -26,6 +29,9 @@ pub enum Message {
     Heartbeat,
     /// A worker host to the one a join window after it: its join ended, the next may start.
     JoinTurn,
+    /// A host's leader to its host's other ranks, when it could not give them its end socket:
+    /// how the job ended.
+    End(End),
 }
 
 /// What a receiver asks for (messages of other kinds stay queued).
@@ -36,15 +42,17 @@ pub enum Kind {
     Progress,
     Heartbeat,
     JoinTurn,
+    End,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::StopRequest,
         Kind::Stop,
         Kind::Progress,
         Kind::Heartbeat,
         Kind::JoinTurn,
+        Kind::End,
     ];
 
     fn tag(self) -> Tag {
@@ -54,6 +62,7 @@ impl Kind {
             Kind::Progress => 103,
             Kind::Heartbeat => 104,
             Kind::JoinTurn => 105,
+            Kind::End => 106,
         }
     }
 }
@@ -66,6 +75,7 @@ impl Message {
             Message::Progress { .. } => Kind::Progress,
             Message::Heartbeat => Kind::Heartbeat,
             Message::JoinTurn => Kind::JoinTurn,
+            Message::End(_) => Kind::End,
         }
     }
 
@@ -75,6 +85,8 @@ impl Message {
             Message::Stop { code } => code,
             Message::Progress { phase } => phase,
             Message::Heartbeat | Message::JoinTurn => 0,
+            // The code shifted left, the lowest bit saying whether to leave MPI unfinalized.
+            Message::End(End { code, mpi }) => code << 1 | i32::from(mpi == MpiEnd::Leave),
         }
     }
 
@@ -85,13 +97,27 @@ impl Message {
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
             Kind::JoinTurn => Message::JoinTurn,
+            Kind::End => Message::End(End {
+                code: value >> 1,
+                mpi: if value & 1 == 1 {
+                    MpiEnd::Leave
+                } else {
+                    MpiEnd::Finalize
+                },
+            }),
         }
     }
 
-    /// Sends to `rank` of `comm` (small: delivered eagerly, the send does not wait for a receive).
-    pub fn send(self, comm: &SimpleCommunicator, rank: i32) {
-        comm.process_at_rank(rank)
-            .send_with_tag(&self.payload(), self.kind().tag());
+    /// Sends to `rank` of `comm`, waiting until `deadline` at most (or a signal, if `signals` is
+    /// given); `Err` holds the rank when the message was not delivered by then.
+    pub fn send_within(
+        self,
+        comm: &SimpleCommunicator,
+        rank: i32,
+        deadline: Instant,
+        signals: Option<&Signals>,
+    ) -> Result<(), Vec<i32>> {
+        self.send_to_each(comm, rank..rank + 1, deadline, signals)
     }
 
     /// Sends to each of `ranks` of `comm`, all at once: a first message to a rank
@@ -106,41 +132,8 @@ impl Message {
         deadline: Instant,
         signals: Option<&Signals>,
     ) -> Result<(), Vec<i32>> {
-        let (lent, payload) = Lent::new(Box::new(self.payload()));
-        let payload: &'static i32 = payload;
-        let tag = self.kind().tag();
-        let mut pending: Vec<(i32, Request<'static, i32>)> = ranks
-            .map(|rank| {
-                let request =
-                    comm.process_at_rank(rank)
-                        .immediate_send_with_tag(StaticScope, payload, tag);
-                (rank, request)
-            })
-            .collect();
-        let mut backoff = Backoff::default();
-        loop {
-            pending = pending
-                .into_iter()
-                .filter_map(|(rank, request)| request.test().err().map(|r| (rank, r)))
-                .collect();
-            if pending.is_empty() {
-                // SAFETY: every request that used the payload completed.
-                drop(unsafe { lent.reclaim() });
-                return Ok(());
-            }
-            if Instant::now() >= deadline || signals.is_some_and(|s| s.received().is_some()) {
-                let undelivered = pending.iter().map(|(rank, _)| *rank).collect();
-                // MPI still owns these requests and the payload: both are leaked.
-                for (_, request) in pending {
-                    std::mem::forget(request);
-                }
-                return Err(undelivered);
-            }
-            match signals {
-                Some(signals) => signals.sleep(backoff.next()),
-                None => std::thread::sleep(backoff.next()),
-            }
-        }
+        let payload = Box::new(self.payload());
+        send_each_within(comm, ranks, payload, self.kind().tag(), deadline, signals)
     }
 
     /// A queued message of `kind` from `from` (any rank if `None`), with its sender; never blocks.
@@ -173,6 +166,53 @@ impl Message {
     }
 }
 
+/// `payload` to each of `ranks` with nonblocking sends, tested until all completed, `deadline`, or
+/// a signal (if `signals` is given): the ranks not reached are returned, and their requests and
+/// the payload are left to MPI for good.
+fn send_each_within<B: Buffer + ?Sized + 'static>(
+    comm: &SimpleCommunicator,
+    ranks: std::ops::Range<i32>,
+    payload: Box<B>,
+    tag: Tag,
+    deadline: Instant,
+    signals: Option<&Signals>,
+) -> Result<(), Vec<i32>> {
+    let (lent, payload) = Lent::new(payload);
+    let payload: &'static B = payload;
+    let mut pending: Vec<(i32, Request<'static, B>)> = ranks
+        .map(|rank| {
+            let request =
+                comm.process_at_rank(rank)
+                    .immediate_send_with_tag(StaticScope, payload, tag);
+            (rank, request)
+        })
+        .collect();
+    let mut backoff = Backoff::default();
+    loop {
+        pending = pending
+            .into_iter()
+            .filter_map(|(rank, request)| request.test().err().map(|r| (rank, r)))
+            .collect();
+        if pending.is_empty() {
+            // SAFETY: every request that used the payload completed.
+            drop(unsafe { lent.reclaim() });
+            return Ok(());
+        }
+        if Instant::now() >= deadline || signals.is_some_and(|s| s.received().is_some()) {
+            let undelivered = pending.iter().map(|(rank, _)| *rank).collect();
+            // MPI still owns these requests and the payload: both are leaked.
+            for (_, request) in pending {
+                std::mem::forget(request);
+            }
+            return Err(undelivered);
+        }
+        match signals {
+            Some(signals) => signals.sleep(backoff.next()),
+            None => std::thread::sleep(backoff.next()),
+        }
+    }
+}
+
 /// Rank 0 to one host that becomes a manager: its join invitation (manager address and token),
 /// sent to that host alone rather than broadcast, so that no worker ever holds the manager token.
 pub struct ManagerInvitation;
@@ -180,9 +220,16 @@ pub struct ManagerInvitation;
 impl ManagerInvitation {
     const TAG: Tag = 107;
 
-    /// Sends `bytes` to `rank` of `comm` (small: delivered eagerly).
-    pub fn send(comm: &SimpleCommunicator, rank: i32, bytes: &[u8]) {
-        comm.process_at_rank(rank).send_with_tag(bytes, Self::TAG);
+    /// Sends `bytes` to each of `ranks` of `comm`, as `Message::send_to_each` does.
+    pub fn send_to_each(
+        comm: &SimpleCommunicator,
+        ranks: std::ops::Range<i32>,
+        bytes: &[u8],
+        deadline: Instant,
+        signals: Option<&Signals>,
+    ) -> Result<(), Vec<i32>> {
+        let payload: Box<[u8]> = bytes.into();
+        send_each_within(comm, ranks, payload, Self::TAG, deadline, signals)
     }
 
     /// A queued invitation from `from` (any rank if `None`); never blocks.
@@ -212,6 +259,18 @@ mod tests {
             Message::Progress { phase: 2 },
             Message::Heartbeat,
             Message::JoinTurn,
+            Message::End(End {
+                code: 137,
+                mpi: MpiEnd::Leave,
+            }),
+            Message::End(End {
+                code: 0,
+                mpi: MpiEnd::Finalize,
+            }),
+            Message::End(End {
+                code: 1,
+                mpi: MpiEnd::Finalize,
+            }),
         ];
         for m in all {
             assert_eq!(Message::from_parts(m.kind(), m.payload()), m);

@@ -37,13 +37,19 @@ impl Progress {
         }
     }
 
-    /// This leader finished its part: rank 0 counts itself, the others tell rank 0.
-    pub fn done(&mut self, leaders: &SimpleCommunicator, is_root: bool) {
+    /// This leader finished its part: rank 0 counts itself, the others tell rank 0 (until
+    /// `deadline`; `Err` if it was not reached by then).
+    pub fn done(
+        &mut self,
+        leaders: &SimpleCommunicator,
+        is_root: bool,
+        deadline: std::time::Instant,
+    ) -> Result<(), Vec<i32>> {
         if is_root {
             self.count(self.phase);
-        } else {
-            Message::Progress { phase: self.phase }.send(leaders, 0);
+            return Ok(());
         }
+        Message::Progress { phase: self.phase }.send_within(leaders, 0, deadline, None)
     }
 
     /// Rank 0: counts the messages that arrived.

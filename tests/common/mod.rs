@@ -301,25 +301,40 @@ pub fn mpirun_launcher(np: usize, nhosts: usize, env: &[(&str, &str)]) -> Comman
 }
 
 /// Runs to completion with a deadline; a hang is a test failure, never a hung suite.
-pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Output {
+pub fn run_with_deadline(cmd: Command, limit: Duration) -> Output {
+    run_with_deadline_or(cmd, limit, String::new)
+}
+
+/// As `run_with_deadline`; past the deadline, `state` says what the command's processes were
+/// doing (taken before they are killed), for the failure's message.
+pub fn run_with_deadline_or(
+    mut cmd: Command,
+    limit: Duration,
+    state: impl FnOnce() -> String,
+) -> Output {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
     let child = cmd.spawn().expect("spawn");
-    wait_output(child, limit)
+    wait_output_or(child, limit, state)
 }
 
-pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    wait_output_or(child, limit, String::new)
+}
+
+fn wait_output_or(mut child: Child, limit: Duration, state: impl FnOnce() -> String) -> Output {
     let deadline = Instant::now() + limit;
     loop {
         if child.try_wait().expect("try_wait").is_some() {
             return child.wait_with_output().expect("output");
         }
         if Instant::now() >= deadline {
+            let state = state();
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
             panic!(
-                "command did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                "command did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{state}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -461,6 +476,17 @@ impl Background {
 
     /// As `start`, waiting up to `limit` for the swarm to be ready.
     pub fn start_within(np: usize, nhosts: usize, extra: &[&str], limit: Duration) -> Background {
+        Self::start_env_within(np, nhosts, &[], extra, limit)
+    }
+
+    /// As `start_within`, with environment variables set for every rank.
+    pub fn start_env_within(
+        np: usize,
+        nhosts: usize,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        limit: Duration,
+    ) -> Background {
         // Not in a temporary directory: a run killed outright leaves its ready file (the user's
         // own file), and the residue check looks for every file of the user there.
         let ready_file = user_dir().join(format!("ready.{}", std::process::id()));
@@ -468,7 +494,7 @@ impl Background {
         let ready = ready_file.display().to_string();
         let mut args = vec!["up", "--ready-file", ready.as_str()];
         args.extend_from_slice(extra);
-        let mut cmd = mpirun(np, nhosts, &args);
+        let mut cmd = mpirun_env(np, nhosts, env, &args);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());

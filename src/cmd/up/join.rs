@@ -80,9 +80,8 @@ impl Run<'_> {
         drop(payload);
         if let Some(manager) = manager {
             let bytes = manager.encode();
-            for host in 1..managers {
-                self.leaders.send_manager_invitation(host, &bytes);
-            }
+            self.leaders
+                .send_manager_invitations(1..managers, &bytes, self.deadline)?;
         }
         let t = Instant::now();
         if self.is_root() {
@@ -169,10 +168,11 @@ impl Run<'_> {
                 });
                 // Passed on whatever the outcome: the next host's join does not depend on it,
                 // and a failure here must not keep it waiting until the deadline.
-                if let Some(next) = order.passes_to(slot) {
-                    run.leaders.pass_join_turn(next);
-                }
+                let passed = order
+                    .passes_to(slot)
+                    .map_or(Ok(()), |next| run.leaders.pass_join_turn(next));
                 joined?;
+                passed?;
                 run.tl.done("own-join", t);
                 run.leaders.progress_done();
             }

@@ -5,6 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
+use mpi::traits::Communicator;
+
+use crate::host::end_notice::End;
 use crate::mpi::messages::{Kind, ManagerInvitation, Message};
 use crate::sys::signals::{self};
 
@@ -13,13 +16,30 @@ use super::{Leaders, State};
 /// How long rank 0 waits for a notice to reach every leader (a live one looks every 50 ms at
 /// most; the first notice also opens the connection).
 const NOTICE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a leader waits for its host's other ranks to take the end over MPI (they look every
+/// 50 ms at most).
+const FOLLOWER_NOTICE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The same after the launcher's signal, which every rank received.
 const STOP_NOTICE_AFTER_A_SIGNAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Leaders {
-    /// Rank 0: sends a manager's join invitation to the host of index `host` alone.
-    pub fn send_manager_invitation(&self, host: usize, bytes: &[u8]) {
-        ManagerInvitation::send(&self.comm, host as i32, bytes);
+    /// Rank 0: sends a manager's join invitation to each host of index in `hosts` (to each
+    /// alone), all at once; fails naming the hosts it did not reach by `deadline`.
+    pub fn send_manager_invitations(
+        &mut self,
+        hosts: std::ops::Range<usize>,
+        bytes: &[u8],
+        deadline: Instant,
+    ) -> Result<()> {
+        let ranks = hosts.start as i32..hosts.end as i32;
+        let sent = ManagerInvitation::send_to_each(
+            &self.comm,
+            ranks,
+            bytes,
+            deadline,
+            Some(&self.signals.clone()),
+        );
+        self.undelivered(sent, "send the manager join invitation")
     }
 
     /// A manager host: waits for its join invitation from rank 0 until the deadline or a
@@ -44,8 +64,14 @@ impl Leaders {
     }
 
     /// This worker host's join ended: the host `index` (a join window later) may start its own.
-    pub fn pass_join_turn(&self, index: usize) {
-        Message::JoinTurn.send(&self.comm, index as i32);
+    pub fn pass_join_turn(&mut self, index: usize) -> Result<()> {
+        let sent = Message::JoinTurn.send_within(
+            &self.comm,
+            index as i32,
+            Instant::now() + NOTICE_DEADLINE,
+            Some(&self.signals.clone()),
+        );
+        self.undelivered(sent, "pass the join turn on")
     }
 
     /// Waits until host `index` (a join window earlier) says its join ended, until the deadline
@@ -82,7 +108,9 @@ impl Leaders {
     /// This host finished its part of the current progress phase.
     pub fn progress_done(&mut self) {
         let is_root = self.is_root();
-        self.progress.done(&self.comm, is_root);
+        let deadline = Instant::now() + NOTICE_DEADLINE;
+        let sent = self.progress.done(&self.comm, is_root, deadline);
+        self.note_undelivered(sent, "tell rank 0 of this host's progress");
     }
 
     /// Rank 0: a stop requested by any rank of the job (the signal it received).
@@ -124,13 +152,29 @@ impl Leaders {
     /// Leaves MPI's state as a pending send left it: a message not delivered (its host is gone
     /// or hung) keeps a request inside MPI, which can then only be aborted or left.
     fn note_undelivered(&mut self, sent: Result<(), Vec<i32>>, what: &str) {
-        if let Err(ranks) = sent {
-            let hosts: Vec<String> = ranks.iter().map(|r| format!("leader {r}")).collect();
-            self.state = State::Abandoned(format!(
-                "could not {what}: no answer from {} (gone or hung)",
-                hosts.join(", ")
-            ));
-        }
+        let _ = self.undelivered(sent, what);
+    }
+
+    /// `note_undelivered`, returning the reason as an error too.
+    fn undelivered(&mut self, sent: Result<(), Vec<i32>>, what: &str) -> Result<()> {
+        let Err(ranks) = sent else { return Ok(()) };
+        let hosts: Vec<String> = ranks.iter().map(|r| format!("leader {r}")).collect();
+        let reason = format!(
+            "could not {what}: no answer from {} (gone or hung)",
+            hosts.join(", ")
+        );
+        self.state = State::Abandoned(reason.clone());
+        bail!(reason)
+    }
+
+    /// Tells this host's other ranks over MPI how the job ended (they have no end socket to hear
+    /// it on); false when one was not reached in time (gone, or hung).
+    pub fn tell_followers(&self, end: End) -> bool {
+        let ranks = 1..self.node.size();
+        let deadline = Instant::now() + FOLLOWER_NOTICE_DEADLINE;
+        Message::End(end)
+            .send_to_each(&self.node, ranks, deadline, None)
+            .is_ok()
     }
 
     /// Leaders other than rank 0: whether rank 0 said stop.
