@@ -67,7 +67,8 @@ fn native_run(input: &Path) -> String {
         .arg(input)
         // No log.lammps in the ranks' working directory (/tmp, where residue looks).
         .args(["-log", "none", "-var", "steps", &STEPS.to_string()]);
-    let out = run_with_deadline(cmd, Duration::from_secs(180));
+    // 4-8 s alone, 25 s in the suite; once (session 7) it printed nothing for 180 s.
+    let out = run_with_deadline_or(cmd, Duration::from_secs(90), native_run_state);
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
@@ -75,6 +76,55 @@ fn native_run(input: &Path) -> String {
         hosts(RANKS)
     );
     stdout
+}
+
+/// What the native run's processes on the hosts were doing when it overstayed its deadline, for
+/// the failure's message: each one's host, state, CPU used over a second, the system call it is
+/// blocked in, and its threads' stacks (gdb), so that a hang says where it is.
+fn native_run_state() -> String {
+    let pids: Vec<u32> = ["^lmp", "orted"]
+        .iter()
+        .flat_map(|p| pids_matching(p))
+        .collect();
+    let ticks = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        fields.get(12).copied().unwrap_or(0) + fields.get(13).copied().unwrap_or(0)
+    };
+    let before: Vec<u64> = pids.iter().map(|p| ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut report = String::from("the native run's processes at its deadline:\n");
+    for (pid, before) in pids.iter().zip(before) {
+        let read =
+            |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_owned();
+        report += &format!(
+            "pid {pid} on {:?}: {} {state}; {} CPU ticks in 1 s; syscall {}\n",
+            host_of_tree(*pid),
+            read("cmdline").replace('\0', " "),
+            ticks(*pid).saturating_sub(before),
+            read("syscall").trim()
+        );
+        let gdb = Command::new("timeout")
+            .args(["20", "gdb", "-p", &pid.to_string(), "-batch", "-ex"])
+            .arg("thread apply all bt 12")
+            .output();
+        if let Ok(gdb) = gdb {
+            report += &String::from_utf8_lossy(&gdb.stdout)
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>();
+        }
+    }
+    report
 }
 
 /// examples/lammps/run.sh inside a job on 3 hosts, as a job script would run it; returns its
