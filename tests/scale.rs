@@ -265,3 +265,43 @@ fn ranks_whose_leader_could_not_listen_sleep_then_end_with_the_job() {
     }
     assert_clean(Duration::from_secs(3));
 }
+
+/// SIGKILL to the leader of host 2 when the leaders could not listen (the fault hook): its
+/// waiting ranks, which look for the end over MPI, see it die and leave on the launcher's
+/// SIGTERM (1 s after a death with Open MPI 4.1), not at its SIGKILL (2 s); every host is clean.
+#[test]
+fn ranks_whose_leader_could_not_listen_leave_when_it_is_killed() {
+    let Some(_c) = cluster() else { return };
+    let (per_host, nhosts) = (4, 2);
+    let bg = Background::start_env_within(
+        per_host * nhosts,
+        nhosts,
+        &[("MPISWARM_TEST_FAULT", "end-socket")],
+        &[],
+        Duration::from_secs(60),
+    );
+    let ranks = ranks();
+    // Ranks go round-robin by node: rank 1 leads host 2, ranks 3, 5 and 7 wait there.
+    let pid_of = |rank: u32| ranks.iter().find(|r| r.2 == rank).map(|r| r.0).unwrap();
+    let leader = pid_of(1);
+    let waiting: Vec<u32> = [3, 5, 7].into_iter().map(pid_of).collect();
+    let killed = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &leader.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Exited is gone: reaping them is the launcher's daemon's business.
+    let running = |p: &u32| proc_stat(*p).is_some_and(|(_, _, zombie)| !zombie);
+    while waiting.iter().any(running) && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lived = killed.elapsed();
+    let _ = bg.wait(Duration::from_secs(30));
+    assert!(
+        lived < Duration::from_millis(1900),
+        "host 2's waiting ranks lived {lived:?} after their leader's death"
+    );
+    eprintln!("host 2's waiting ranks gone {lived:?} after their leader's death");
+    assert_clean(Duration::from_secs(3));
+}

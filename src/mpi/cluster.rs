@@ -342,14 +342,16 @@ impl Follower {
                 leader_start,
                 backoff,
             } => {
-                if let Some((_, Message::End(end))) = Message::poll(&self.node, Some(0), Kind::End)
-                {
-                    return Heard::End(end);
-                }
+                // Looked at before MPI is: once a peer is dead, Open MPI 4.1 can block inside any
+                // call, retrying the connection to it, until the launcher's SIGKILL.
                 let alive = leader_start
                     .is_some_and(|t| crate::sys::procfs::still_running(self.leader_pid, t));
                 if !alive {
                     return Heard::LeaderGone;
+                }
+                if let Some((_, Message::End(end))) = Message::poll(&self.node, Some(0), Kind::End)
+                {
+                    return Heard::End(end);
                 }
                 self.signals.sleep(backoff.next().min(SIGNAL_CHECK));
                 Heard::Nothing

@@ -597,7 +597,7 @@ pub struct Tree {
 }
 
 /// (ppid, start time, zombie) of a process, from /proc.
-fn proc_stat(pid: u32) -> Option<(u32, u64, bool)> {
+pub fn proc_stat(pid: u32) -> Option<(u32, u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
     let zombie = matches!(*fields.first()?, "Z" | "X");
