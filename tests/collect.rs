@@ -233,9 +233,14 @@ fn with_the_smallest_budget_incomplete_names_what_is_missing() {
     let incomplete = read(&root.join("INCOMPLETE"));
     assert!(incomplete.contains("time budget ran out"), "{incomplete}");
     assert!(incomplete.contains("tasks.json"), "{incomplete}");
+    // Each host is named with what of it is missing: its whole share when the transfer ran out
+    // too ("- msh2: its logs and daemon log did not all reach rank 0"), or, when the share
+    // arrived in the transfer's grace, each part its own reading ran out on ("the logs on msh2",
+    // "hosts/msh2/daemon.log"). Which one depends on the hosts' speed: both are right.
     for h in hosts(HOSTS) {
         assert!(
-            incomplete.contains(&format!("- {h}: ")),
+            incomplete.lines().any(|l| l.starts_with("- ")
+                && (l.contains(&format!("{h}: ")) || l.contains(&format!("/{h}/")))),
             "{h}:\n{incomplete}"
         );
     }
