@@ -38,7 +38,11 @@ impl Drop for Grown {
 #[test]
 fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave_nothing() {
     let Some(_c) = cluster() else { return };
-    let _grown = Grown::to(HOSTS);
+    // The machine's MAC on the hosts' bridge must not follow the hosts that come and go: the
+    // hosts would keep one that no longer exists (scripts/simcluster, bridge_mac).
+    let bridge_mac = || std::fs::read_to_string("/sys/class/net/msbr0/address").unwrap();
+    let mac_before = bridge_mac();
+    let grown = Grown::to(HOSTS);
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
     let stack = fixture("everywhere.yml");
     let extra = ["--timeout", "300s", "--load", &image, "--stack", &stack];
@@ -106,4 +110,10 @@ fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave
     );
     // Nothing on any of the 32 hosts (checked before the cluster shrinks back).
     assert_clean(Duration::from_secs(30));
+    drop(grown);
+    assert_eq!(
+        bridge_mac(),
+        mac_before,
+        "the bridge's MAC changed with the hosts"
+    );
 }

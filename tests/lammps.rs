@@ -82,9 +82,20 @@ fn native_run(input: &Path) -> String {
 /// the failure's message: each one's host, state, CPU used over a second, the system call it is
 /// blocked in, and its threads' stacks (gdb), so that a hang says where it is.
 fn native_run_state() -> String {
-    let pids: Vec<u32> = ["^lmp", "orted"]
-        .iter()
-        .flat_map(|p| pids_matching(p))
+    // mpirun is root's (the launcher runs as the test harness); the rest the test user's.
+    let launchers = Command::new("pgrep")
+        .args(["-f", "^mpirun.openmpi .*-in .*in.lj"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let pids: Vec<u32> = launchers
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .chain(
+            ["^lmp", "orted", "simcluster"]
+                .iter()
+                .flat_map(|p| pids_matching(p)),
+        )
         .collect();
     let ticks = |pid: u32| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -331,6 +331,15 @@ fn wait_output_or(mut child: Child, limit: Duration, state: impl FnOnce() -> Str
         }
         if Instant::now() >= deadline {
             let state = state();
+            // SIGTERM first: a launcher takes its daemons on the hosts down with it (killed, it
+            // leaves them behind, and every later test fails on them as residue).
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let grace = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
             panic!(
