@@ -103,7 +103,8 @@ fn check_complete(root: &Path) {
                 talker
                     .lines()
                     .any(|l| l.contains(&format!("@{h} ")) && l.ends_with(line)),
-                "no {line:?} from {h} in col_talker.log:\n{talker}"
+                "no {line:?} from {h} in col_talker.log:\n{talker}\ntasks: {}",
+                read(&root.join("tasks.json"))
             );
         }
     }
@@ -168,7 +169,8 @@ fn wait_for_failure(bg: &Background) {
 fn a_command_run_keeps_every_hosts_logs_and_the_exit_code() {
     let Some(_c) = cluster() else { return };
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let stack = fixture("collect-stack.yml");
+    let synced = SyncedFixture::new("collect-stack.yml", "collect");
+    let stack = synced.path.clone();
     let dir = collect_dir("cmd");
     let dir_arg = dir.display().to_string();
     let mut args = vec!["up"];
@@ -186,7 +188,8 @@ fn a_command_run_keeps_every_hosts_logs_and_the_exit_code() {
 /// A long-lived swarm torn down by `sig` to mpirun once the failing task failed.
 fn signal_keeps_everything(sig: &str) {
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let stack = fixture("collect-stack.yml");
+    let synced = SyncedFixture::new("collect-stack.yml", "collect");
+    let stack = synced.path.clone();
     let dir = collect_dir(sig);
     let dir_arg = dir.display().to_string();
     let bg = Background::start(HOSTS, HOSTS, &stack_args(&image, &stack, &dir_arg));
@@ -218,7 +221,8 @@ fn a_sigterm_teardown_keeps_everything() {
 fn with_the_smallest_budget_incomplete_names_what_is_missing() {
     let Some(_c) = cluster() else { return };
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let stack = fixture("collect-stack.yml");
+    let synced = SyncedFixture::new("collect-stack.yml", "collect");
+    let stack = synced.path.clone();
     let dir = collect_dir("budget");
     let dir_arg = dir.display().to_string();
     let mut args = stack_args(&image, &stack, &dir_arg);
@@ -280,7 +284,8 @@ fn a_dir_the_user_cannot_write_or_others_can_is_refused_before_anything_starts()
 fn a_failed_stack_phase_keeps_every_hosts_logs() {
     let Some(_c) = cluster() else { return };
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let stack = fixture("stack-fails.yml");
+    let synced = SyncedFixture::new("stack-fails.yml", "collect");
+    let stack = synced.path.clone();
     let dir = collect_dir("failed-stack");
     let dir_arg = dir.display().to_string();
     let mut args = vec!["up"];
@@ -304,7 +309,8 @@ fn a_failed_stack_phase_keeps_every_hosts_logs() {
 fn a_hung_host_still_leaves_every_hosts_service_logs() {
     let Some(_c) = cluster() else { return };
     let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
-    let stack = fixture("collect-stack.yml");
+    let synced = SyncedFixture::new("collect-stack.yml", "collect");
+    let stack = synced.path.clone();
     let dir = collect_dir("hung");
     let dir_arg = dir.display().to_string();
     let mut args = vec!["up"];

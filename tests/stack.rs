@@ -341,7 +341,8 @@ fn a_global_service_with_a_placement_constraint_converges_in_seconds() {
 #[test]
 fn a_one_shot_task_exiting_3_fails_the_stack_phase_in_seconds_naming_it() {
     let Some(_c) = cluster() else { return };
-    let stack = fixture("stack-fails.yml");
+    let synced = SyncedFixture::new("stack-fails.yml", "stack");
+    let stack = synced.path.clone();
     let mut run = streamed_up(
         &[],
         &["--stack", &stack, "--stack-name", "sf", "--", "true"],

@@ -129,6 +129,44 @@ pub fn fixture(name: &str) -> String {
     shared_dir().join(name).display().to_string()
 }
 
+/// A fixture whose services meet in a directory every simulated host sees (they share one
+/// filesystem, as nodes share a cluster file system), bind-mounted at /sync: `@SYNC@` in the
+/// fixture becomes that directory. Lets a task wait for tasks on other hosts instead of for
+/// a guessed time. Both go when this is dropped.
+pub struct SyncedFixture {
+    pub path: String,
+    dir: PathBuf,
+}
+
+impl SyncedFixture {
+    pub fn new(name: &str, tag: &str) -> Self {
+        let base = user_dir().join(format!("sync-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("dir");
+        std::fs::create_dir_all(&dir).expect("create the sync dir");
+        let uid = uid_of(USER);
+        for d in [&base, &dir] {
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).expect("chown the sync dir");
+            chmod(d, 0o700);
+        }
+        let text = std::fs::read_to_string(root().join("tests/fixtures").join(name))
+            .expect("read the fixture")
+            .replace("@SYNC@", &dir.display().to_string());
+        let path = base.join(name);
+        std::fs::write(&path, text).expect("write the synced fixture");
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown the fixture");
+        chmod(&path, 0o600);
+        let path = path.display().to_string();
+        Self { path, dir: base }
+    }
+}
+
+impl Drop for SyncedFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// An image archive in `docker save` format (busybox; `pad_mib` MiB of random data added), built
 /// once per test run. Returns its path and the image id it must load as.
 pub fn image_archive(tag: &str, pad_mib: u32) -> (String, String) {
