@@ -394,3 +394,78 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     let _ = live.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(3));
 }
+
+/// Slurm's warning before a time limit "may be sent up to 60 seconds earlier than specified"
+/// (sbatch(1)), so SIGUSR1 can reach a job whose swarm is still coming up (it did, in a
+/// fresh-clone run: the guard took rank 0's daemon down under `swarm init`, which was reported
+/// as the daemon's empty reply, and the guard's teardown verdict, read during the start-up, was
+/// then missed: "the guard ended without a verdict"). Signalled at several moments of the
+/// bring-up, the job ends, says that the signal ended it, and leaves every host clean.
+#[test]
+fn sigusr1_during_bring_up_ends_the_job_naming_the_signal() {
+    let Some(_c) = cluster() else { return };
+    for offset_ms in [50, 400, 800, 1200, 1600] {
+        let mut cmd = mpirun(3, 3, &["up", "--", "sleep", "60"]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let launched = Instant::now();
+        // Every rank started (a rank handles signals from its first milliseconds; before it
+        // exists the launcher has no one to pass the signal to), and rank 0's daemon starting.
+        while ranks().len() < 3 || pids_matching("dockerd").is_empty() {
+            assert!(
+                launched.elapsed() < Duration::from_secs(60),
+                "the ranks and a dockerd did not start within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(offset_ms));
+        let status = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = wait_output(child, Duration::from_secs(60));
+        let stderr = text(&out).1;
+        if !stderr.contains("swarm ready") {
+            assert!(!out.status.success(), "+{offset_ms} ms:\n{stderr}");
+            let errors = error_messages(&stderr);
+            assert!(!errors.is_empty(), "+{offset_ms} ms: no error:\n{stderr}");
+            for error in errors {
+                assert!(
+                    error.contains("interrupted by SIGUSR1"),
+                    "+{offset_ms} ms: an error that does not name the signal:\n{error}\n\n{stderr}"
+                );
+            }
+        }
+        eprintln!(
+            "+{offset_ms} ms: {}",
+            stderr
+                .lines()
+                .find(|l| l.contains("error:") || l.contains("torn down"))
+                .unwrap_or("")
+        );
+        assert_clean(Duration::from_secs(5));
+    }
+}
+
+/// mpiswarm's error messages in a run's output: each `error:` line with the indented lines that
+/// continue it.
+fn error_messages(stderr: &str) -> Vec<String> {
+    let mut errors: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in stderr.lines() {
+        if line.starts_with("mpiswarm[") && line.contains("]: error: ") {
+            errors.push(line.to_owned());
+            open = true;
+        } else if open && line.starts_with(' ') {
+            if let Some(last) = errors.last_mut() {
+                last.push('\n');
+                last.push_str(line);
+            }
+        } else {
+            open = false;
+        }
+    }
+    errors
+}

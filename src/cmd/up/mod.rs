@@ -155,7 +155,8 @@ impl Run<'_> {
         step: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<T> {
         let t = Instant::now();
-        let (status, value) = crate::mpi::collective::split(step(self));
+        let result = step(self).map_err(|e| self.blame_signal(e));
+        let (status, value) = crate::mpi::collective::split(result);
         let local = status.as_ref().err().map(|e| format!("{e:#}"));
         if let Err(e) = self.leaders.agree(what, status, self.deadline) {
             return match local {
@@ -179,7 +180,22 @@ impl Run<'_> {
     fn is_root(&self) -> bool {
         self.leaders.is_root()
     }
+
+    /// A step that failed after a teardown signal arrived failed because of it: the guard took
+    /// the daemon down under the step (an API call then gets no reply), so the signal is the
+    /// news and the step's own error its consequence.
+    fn blame_signal(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.signals.received() {
+            Some(sig) if !format!("{e:#}").starts_with(INTERRUPTED) => {
+                e.context(format!("{INTERRUPTED} {}", crate::sys::signals::name(sig)))
+            }
+            _ => e,
+        }
+    }
 }
+
+/// How every error caused by a teardown signal begins.
+const INTERRUPTED: &str = "interrupted by";
 
 impl Run<'_> {
     /// The deadline for rank 0's own waits inside a phase the other hosts wait for in its

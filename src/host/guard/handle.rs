@@ -51,6 +51,9 @@ pub struct GuardHandle {
     events: Receiver<GuardEvent>,
     /// Set when the guard died without a verdict: what this rank then did to clean the host.
     lost: Arc<OnceLock<String>>,
+    /// A verdict that arrived while someone else read the events (a teardown signal reaches the
+    /// guard at once, so the verdict can come during start-up): the teardown's answer.
+    verdict: OnceLock<Result<(), String>>,
     pub dir: StateDir,
     done: bool,
 }
@@ -152,6 +155,7 @@ impl GuardHandle {
             child,
             events,
             lost,
+            verdict: OnceLock::new(),
             dir,
             done: false,
         })
@@ -164,7 +168,14 @@ impl GuardHandle {
     /// An event from the guard, if one arrives within `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<GuardEvent> {
         match self.events.recv_timeout(timeout) {
-            Ok(event) => Some(event),
+            Ok(event) => {
+                match &event {
+                    GuardEvent::Clean => _ = self.verdict.set(Ok(())),
+                    GuardEvent::Dirty(what) => _ = self.verdict.set(Err(what.clone())),
+                    _ => {}
+                }
+                Some(event)
+            }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
         }
     }
@@ -188,7 +199,11 @@ impl GuardHandle {
         self.done = true;
         self.begin_teardown();
         let deadline = Instant::now() + timeout;
-        let mut verdict = None;
+        let mut verdict = self
+            .verdict
+            .get()
+            .cloned()
+            .map(|v| v.map_err(anyhow::Error::msg));
         while verdict.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
