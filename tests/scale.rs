@@ -212,6 +212,18 @@ fn sigkill_to_a_host_leader_ends_its_waiting_ranks_and_leaves_every_host_clean()
     sigkill_to_rank_on_host_2(1);
 }
 
+/// A swarm of `per_host` ranks on each of `nhosts` hosts whose leaders could not listen on their
+/// end sockets (the debug build's fault hook).
+fn start_with_deaf_leaders(per_host: usize, nhosts: usize) -> Background {
+    Background::start_env_within(
+        per_host * nhosts,
+        nhosts,
+        &[("MPISWARM_TEST_FAULT", "end-socket")],
+        &[],
+        Duration::from_secs(60),
+    )
+}
+
 /// A host leader that could not listen for its host's other ranks (a fault injected into the
 /// debug build): they hear of the job's end over MPI, asleep meanwhile rather than spinning inside
 /// MPI_Finalize, and the job ends as usual.
@@ -219,13 +231,7 @@ fn sigkill_to_a_host_leader_ends_its_waiting_ranks_and_leaves_every_host_clean()
 fn ranks_whose_leader_could_not_listen_sleep_then_end_with_the_job() {
     let Some(_c) = cluster() else { return };
     let (per_host, nhosts) = (4, 2);
-    let bg = Background::start_env_within(
-        per_host * nhosts,
-        nhosts,
-        &[("MPISWARM_TEST_FAULT", "end-socket")],
-        &[],
-        Duration::from_secs(60),
-    );
+    let bg = start_with_deaf_leaders(per_host, nhosts);
     let ranks = ranks();
     let followers: Vec<u32> = hosts(nhosts)
         .iter()
@@ -273,13 +279,7 @@ fn ranks_whose_leader_could_not_listen_sleep_then_end_with_the_job() {
 fn ranks_whose_leader_could_not_listen_leave_when_it_is_killed() {
     let Some(_c) = cluster() else { return };
     let (per_host, nhosts) = (4, 2);
-    let bg = Background::start_env_within(
-        per_host * nhosts,
-        nhosts,
-        &[("MPISWARM_TEST_FAULT", "end-socket")],
-        &[],
-        Duration::from_secs(60),
-    );
+    let bg = start_with_deaf_leaders(per_host, nhosts);
     let ranks = ranks();
     // Ranks go round-robin by node: rank 1 leads host 2, ranks 3, 5 and 7 wait there.
     let pid_of = |rank: u32| ranks.iter().find(|r| r.2 == rank).map(|r| r.0).unwrap();
