@@ -135,7 +135,8 @@ pub fn fixture(name: &str) -> String {
 /// a guessed time. Both go when this is dropped.
 pub struct SyncedFixture {
     pub path: String,
-    dir: PathBuf,
+    /// Holds the stack file and the shared directory.
+    base: PathBuf,
 }
 
 impl SyncedFixture {
@@ -157,13 +158,13 @@ impl SyncedFixture {
         std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown the fixture");
         chmod(&path, 0o600);
         let path = path.display().to_string();
-        Self { path, dir: base }
+        Self { path, base }
     }
 }
 
 impl Drop for SyncedFixture {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
