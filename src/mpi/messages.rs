@@ -285,4 +285,38 @@ mod tests {
         tags.dedup();
         assert_eq!(tags.len(), Kind::ALL.len() + 1);
     }
+
+    /// The send deadline, against the real MPI. A peer that takes no data is this process
+    /// itself (an MPI singleton) sent a message too large for MPI to buffer: the send waits for
+    /// a matching receive, as one to a gone or hung rank waits for its handshake. The only test
+    /// here that initializes MPI (once per process).
+    #[test]
+    fn a_send_no_rank_takes_gives_up_at_its_deadline_naming_the_rank() {
+        // Without its deadline the send would wait forever: fail instead of hanging the suite.
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            eprintln!("the send to a rank that takes nothing did not give up within 60 s");
+            std::process::abort();
+        });
+        let universe = mpi::initialize().expect("MPI initializes as a singleton");
+        let world = universe.world();
+        let untaken = vec![7u8; 8 << 20];
+        let wait = std::time::Duration::from_millis(300);
+        let start = Instant::now();
+        let sent = ManagerInvitation::send_to_each(&world, 0..1, &untaken, start + wait, None);
+        let took = start.elapsed();
+        assert_eq!(sent, Err(vec![0]), "the rank that took nothing");
+        assert!(took >= wait, "gave up after {took:?}, before its deadline");
+        assert!(took < wait * 10, "gave up only after {took:?}");
+
+        // A message MPI can buffer is sent at once; then take both, so that MPI ends cleanly.
+        let small = [1u8; 16];
+        let sent =
+            ManagerInvitation::send_to_each(&world, 0..1, &small, Instant::now() + wait, None);
+        assert_eq!(sent, Ok(()));
+        let first = ManagerInvitation::poll(&world, Some(0)).expect("the untaken message");
+        assert_eq!(first.len(), untaken.len());
+        let second = ManagerInvitation::poll(&world, Some(0)).expect("the small message");
+        assert_eq!(second, small);
+    }
 }
