@@ -16,12 +16,22 @@ const SCRIPT: &str = r#"for ns in /run/docker/netns/* "$1"/run/netns/*; do
     ip -d link show dev "$d" | grep -q nolearning || ip link set dev "$d" type vxlan nolearning; done'
 done"#;
 
-/// Sweeps the sandboxes of the daemon whose namespaces `ns_pid` is in, until `stop` is set: new
-/// overlay sandboxes appear whenever a task joins a network.
-pub fn keep_learning_off(ns_pid: u32, state_dir: String, stop: Arc<AtomicBool>) {
+/// Sweeps the sandboxes of the daemon under `rootlesskit` until `stop` is set: new overlay
+/// sandboxes appear whenever a task joins a network. The sweep enters rootlesskit's child, found
+/// again whenever the one found is gone.
+pub fn keep_learning_off(rootlesskit: i32, state_dir: String, stop: Arc<AtomicBool>) {
+    let mut child = None;
     while !stop.load(Ordering::SeqCst) {
-        sweep(ns_pid, &state_dir);
-        std::thread::sleep(Duration::from_millis(300));
+        if !child.is_some_and(|(pid, start)| crate::sys::procfs::still_running(pid, start)) {
+            child = crate::sys::procfs::rootlesskit_child(rootlesskit);
+        }
+        match child {
+            Some((pid, _)) => {
+                sweep(pid as u32, &state_dir);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 

@@ -138,21 +138,13 @@ fn emit(out: &mut impl Write, event: &GuardEvent) {
     let _ = writeln!(out, "{}", event.encode());
 }
 
-/// Remedy (b): once rootlesskit's child (inside the namespaces) exists, keep vxlan learning off.
+/// Remedy (b): keeps vxlan learning off in the daemon's sandboxes, entered through rootlesskit's
+/// child (inside the namespaces), once it exists.
 fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool>) {
     let state_dir = dir.path.display().to_string();
     let _ = std::thread::Builder::new()
         .name("vxlan".into())
-        .spawn(move || {
-            let mut inner = None;
-            while inner.is_none() && !stop.load(Ordering::SeqCst) {
-                inner = crate::sys::procfs::rootlesskit_child(rootlesskit as i32).map(|p| p as u32);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Some(pid) = inner {
-                crate::host::vxlan::keep_learning_off(pid, state_dir, stop);
-            }
-        });
+        .spawn(move || crate::host::vxlan::keep_learning_off(rootlesskit as i32, state_dir, stop));
 }
 
 /// Once slirp4netns listens on the published TCP ports, deepens their accept queues; reports the
