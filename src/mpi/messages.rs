@@ -293,10 +293,15 @@ mod tests {
     #[test]
     fn a_send_no_rank_takes_gives_up_at_its_deadline_naming_the_rank() {
         // Without its deadline the send would wait forever: fail instead of hanging the suite.
-        std::thread::spawn(|| {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-            eprintln!("the send to a rank that takes nothing did not give up within 60 s");
-            std::process::abort();
+        // The watchdog is disarmed when the test ends (its sender dropped), so it can never end
+        // other tests that share this process.
+        let (_armed, disarmed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let limit = std::time::Duration::from_secs(60);
+            if disarmed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("the send to a rank that takes nothing did not give up within 60 s");
+                std::process::abort();
+            }
         });
         let universe = mpi::initialize().expect("MPI initializes as a singleton");
         let world = universe.world();

@@ -275,7 +275,7 @@ pub fn rootlesskit_child(rootlesskit: i32) -> Option<(i32, u64)> {
 }
 
 /// A process's user and network namespaces.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Namespaces {
     user: Option<std::path::PathBuf>,
     net: Option<std::path::PathBuf>,
