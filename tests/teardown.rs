@@ -457,12 +457,31 @@ fn sigusr1_during_bring_up_ends_the_job_naming_the_signal() {
     }
 }
 
+/// A fresh-clone run's stderr (Debian 13): prterun's MPI_ABORT message, its NUL, then rank 0's
+/// error. Read as plain lines, the error was not found ("no error"), failing the SIGUSR1 test.
+#[test]
+fn an_error_forwarded_right_after_a_prterun_message_is_read() {
+    let stderr = "mpiswarm[msh1:0]: warning: ip_vs: kernel module ip_vs is not available\n\
+        ----------\nMPI_ABORT was invoked on rank 0 in communicator MPI_COMM_WORLD\n----------\n\
+        \0mpiswarm[msh1:0]: error: failed to start the daemon on msh1 (rank 0): interrupted by \
+        SIGUSR1\n  msh2 (rank 1): interrupted by SIGUSR1\n(the hosts could not agree on it)\n\
+        \0[msh2:00000] *** An error occurred in Socket closed\n";
+    assert_eq!(
+        error_messages(stderr),
+        [
+            "mpiswarm[msh1:0]: error: failed to start the daemon on msh1 (rank 0): interrupted \
+             by SIGUSR1\n  msh2 (rank 1): interrupted by SIGUSR1"
+        ]
+    );
+}
+
 /// mpiswarm's error messages in a run's output: each `error:` line with the indented lines that
-/// continue it.
+/// continue it. Open MPI 5's launcher (prterun) ends each of its own help messages with a NUL byte,
+/// so a rank's line forwarded right after one starts with that byte: it ends a line here too.
 fn error_messages(stderr: &str) -> Vec<String> {
     let mut errors: Vec<String> = Vec::new();
     let mut open = false;
-    for line in stderr.lines() {
+    for line in stderr.split(['\n', '\0']) {
         if line.starts_with("mpiswarm[") && line.contains("]: error: ") {
             errors.push(line.to_owned());
             open = true;
