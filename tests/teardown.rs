@@ -267,13 +267,16 @@ fn sigkill_to_a_guard() {
 #[test]
 fn the_residue_check_detects_planted_leftovers() {
     let Some(_c) = cluster() else { return };
-    // A process of the test user on msh2 and a state directory of msh3.
+    // A process of the test user on msh2, a state directory of msh3, and one of a host that no
+    // longer exists (a run killed outright when the cluster was larger).
     let mut sleeper = Command::new(script("simcluster"))
         .args(["exec", "msh2", "exec sleep 300"])
         .spawn()
         .unwrap();
     let dir = format!("/tmp/mpiswarm-{}/jplanted-msh3", uid_of(USER));
     std::fs::create_dir_all(&dir).unwrap();
+    let gone = format!("/tmp/mpiswarm-{}/jplanted-msh40", uid_of(USER));
+    std::fs::create_dir_all(&gone).unwrap();
     // Files of the user in temporary directories, whatever their names.
     let files = [
         "/tmp/planted.log",
@@ -291,6 +294,7 @@ fn the_residue_check_detects_planted_leftovers() {
     let found = residue().expect_err("planted leftovers must be found");
     assert!(found.contains("msh2: process"), "{found}");
     assert!(found.contains("jplanted-msh3"), "{found}");
+    assert!(found.contains("msh40 (gone)"), "{found}");
     for f in files {
         assert!(
             found.contains(&format!("file {f} ")),
@@ -306,6 +310,33 @@ fn the_residue_check_detects_planted_leftovers() {
     let _ = Command::new("pkill").args(["-u", USER, "sleep"]).status();
     std::fs::remove_dir_all(std::path::Path::new(&dir).parent().unwrap()).unwrap();
     assert_clean(Duration::from_secs(3));
+}
+
+/// A suite killed outright (every process of the test user at once, guards too, as when a
+/// machine's session ends) leaves state directories that nothing of the run is left to remove;
+/// the next suite found them and took them for its own run's. `simcluster scrub`, which
+/// `scripts/test` runs first (through `down`), leaves nothing of them.
+#[test]
+fn scrub_leaves_nothing_of_a_run_killed_outright() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(2, 2, &[]);
+    let status = Command::new("pkill")
+        .args(["-KILL", "-u", USER])
+        .status()
+        .unwrap();
+    assert!(status.success(), "no process of {USER} to kill");
+    drop(bg);
+    let left = residue().expect_err("a run killed outright leaves its state directories");
+    assert!(left.contains("msh1: directory"), "{left}");
+
+    let status = Command::new(script("simcluster"))
+        .arg("scrub")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_clean(Duration::from_secs(3));
+    let root = format!("/tmp/mpiswarm-{}", uid_of(USER));
+    assert!(!std::path::Path::new(&root).exists(), "{root} is left");
 }
 
 /// After a run whose guard died with its rank (a node-level kill), the daemon's tree is gone with

@@ -196,17 +196,24 @@ pub fn image_archive(tag: &str, pad_mib: u32) -> (String, String) {
 
 /// The entry of the test user's state root (`/tmp/mpiswarm-<uid>`) whose name ends with
 /// `suffix`, e.g. a host's state directory (`-msh1`) or end socket (`-msh1.end`); there is one
-/// run at a time.
+/// run at a time. Two are a failure, never a guess: a leftover of an earlier run would be taken
+/// for this one's half the time (the order of a directory's entries).
 pub fn state_entry(suffix: &str) -> Option<PathBuf> {
     let root = PathBuf::from("/tmp").join(format!("mpiswarm-{}", uid_of(USER)));
-    std::fs::read_dir(root)
+    let found: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().ends_with(suffix))
         })
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "more than one state entry ending in {suffix} (one run at a time): {found:?}"
+    );
+    found.into_iter().next()
 }
 
 /// The Engine API socket of the running daemon on `host` (there is one run at a time).
@@ -262,6 +269,8 @@ pub fn cluster() -> Option<MutexGuard<'static, ()>> {
         for h in hosts(MAX_HOSTS) {
             let _ = on_host(&h, &format!("{} cleanup", binary().display()));
         }
+        // What cleanup cannot reach: the state of hosts that are gone.
+        let _ = Command::new(script("simcluster")).arg("scrub").status();
         panic!("hosts not clean before the test: {left}");
     }
     Some(guard)
