@@ -326,15 +326,27 @@ fn scrub_leaves_nothing_of_a_run_killed_outright() {
         .unwrap();
     assert!(status.success(), "no process of {USER} to kill");
     drop(bg);
+    // And a process of the test user still on a host, for scrub to end.
+    let mut sleeper = Command::new(script("simcluster"))
+        .args(["exec", "msh2", "exec sleep 300"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let left = residue().expect_err("a run killed outright leaves its state directories");
     assert!(left.contains("msh1: directory"), "{left}");
+    assert!(left.contains("msh2: process"), "{left}");
 
     let status = Command::new(script("simcluster"))
         .arg("scrub")
         .status()
         .unwrap();
+    let cleaned = wait_clean(Duration::from_secs(3));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
     assert!(status.success());
-    assert_clean(Duration::from_secs(3));
+    if let Err(left) = cleaned {
+        panic!("scrub left:\n{left}");
+    }
     let root = format!("/tmp/mpiswarm-{}", uid_of(USER));
     assert!(!std::path::Path::new(&root).exists(), "{root} is left");
 }
