@@ -60,9 +60,9 @@ fn sbatch(args: &[&str], extra_env: &[(&str, String)]) -> Command {
         .arg(format!("MPISWARM={}", binary().display()))
         .arg(format!("OMPI_MCA_btl_tcp_if_include={SUBNET}"))
         .arg(format!("OMPI_MCA_oob_tcp_if_include={SUBNET}"))
-        // Shared memory between a node's tasks: with TCP only, Open MPI 4.1's same-node connects
-        // under srun failed now and then on the 2 oversubscribed cores ("Operation now in
-        // progress", then a segfault, Slurm killing the step): 2 in 9 runs, 0 in 12 with vader.
+        // What Open MPI picks by default on a node without fast interconnects: shared memory
+        // between a node's tasks, TCP between nodes. (The crashes once blamed on TCP alone were
+        // Slurm's fence, tested by srun_fences_in_the_example_wait_for_every_node.)
         .arg("OMPI_MCA_btl=self,vader,tcp")
         .arg(format!(
             "OMPI_MCA_orte_tmpdir_base={}",
@@ -92,12 +92,21 @@ fn run_job(example_name: &str) -> (Output, String, String) {
 
 /// As `run_job`, with more sbatch flags (they override the script's own).
 fn run_job_with(example_name: &str, flags: &[&str]) -> (Output, String, String) {
+    run_job_env(example_name, flags, &[])
+}
+
+/// As `run_job_with`, with more variables in the job's environment (they override the harness's).
+fn run_job_env(
+    example_name: &str,
+    flags: &[&str],
+    env: &[(&str, String)],
+) -> (Output, String, String) {
     let output = format!("{}/job-%j.out", out_dir().display());
     let script = example(example_name);
     let mut args = vec!["--wait", "--parsable", "-N", "3", "-o", &output];
     args.extend_from_slice(flags);
     args.push(&script);
-    let out = run_with_deadline(sbatch(&args, &[]), Duration::from_secs(240));
+    let out = run_with_deadline(sbatch(&args, env), Duration::from_secs(240));
     let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let log = job_output(&job);
     (out, job, log)
@@ -286,10 +295,9 @@ fn srun_launches_the_ranks_through_pmix() {
 }
 
 /// Several tasks per node under srun: one daemon per node. Two, one per CPU of each simulated
-/// node, as users launch one rank per core. Four on 2 CPUs (overcommitted) failed in Open MPI
-/// 4.1's own start-up now and then on this machine, before mpiswarm did anything: its shared
-/// memory set-up could not open its file ("open(2): No such file or directory"), its same-node
-/// TCP connects then failed ("Operation now in progress") and two tasks segfaulted.
+/// node, as users launch one rank per core. Before srun.sbatch chose the ring fence, about one
+/// step in twenty crashed here inside Open MPI 4.1's MPI_Init (a task segfaulted on a message
+/// that came before it had registered its handlers): see the next test.
 #[test]
 fn srun_with_two_tasks_per_node_brings_up_one_daemon_per_node() {
     let Some(_c) = cluster() else { return };
@@ -298,4 +306,67 @@ fn srun_with_two_tasks_per_node_brings_up_one_daemon_per_node() {
     assert!(out.status.success(), "job {job} failed:\n{log}");
     assert!(log.contains("swarm ready: 3 node(s)"), "{log}");
     assert_clean(Duration::from_secs(5));
+}
+
+/// Open MPI 4.1 ends MPI_Init with a PMIx fence without data and relies on it being a barrier.
+/// Slurm's default ("mixed") runs such a fence on its tree collective, which on a step of fewer
+/// nodes than TreeWidth lets each node through on its own; srun.sbatch asks for the ring. A probe
+/// stands in for mpiswarm in that script: its last task reaches the fence 2 s late, and every
+/// other task's fence must wait for it (by default the other nodes' tasks waited ~0 s).
+#[test]
+fn srun_fences_in_the_example_wait_for_every_node() {
+    let Some(_c) = cluster() else { return };
+    slurm();
+    let probe = fence_probe();
+    let env = [("MPISWARM", probe.display().to_string())];
+    let (out, job, log) = run_job_env("srun.sbatch", &["--ntasks-per-node=2"], &env);
+    assert!(out.status.success(), "job {job} failed:\n{log}");
+    // The step of 6 tasks; the script's exit trap runs the probe again, one task per node.
+    let waits: Vec<(u32, f64)> = log
+        .lines()
+        .filter(|l| l.starts_with("fence-probe ") && l.contains(" of=6 "))
+        .map(|l| (probe_field(l, "rank="), probe_field(l, "waited=")))
+        .map(|(rank, waited)| (rank.parse().unwrap(), waited.parse().unwrap()))
+        .collect();
+    assert_eq!(waits.len(), 6, "every task's fence reported:\n{log}");
+    for (rank, waited) in waits.into_iter().filter(|(rank, _)| *rank != 5) {
+        assert!(
+            waited >= 1.5,
+            "rank {rank} left the fence after {waited:.3} s, before the last task arrived:\n{log}"
+        );
+    }
+}
+
+fn probe_field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+/// tests/fixtures/pmix_fence_probe.c, built against the PMIx that Slurm and Open MPI use.
+fn fence_probe() -> PathBuf {
+    let src = shared_dir().join("pmix_fence_probe.c");
+    let exe = shared_dir().join("pmix_fence_probe");
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "pmix"])
+        .output()
+        .expect("run pkg-config (scripts/install-deps installs it)");
+    assert!(
+        flags.status.success(),
+        "pkg-config knows no pmix: install libpmix-dev"
+    );
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(flags.split_whitespace())
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "failed to build the fence probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
 }
