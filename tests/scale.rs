@@ -224,6 +224,34 @@ fn start_with_deaf_leaders(per_host: usize, nhosts: usize) -> Background {
     )
 }
 
+/// Rank 0 leaves MPI alone for 1.5 s after the launcher's signal (a fault injected into the
+/// debug build; stopping a command can keep it so). Meanwhile the other host's follower passes
+/// the signal on to rank 0, over a connection that only opens when rank 0 looks at MPI again:
+/// its send is finished at the end, and every rank reaches MPI_Finalize. (Under a loaded suite
+/// such a follower gave up after 200 ms and left without MPI_Finalize, and mpirun failed the
+/// job: "exiting improperly".)
+#[test]
+fn a_signal_passed_on_while_rank_0_is_away_from_mpi_still_ends_every_rank_in_finalize() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start_env_within(
+        4,
+        2,
+        &[("MPISWARM_TEST_FAULT", "busy-after-signal")],
+        &[],
+        Duration::from_secs(60),
+    );
+    bg.signal("USR1");
+    let out = bg.wait(Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("fault injected: rank 0 leaves MPI alone"),
+        "the fault was not injected:\n{stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("torn down: 2 host(s) clean"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
 /// A host leader that could not listen for its host's other ranks (a fault injected into the
 /// debug build): they hear of the job's end over MPI, asleep meanwhile rather than spinning inside
 /// MPI_Finalize, and the job ends as usual.

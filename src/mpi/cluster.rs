@@ -12,7 +12,7 @@ use mpi::traits::*;
 
 use crate::host::end_notice::{Announcer, End, EndWatch, Greeting, Heard, MpiEnd};
 use crate::mpi::collective::Leaders;
-use crate::mpi::messages::{Kind, Message};
+use crate::mpi::messages::{InFlight, Kind, Message};
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::Signals;
 
@@ -22,6 +22,9 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(250);
 /// How long a rank waits for its signal to reach rank 0 (which received it too, when the launcher
 /// signalled the job; it may be gone).
 const PASS_ON_DEADLINE: Duration = Duration::from_millis(200);
+/// How long a rank that heard the job's end gives the signal it passed on to reach rank 0, which
+/// drives MPI again once the end is agreed (its drain and MPI_Finalize take the message).
+const PASSED_ON_AT_END: Duration = Duration::from_secs(3);
 /// How long a rank whose leader died waits for the launcher's signal before leaving anyway.
 const LEADER_GONE_WAIT: Duration = Duration::from_secs(3);
 
@@ -149,8 +152,8 @@ impl Cluster {
     /// when every collective completed. When one was abandoned a finalize could wait forever for
     /// a rank that is gone: the ranks leave without it if the launcher is ending the job anyway
     /// (its signal, or a rank's death, which it turns into one), and abort MPI otherwise.
-    pub fn finish(self, role: Role, code: i32) {
-        let mut end = match &role {
+    pub fn finish(self, mut role: Role, code: i32) {
+        let mut end = match &mut role {
             Role::Leader(leaders) if leaders.abandoned() => End {
                 code,
                 mpi: MpiEnd::Leave,
@@ -159,14 +162,20 @@ impl Cluster {
                 code,
                 mpi: MpiEnd::Finalize,
             },
-            Role::Follower(follower) if follower.undelivered => End {
-                code,
-                mpi: MpiEnd::Leave,
-            },
-            Role::Follower(follower) => follower.heard.unwrap_or(End {
-                code,
-                mpi: MpiEnd::Finalize,
-            }),
+            Role::Follower(follower) => {
+                let heard = follower.heard.unwrap_or(End {
+                    code,
+                    mpi: MpiEnd::Finalize,
+                });
+                if heard.mpi == MpiEnd::Finalize && follower.passed_on_is_stuck() {
+                    End {
+                        code,
+                        mpi: MpiEnd::Leave,
+                    }
+                } else {
+                    heard
+                }
+            }
         };
         let launcher_ends_job = match &role {
             Role::Leader(leaders) => leaders.launcher_ends_job(),
@@ -238,8 +247,8 @@ pub struct Follower {
     signals: Signals,
     /// What the leader said at the end (`None` until then, or if it could not be heard).
     heard: Option<End>,
-    /// A signal passed on to rank 0 was not delivered.
-    undelivered: bool,
+    /// A signal passed on to rank 0 whose message MPI had not delivered by `PASS_ON_DEADLINE`.
+    passed_on: Option<InFlight>,
 }
 
 impl Follower {
@@ -272,7 +281,7 @@ impl Follower {
             channel,
             signals,
             heard: None,
-            undelivered: false,
+            passed_on: None,
         }
     }
 
@@ -282,7 +291,7 @@ impl Follower {
         if matches!(self.channel, Channel::Finalize) {
             return 0;
         }
-        let mut passed_on = false;
+        let mut signal_passed_on = false;
         let end = loop {
             match self.hear() {
                 Heard::End(end) => break end,
@@ -304,17 +313,27 @@ impl Follower {
                 }
                 Heard::Nothing => {}
             }
-            if !passed_on && let Some(signal) = self.signals.received() {
+            if !signal_passed_on && let Some(signal) = self.signals.received() {
                 let deadline = std::time::Instant::now() + PASS_ON_DEADLINE;
-                let sent =
-                    Message::StopRequest { signal }.send_to_each(&self.world, 0..1, deadline, None);
-                // Rank 0 is gone or hung: the request stays inside MPI, which can only be left.
-                self.undelivered = sent.is_err();
-                passed_on = true;
+                // Not delivered yet: rank 0 is busy (it got the launcher's signal too), gone or
+                // hung; the end tells which.
+                self.passed_on = Message::StopRequest { signal }
+                    .send_by(&self.world, 0, deadline)
+                    .err();
+                signal_passed_on = true;
             }
         };
         self.heard = Some(end);
         end.code
+    }
+
+    /// Whether a signal this rank passed on is still not delivered after `PASSED_ON_AT_END`: its
+    /// request stays inside MPI, where a finalize could wait for a rank 0 that is gone.
+    fn passed_on_is_stuck(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + PASSED_ON_AT_END;
+        self.passed_on
+            .as_mut()
+            .is_some_and(|in_flight| !in_flight.finish_by(deadline))
     }
 }
 

@@ -166,6 +166,71 @@ impl Message {
     }
 }
 
+impl Message {
+    /// Sends to `rank` of `comm` and waits until `deadline` at most for the send to complete;
+    /// an unfinished send comes back, to be finished later or left to MPI.
+    pub fn send_by(
+        self,
+        comm: &SimpleCommunicator,
+        rank: i32,
+        deadline: Instant,
+    ) -> Result<(), InFlight> {
+        let (lent, payload) = Lent::new(Box::new(self.payload()));
+        let payload: &'static i32 = payload;
+        let request = comm.process_at_rank(rank).immediate_send_with_tag(
+            StaticScope,
+            payload,
+            self.kind().tag(),
+        );
+        let mut in_flight = InFlight {
+            request: Some(request),
+            lent: Some(lent),
+        };
+        if in_flight.finish_by(deadline) {
+            Ok(())
+        } else {
+            Err(in_flight)
+        }
+    }
+}
+
+/// A send that has not completed: a first message to a rank opens a connection, which completes
+/// only when that rank next drives MPI (rank 0 tearing down its host may not for a while). MPI
+/// keeps the request and its buffer until then; dropped unfinished, both are left to MPI.
+pub struct InFlight {
+    request: Option<Request<'static, i32>>,
+    lent: Option<Lent<i32>>,
+}
+
+impl InFlight {
+    /// Tests the send until it completes (true) or `deadline` passes (false).
+    pub fn finish_by(&mut self, deadline: Instant) -> bool {
+        let mut backoff = Backoff::default();
+        while let Some(request) = self.request.take() {
+            if let Err(unfinished) = request.test() {
+                self.request = Some(unfinished);
+                let Some(left) = crate::sys::deadline::time_left(deadline) else {
+                    return false;
+                };
+                std::thread::sleep(backoff.next().min(left));
+            } else if let Some(lent) = self.lent.take() {
+                // SAFETY: the only request that used the buffer completed.
+                drop(unsafe { lent.reclaim() });
+            }
+        }
+        true
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // MPI still owns an unfinished request and its buffer (never reclaimed): both are leaked.
+        if let Some(request) = self.request.take() {
+            std::mem::forget(request);
+        }
+    }
+}
+
 /// `payload` to each of `ranks` with nonblocking sends, tested until all completed, `deadline`, or
 /// a signal (if `signals` is given): the ranks not reached are returned, and their requests and
 /// the payload are left to MPI for good.

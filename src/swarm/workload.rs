@@ -33,6 +33,8 @@ const WORK_SETTLE: Duration = Duration::from_secs(5);
 /// How long the manager may fail to answer about the work before the run gives up (a leader
 /// election, a busy manager: a long batch run should not end on one failed look).
 const WORK_UNANSWERED: Duration = Duration::from_secs(30);
+/// How long the "busy-after-signal" fault keeps rank 0 from MPI (debug builds, tests only).
+const BUSY_FAULT: Duration = Duration::from_millis(1500);
 
 /// What rank 0 runs, or waits for, while the swarm is up.
 pub enum Workload<'a> {
@@ -181,6 +183,12 @@ pub fn run_or_wait(
             });
         if let Some(why) = stop {
             info!("{why}: tearing down");
+            if crate::sys::fault::injected("busy-after-signal") {
+                // As when stopping the command keeps rank 0 from MPI: the other ranks' messages
+                // (a signal they pass on) wait for its next look.
+                tracing::warn!("fault injected: rank 0 leaves MPI alone for {BUSY_FAULT:?}");
+                std::thread::sleep(BUSY_FAULT);
+            }
             running.stop(signals);
             return Ok(0);
         }
