@@ -376,18 +376,25 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     args[at + 1] = hostfile.display().to_string();
     // The same launcher (the machine's, or a second userland's through `simcluster login`).
     orphan_run = Command::new(orphan_run.get_program());
-    orphan_run
-        .args(&args)
-        .current_dir("/tmp")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut orphan = orphan_run.spawn().unwrap();
+    orphan_run.args(&args).current_dir("/tmp");
+    let mut orphan = Streamed::start(orphan_run);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while host_socket("msh3").is_none_or(|s| !std::path::Path::new(&s).exists()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "second run did not start"
-        );
+        let ended = orphan.ended();
+        if ended || std::time::Instant::now() >= deadline {
+            // Every simulated host's processes (one /proc), kernel threads left out.
+            let procs = on_host(
+                "msh3",
+                "ps --ppid 2 -p 2 --deselect -o pid,ppid,user,etimes,stat,args --forest",
+            );
+            panic!(
+                "the second run on msh3 did not start its daemon ({}); it printed:\n{}\n\
+                 the processes then:\n{}",
+                if ended { "mpirun ended" } else { "60 s passed" },
+                orphan.text(),
+                String::from_utf8_lossy(&procs.stdout)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -395,9 +402,9 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
         .into_iter()
         .filter(|p| host_of(*p).as_deref() == Some("msh3"))
         .collect();
-    victims.push(orphan.id());
+    victims.push(orphan.pid());
     kill9(&victims);
-    let _ = orphan.wait();
+    let _ = orphan.finish(Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     // The daemon's tree died with its guard (parent death signals); its state directory stays.
     let left = residue_on(&["msh3".to_owned()])

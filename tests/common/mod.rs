@@ -832,6 +832,11 @@ impl Streamed {
         self.child.id()
     }
 
+    /// Whether the command has ended.
+    pub fn ended(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     /// Every line so far, joined.
     pub fn text(&self) -> String {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
