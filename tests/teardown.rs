@@ -365,7 +365,9 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
 
     // A second run on msh3 alone, then everything of it that mpiswarm owns killed at once:
     // mpirun, rank and guard. Its state directory survives as an orphan.
-    let mut orphan_run = mpirun(1, 1, &["up"]);
+    // Its own deadline comes before the test's: a daemon that never answers is reported by `up`
+    // itself, with its log.
+    let mut orphan_run = mpirun(1, 1, &["up", "--timeout", "40s"]);
     let hostfile = std::env::temp_dir().join("mpiswarm-test-hosts.msh3");
     std::fs::write(&hostfile, "msh3 slots=8\n").unwrap();
     let mut args: Vec<String> = orphan_run
