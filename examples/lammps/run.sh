@@ -5,7 +5,7 @@
 # Exits with LAMMPS's status.
 #
 #   MPIRUN="mpirun -np 3 --map-by node" examples/lammps/run.sh
-#   MPISWARM_ARGS="--net host" ...       the host path (Debian 13's stack; README: the data path)
+#   MPISWARM_ARGS="--net host" ...       the host path (Debian 13's stack; docs/networking.md: the host path)
 #   LAMMPS_DIR=DIR LAMMPS_INPUT=FILE ...  your own input, in a directory every node sees (launch.sh)
 #   LAMMPS_ARGS="-var steps 200" ...      more arguments for lmp
 #   MPI_ORTERUN_ARGS, MPI_NET_CIDR         for the containers' mpirun (../mpi-in-containers/launch.sh)

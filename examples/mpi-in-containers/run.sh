@@ -4,7 +4,7 @@
 # everything down, exit with the program's status.
 #
 #   MPIRUN="mpirun -np 4 --map-by node" examples/mpi-in-containers/run.sh
-#   MPISWARM_ARGS="--net host" ...       the host path (README: the data path)
+#   MPISWARM_ARGS="--net host" ...       the host path (docs/networking.md: the host path)
 set -euo pipefail
 here=$(dirname "$(readlink -f "$0")")
 image=${MPI_IMAGE_TAR:-$("$here/build-image.sh" | sed 's/ (cached)$//')}
