@@ -121,6 +121,19 @@ pub struct UpConfig {
     /// `--collect`: where to keep the job's logs and facts at teardown, and in how much time.
     pub collect: Option<Collect>,
     pub workload: Workload,
+    /// What a stack's task that fails for good does to the run.
+    pub task_failures: TaskFailures,
+}
+
+/// What a stack's task that fails for good (Swarm starts no new one) does to the run; it is
+/// reported at once either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFailures {
+    /// The run ends and fails (the default).
+    EndRun,
+    /// `--allow-task-failures`: a warning; the stack counts the task as ended, and the run
+    /// goes on.
+    Allowed,
 }
 
 /// What the swarm is for once it is up (rank 0 runs or waits for it; then every host tears down).
@@ -216,6 +229,11 @@ impl UpConfig {
                 (_, true) => Workload::StackWork(args.stack_name.clone()),
                 ([], false) => Workload::Signal,
                 (command, false) => Workload::Command(command.to_vec()),
+            },
+            task_failures: if args.allow_task_failures {
+                TaskFailures::Allowed
+            } else {
+                TaskFailures::EndRun
             },
         })
     }
