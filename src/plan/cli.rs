@@ -111,8 +111,8 @@ pub struct UpArgs {
     pub until_jobs_complete: bool,
 
     /// A task of the stack that fails for good (restart condition none, or its restart attempts
-    /// used up) is reported as a warning and counts as ended, and the run goes on; its exit
-    /// code is the command's. Without it, such a failure, before or after the swarm is ready,
+    /// used up) is reported as a warning and counts as ended, and the run goes on with the
+    /// command's exit code. Without it, such a failure, before or after the swarm is ready,
     /// stops the command and the run exits 1.
     #[arg(long, requires = "stack", conflicts_with = "until_jobs_complete")]
     pub allow_task_failures: bool,

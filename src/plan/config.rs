@@ -423,6 +423,33 @@ mod tests {
     }
 
     #[test]
+    fn task_failures_end_the_run_unless_allowed_beside_a_command() {
+        let cfg = |flags: &[&str]| UpConfig::from_args(&up_args(flags)).map(|c| c.task_failures);
+        assert_eq!(cfg(&["--stack", "s.yml"]).unwrap(), TaskFailures::EndRun);
+        assert_eq!(
+            cfg(&["--stack", "s.yml", "--allow-task-failures"]).unwrap(),
+            TaskFailures::Allowed
+        );
+        use clap::Parser;
+        for refused in [
+            &["mpiswarm", "up", "--allow-task-failures"][..],
+            &[
+                "mpiswarm",
+                "up",
+                "--stack",
+                "s.yml",
+                "--until-jobs-complete",
+                "--allow-task-failures",
+            ],
+        ] {
+            assert!(
+                crate::plan::cli::Cli::try_parse_from(refused).is_err(),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_workload_is_a_command_the_stacks_work_or_a_signal() {
         let cfg = |flags: &[&str]| UpConfig::from_args(&up_args(flags)).map(|c| c.workload);
         assert_eq!(
