@@ -333,7 +333,7 @@ impl<'a> Watch<'a> {
         for failure in new {
             self.reported.insert(failure.task.id.clone());
             tracing::warn!(
-                "stack {}: {} (allowed: the run goes on)",
+                "stack {} (failures allowed: the run goes on): {}",
                 self.name,
                 failure_message(self.engine, failure, &nodes, deadline)
             );
