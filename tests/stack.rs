@@ -534,3 +534,118 @@ fn overlays_created_without_options_get_mpiswarms_mtu_where_docker_allows() {
     assert!(out.status.success(), "{:?}", text(&out));
     assert_clean(Duration::from_secs(10));
 }
+
+/// The one-shot stack (tests/fixtures/one-shot-fails.yml, stack `os`): its one-shot task on the
+/// third host exits 3 once the synced directory's `go` exists. `go_first` makes it before the
+/// run; `command` (rank 0's, through `sh -c`) may make it with `touch GO` (replaced by its path).
+/// The fixture's files go when the returned `SyncedFixture` is dropped, after the run.
+fn one_shot_run(
+    tag: &str,
+    go_first: bool,
+    flags: &[&str],
+    command: &str,
+) -> (Streamed, SyncedFixture) {
+    let synced = SyncedFixture::new("one-shot-fails.yml", tag);
+    let go = std::path::Path::new(&synced.path)
+        .with_file_name("dir")
+        .join("go");
+    if go_first {
+        std::fs::write(&go, "").unwrap();
+    }
+    let command = command.replace("GO", &go.display().to_string());
+    let mut args = vec!["--stack", &synced.path, "--stack-name", "os"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", &command]);
+    (streamed_up(&[], &args), synced)
+}
+
+/// What the failure of the one-shot task says: its service and slot, host, exit code and the
+/// last line it printed.
+fn names_the_failed_one_shot(stderr: &str) {
+    for needed in [
+        "os_oneshot.1",
+        "on msh3",
+        "failed with exit code 3",
+        "one-shot gives up with 3",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
+    }
+}
+
+/// The shape users met: a lasting service and a one-shot task that prints a line and exits 3 at
+/// once, with `-- true`. The one-shot's few milliseconds of running do not make the stack up:
+/// the run fails, naming the task (it used to count the task while it ran, call the swarm
+/// ready and exit 0).
+#[test]
+fn a_one_shot_task_failing_at_once_fails_the_run_though_the_command_succeeds() {
+    let Some(_c) = cluster() else { return };
+    let (run, _synced) = one_shot_run("before", true, &[], "true");
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    names_the_failed_one_shot(&stderr);
+    assert!(!stderr.contains("swarm ready"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// The one-shot fails while the command runs (the command makes its `go`): the failure is
+/// reported within seconds, the command is stopped, and the run fails.
+#[test]
+fn a_one_shot_task_failing_while_the_command_runs_stops_it_and_fails_the_run() {
+    let Some(_c) = cluster() else { return };
+    let (mut run, _synced) = one_shot_run(
+        "during",
+        false,
+        &[],
+        "touch GO; sleep 45; echo 'the command ran to its end' >&2",
+    );
+    let ready = run.wait_for("swarm ready", Duration::from_secs(120));
+    let failed = run.wait_for("exit code 3", Duration::from_secs(60));
+    let (status, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let took = failed - ready;
+    assert!(
+        took < Duration::from_secs(10),
+        "failure reported {took:?} after the swarm was ready:\n{stderr}"
+    );
+    names_the_failed_one_shot(&stderr);
+    assert!(!stderr.contains("ran to its end"), "{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// The command ends as soon as the manager knows of the failure, sooner than the next periodic
+/// look: the look at the command's end still sees it, and the run fails.
+#[test]
+fn a_one_shot_task_failing_as_the_command_ends_fails_the_run() {
+    let Some(_c) = cluster() else { return };
+    let (run, _synced) = one_shot_run(
+        "after",
+        false,
+        &[],
+        "touch GO; for i in $(seq 300); do docker service ps os_oneshot \
+         --format '{{.CurrentState}}' | grep -q Failed && exit 0; sleep 0.1; done; exit 9",
+    );
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    names_the_failed_one_shot(&stderr);
+    assert_clean(Duration::from_secs(3));
+}
+
+/// `--allow-task-failures`: the failure is still reported at once, but the command runs on and
+/// its exit code is the run's.
+#[test]
+fn with_allow_task_failures_a_failed_task_is_reported_and_the_command_runs_on() {
+    let Some(_c) = cluster() else { return };
+    let (mut run, _synced) = one_shot_run(
+        "allowed",
+        false,
+        &["--allow-task-failures"],
+        "touch GO; sleep 12; echo 'the command ran to its end' >&2; exit 5",
+    );
+    let failed = run.wait_for("exit code 3", Duration::from_secs(120));
+    let ended = run.wait_for("ran to its end", Duration::from_secs(60));
+    let (status, stderr) = run.finish(RUN_LIMIT);
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(failed < ended, "reported only after the command:\n{stderr}");
+    names_the_failed_one_shot(&stderr);
+    assert_clean(Duration::from_secs(3));
+}

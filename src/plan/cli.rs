@@ -110,6 +110,13 @@ pub struct UpArgs {
     #[arg(long, requires = "stack", conflicts_with = "command")]
     pub until_jobs_complete: bool,
 
+    /// A task of the stack that fails for good (restart condition none, or its restart attempts
+    /// used up) is reported as a warning and counts as ended, and the run goes on with the
+    /// command's exit code. Without it, such a failure, before or after the swarm is ready,
+    /// stops the command and the run exits 1.
+    #[arg(long, requires = "stack", conflicts_with = "until_jobs_complete")]
+    pub allow_task_failures: bool,
+
     /// After bring-up, prove the overlay network connects every pair of hosts (needs --probe-image).
     #[arg(long)]
     pub verify: bool,

@@ -121,6 +121,19 @@ pub struct UpConfig {
     /// `--collect`: where to keep the job's logs and facts at teardown, and in how much time.
     pub collect: Option<Collect>,
     pub workload: Workload,
+    /// What a stack's task that fails for good does to the run.
+    pub task_failures: TaskFailures,
+}
+
+/// What a stack's task that fails for good (Swarm starts no new one) does to the run; it is
+/// reported at once either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFailures {
+    /// The run ends and fails (the default).
+    EndRun,
+    /// `--allow-task-failures`: a warning; the stack counts the task as ended, and the run
+    /// goes on.
+    Allowed,
 }
 
 /// What the swarm is for once it is up (rank 0 runs or waits for it; then every host tears down).
@@ -216,6 +229,11 @@ impl UpConfig {
                 (_, true) => Workload::StackWork(args.stack_name.clone()),
                 ([], false) => Workload::Signal,
                 (command, false) => Workload::Command(command.to_vec()),
+            },
+            task_failures: if args.allow_task_failures {
+                TaskFailures::Allowed
+            } else {
+                TaskFailures::EndRun
             },
         })
     }
@@ -402,6 +420,33 @@ mod tests {
                 port_driver: PortDriver::Builtin
             }
         );
+    }
+
+    #[test]
+    fn task_failures_end_the_run_unless_allowed_beside_a_command() {
+        let cfg = |flags: &[&str]| UpConfig::from_args(&up_args(flags)).map(|c| c.task_failures);
+        assert_eq!(cfg(&["--stack", "s.yml"]).unwrap(), TaskFailures::EndRun);
+        assert_eq!(
+            cfg(&["--stack", "s.yml", "--allow-task-failures"]).unwrap(),
+            TaskFailures::Allowed
+        );
+        use clap::Parser;
+        for refused in [
+            &["mpiswarm", "up", "--allow-task-failures"][..],
+            &[
+                "mpiswarm",
+                "up",
+                "--stack",
+                "s.yml",
+                "--until-jobs-complete",
+                "--allow-task-failures",
+            ],
+        ] {
+            assert!(
+                crate::plan::cli::Cli::try_parse_from(refused).is_err(),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

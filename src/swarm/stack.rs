@@ -2,6 +2,7 @@
 //! (`stack_state` judges each service by its mode); a task that failed for good ends the wait
 //! at once, named with its node, exit code and last log lines.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,6 +13,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::host::engine::Engine;
+use crate::plan::config::TaskFailures;
+use crate::swarm::stack_state::steady::Steady;
 use crate::swarm::stack_state::verdict::{self, Counts, Failure, Goal, Verdict};
 use crate::swarm::stack_state::{self, Nodes, Service, Task};
 
@@ -117,11 +120,10 @@ const LOG_LINES: usize = 12;
 /// The most a failed task's log lines may add to the wait.
 const LOG_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A stack as the manager sees it at one moment.
+/// A stack as the manager sees it at one moment (its nodes are read only for a message).
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub tasks: Vec<Task>,
-    pub nodes: Nodes,
 }
 
 impl Snapshot {
@@ -132,59 +134,209 @@ impl Snapshot {
         let services =
             engine.get_json(&format!("/services?status=true&filters={filter}"), timeout)?;
         let tasks = engine.get_json(&format!("/tasks?filters={filter}"), timeout)?;
-        let nodes = engine.get_json("/nodes", timeout)?;
         Ok(Snapshot {
             services: stack_state::parse_services(&services),
             tasks: stack_state::parse_tasks(&tasks),
-            nodes: stack_state::parse_nodes(&nodes),
         })
     }
 }
 
-/// Waits until the stack reaches `goal`: fails as soon as a task fails for good (naming its
-/// service, node, exit code and last log lines), and at the deadline with what it still waits
-/// for. `on_progress` hears the counts whenever they change.
+/// The swarm's nodes for a message; without them, messages name node IDs.
+fn nodes(engine: &Engine, timeout: Duration) -> Nodes {
+    match engine.get_json("/nodes", timeout) {
+        Ok(nodes) => stack_state::parse_nodes(&nodes),
+        Err(e) => {
+            tracing::debug!("failed to list the swarm's nodes: {e:#}");
+            Nodes::default()
+        }
+    }
+}
+
+/// Rank 0's watch over the stack from its deploy to the teardown: a task that fails for good
+/// is reported at once, whenever it fails (each once), and ends the run unless failures are
+/// allowed (`--allow-task-failures`).
+pub struct Watch<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    failures: TaskFailures,
+    /// The failed tasks already reported.
+    reported: HashSet<String>,
+    /// When the next look is due while the swarm is in use.
+    next: Instant,
+    /// The manager did not answer the latest look (said once, until it answers again).
+    unanswered: bool,
+}
+
+/// What a look at the stack found while the swarm is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Fine,
+    /// A task failed for good (reported), and the run must end and fail.
+    Failed,
+}
+
+/// Waits until a stack reaches `goal`, a failed task failing the wait (see `Watch::wait_for`).
 pub fn wait_for(
     engine: &Engine,
     name: &str,
     goal: Goal,
     deadline: Instant,
-    mut on_progress: impl FnMut(Counts),
+    on_progress: impl FnMut(Counts),
 ) -> Result<()> {
-    let start = Instant::now();
-    let mut last = None;
-    loop {
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_secs(1), CALL_TIMEOUT);
-        let snap = Snapshot::take(engine, name, timeout)
-            .with_context(|| format!("failed to read the state of stack {name}"))?;
-        let reports = verdict::reports(&snap.services, &snap.tasks);
-        let counts = verdict::counts(&reports, goal);
-        if last != Some(counts) {
-            on_progress(counts);
-            last = Some(counts);
+    Watch::new(engine, name, TaskFailures::EndRun).wait_for(goal, deadline, on_progress)
+}
+
+/// How often the watch looks while the swarm is in use...
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// ...or less often, so that looks keep the manager busy at most 1/WATCH_COST_RATIO of the time
+/// (a stack of thousands of tasks: its task list is megabytes of JSON).
+const WATCH_COST_RATIO: u32 = 20;
+/// How long one call of a look may take while the swarm is in use: rank 0 leaves MPI (its
+/// heartbeats, a passed-on signal) alone meanwhile.
+const WATCH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<'a> Watch<'a> {
+    pub fn new(engine: &'a Engine, name: &'a str, failures: TaskFailures) -> Self {
+        Watch {
+            engine,
+            name,
+            failures,
+            reported: HashSet::new(),
+            next: Instant::now(),
+            unanswered: false,
         }
-        let settled = start.elapsed() >= GLOBAL_SETTLE;
-        match verdict::judge(&reports, goal, settled) {
-            Verdict::Reached => {
-                warn_taskless(name, &reports);
-                return Ok(());
+    }
+
+    /// Waits until the stack reaches `goal`: fails as soon as a task fails for good (naming its
+    /// service, node, exit code and last log lines; allowed failures are warnings), and at the
+    /// deadline with what it still waits for. `on_progress` hears the counts when they change.
+    pub fn wait_for(
+        &mut self,
+        goal: Goal,
+        deadline: Instant,
+        mut on_progress: impl FnMut(Counts),
+    ) -> Result<()> {
+        let (engine, name) = (self.engine, self.name);
+        let start = Instant::now();
+        let mut last = None;
+        let mut steady = Steady::default();
+        loop {
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_secs(1), CALL_TIMEOUT);
+            let snap = Snapshot::take(engine, name, timeout)
+                .with_context(|| format!("failed to read the state of stack {name}"))?;
+            steady.observe(&snap.tasks, Instant::now());
+            let reports = verdict::reports(&snap.services, &snap.tasks, &steady);
+            if self.failures == TaskFailures::Allowed {
+                self.warn_new(&verdict::failed_for_good(&reports, goal), deadline);
             }
-            Verdict::Failed(failure) => {
-                bail!(failure_message(engine, &failure, &snap.nodes, deadline))
+            let counts = verdict::counts(&reports, goal);
+            if last != Some(counts) {
+                on_progress(counts);
+                last = Some(counts);
             }
-            Verdict::Waiting(waiting) if Instant::now() >= deadline => {
-                let lines: Vec<String> = waiting
-                    .iter()
-                    .map(|r| verdict::describe_waiting(r, &snap.nodes))
-                    .collect();
-                bail!(
-                    "stack {name} was not up before the deadline ({counts}); still waiting for:\n{}",
-                    lines.join("\n")
-                );
+            let settled = start.elapsed() >= GLOBAL_SETTLE;
+            match verdict::judge(&reports, goal, settled, self.failures) {
+                Verdict::Reached => {
+                    warn_taskless(name, &reports);
+                    return Ok(());
+                }
+                Verdict::Failed(failure) => {
+                    let nodes = nodes(engine, timeout);
+                    self.reported.insert(failure.task.id.clone());
+                    bail!(failure_message(engine, &failure, &nodes, deadline))
+                }
+                Verdict::Waiting(waiting) if Instant::now() >= deadline => {
+                    let nodes = nodes(engine, Duration::from_secs(1));
+                    let lines: Vec<String> = waiting
+                        .iter()
+                        .map(|r| verdict::describe_waiting(r, &nodes))
+                        .collect();
+                    bail!(
+                        "stack {name} was not up before the deadline ({counts}); still waiting \
+                         for:\n{}",
+                        lines.join("\n")
+                    );
+                }
+                Verdict::Waiting(_) => std::thread::sleep(POLL),
             }
-            Verdict::Waiting(_) => std::thread::sleep(POLL),
+        }
+    }
+
+    /// A look if one is due (the swarm in use: rank 0 calls this between its other duties).
+    pub fn poll(&mut self) -> Health {
+        if Instant::now() < self.next {
+            return Health::Fine;
+        }
+        self.look()
+    }
+
+    /// A look now (also when the command has ended: a failure since the last look counts).
+    pub fn look(&mut self) -> Health {
+        let (engine, name) = (self.engine, self.name);
+        let began = Instant::now();
+        let snap = Snapshot::take(engine, name, WATCH_CALL_TIMEOUT);
+        let took = began.elapsed();
+        tracing::trace!("stack {name}: looked in {took:?}");
+        // A slow manager is asked less often: the watch must not become its load.
+        self.next = Instant::now() + WATCH_EVERY.max(took * WATCH_COST_RATIO);
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(e) => {
+                if !self.unanswered {
+                    tracing::warn!(
+                        "failed to read the state of stack {name}: {e:#} (asking again; a task's \
+                         failure is reported once the manager answers)"
+                    );
+                }
+                self.unanswered = true;
+                return Health::Fine;
+            }
+        };
+        if std::mem::take(&mut self.unanswered) {
+            tracing::info!("stack {name}: the manager answers again");
+        }
+        // Only failures matter now: no task has to be steady.
+        let reports = verdict::reports(&snap.services, &snap.tasks, &Steady::default());
+        let until = Instant::now() + LOG_TIMEOUT;
+        let failed = verdict::failed_for_good(&reports, Goal::Up);
+        let fatal = match self.failures {
+            TaskFailures::Allowed => verdict::missing_image(&reports, Goal::Up),
+            TaskFailures::EndRun => verdict::missing_image(&reports, Goal::Up)
+                .or_else(|| failed.iter().find(|f| self.is_new(f)).cloned()),
+        };
+        let Some(failure) = fatal else {
+            self.warn_new(&failed, until);
+            return Health::Fine;
+        };
+        let nodes = nodes(engine, WATCH_CALL_TIMEOUT);
+        self.reported.insert(failure.task.id.clone());
+        tracing::error!(
+            "stack {name}: {}",
+            failure_message(engine, &failure, &nodes, until)
+        );
+        Health::Failed
+    }
+
+    fn is_new(&self, failure: &Failure) -> bool {
+        !self.reported.contains(&failure.task.id)
+    }
+
+    /// Allowed failures: each reported once, as a warning.
+    fn warn_new(&mut self, failed: &[Failure], deadline: Instant) {
+        let new: Vec<&Failure> = failed.iter().filter(|f| self.is_new(f)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let nodes = nodes(self.engine, WATCH_CALL_TIMEOUT);
+        for failure in new {
+            self.reported.insert(failure.task.id.clone());
+            tracing::warn!(
+                "stack {} (failures allowed: the run goes on): {}",
+                self.name,
+                failure_message(self.engine, failure, &nodes, deadline)
+            );
         }
     }
 }
@@ -209,16 +361,26 @@ const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
     let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
         .with_context(|| format!("failed to read the state of stack {name}"))?;
-    let reports = verdict::reports(&snap.services, &snap.tasks);
+    let reports = verdict::reports(&snap.services, &snap.tasks, &Steady::default());
     let counts = verdict::counts(&reports, Goal::WorkDone);
-    Ok(match verdict::judge(&reports, Goal::WorkDone, settled) {
-        Verdict::Reached => Work::Done(counts),
-        Verdict::Waiting(_) => Work::Running(counts),
-        Verdict::Failed(failure) => Work::Failed {
-            code: failure.exit_code(),
-            message: failure_message(engine, &failure, &snap.nodes, Instant::now() + LOG_TIMEOUT),
+    Ok(
+        match verdict::judge(&reports, Goal::WorkDone, settled, TaskFailures::EndRun) {
+            Verdict::Reached => Work::Done(counts),
+            Verdict::Waiting(_) => Work::Running(counts),
+            Verdict::Failed(failure) => {
+                let nodes = nodes(engine, WORK_CALL_TIMEOUT);
+                Work::Failed {
+                    code: failure.exit_code(),
+                    message: failure_message(
+                        engine,
+                        &failure,
+                        &nodes,
+                        Instant::now() + LOG_TIMEOUT,
+                    ),
+                }
+            }
         },
-    })
+    )
 }
 
 /// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::host::engine::Engine;
 use crate::mpi::collective::Leaders;
-use crate::swarm::stack::Work;
+use crate::swarm::stack::{Health, Watch, Work};
 use crate::swarm::stack_state::verdict::Counts;
 use crate::sys::signals::{self, Signals};
 
@@ -26,6 +26,8 @@ const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
 
+/// The exit code of a run that a stack's task ended by failing for good.
+const TASK_FAILED: i32 = 1;
 /// How often rank 0 looks at a stack's work (three calls to the manager each time).
 const WORK_POLL: Duration = Duration::from_millis(500);
 /// How long Swarm may take to give a global job its tasks (see stack::GLOBAL_SETTLE).
@@ -137,11 +139,14 @@ impl Running<'_> {
 }
 
 /// Rank 0: runs the workload (or waits), and returns the exit code mpiswarm should end with.
+/// `watch`, the stack's, ends the run (exit code 1) when a task fails for good, also at the
+/// command's end.
 pub fn run_or_wait(
     leaders: &mut Leaders,
     workload: &Workload,
     socket: &Path,
     signals: &Signals,
+    mut watch: Option<&mut Watch>,
 ) -> Result<i32> {
     let mut running = match workload {
         Workload::Command(command) => Running::Child(spawn(command, socket)?),
@@ -170,7 +175,18 @@ pub fn run_or_wait(
             leaders.send_heartbeats();
             last_beat = Instant::now();
         }
+        if watch.as_mut().is_some_and(|w| w.poll() == Health::Failed) {
+            info!(
+                "a task of the stack failed for good: tearing down (--allow-task-failures lets the run go on)"
+            );
+            running.stop(signals);
+            return Ok(TASK_FAILED);
+        }
         if let Some(code) = running.poll()? {
+            // A failure since the watch's last look counts too.
+            if watch.is_some_and(|w| w.look() == Health::Failed) {
+                return Ok(TASK_FAILED);
+            }
             return Ok(code);
         }
         let stop = signals

@@ -11,6 +11,7 @@ use crate::host::host_daemon::HostDaemon;
 use crate::mpi::collective::Interrupt;
 use crate::plan::config::Workload;
 use crate::swarm::formation;
+use crate::swarm::stack::Watch;
 use crate::swarm::stack_state::verdict::Goal;
 
 use super::{Milestones, Run};
@@ -44,10 +45,16 @@ impl Run<'_> {
         if !self.cfg.load.is_empty() {
             self.load_images(daemon, hosts)?;
         }
-        if let Some((file, name)) = &self.cfg.stack {
+        // Rank 0 watches the stack from its deploy to the teardown.
+        let cfg = self.cfg;
+        let mut watch = cfg
+            .stack
+            .as_ref()
+            .map(|(_, name)| Watch::new(&daemon.engine, name, cfg.task_failures));
+        if let (Some((file, name)), Some(watch)) = (&cfg.stack, watch.as_mut()) {
             self.phase(&format!("deploy the stack {name}"), Some("stack"), |run| {
                 if run.is_root() {
-                    run.deploy_stack(&daemon.engine, file, name)?;
+                    run.deploy_stack(&daemon.engine, file, name, watch)?;
                 }
                 Ok(())
             })?;
@@ -65,7 +72,7 @@ impl Run<'_> {
             self.tl.done("verify", t);
         }
         marks.bring_up = self.start.elapsed().as_secs_f64() + self.started_in;
-        self.use_swarm(daemon, hosts, marks)
+        self.use_swarm(daemon, hosts, marks, watch.as_mut())
     }
 
     /// `--load`: every archive read once at rank 0 and loaded on every host.
@@ -90,12 +97,14 @@ impl Run<'_> {
     }
 
     /// The swarm in use: rank 0 runs the command or waits (then tells every host to stop), the
-    /// other hosts wait to be told; returns the exit code.
+    /// other hosts wait to be told; returns the exit code. Rank 0 watches the stack meanwhile
+    /// (`--until-jobs-complete` watches it its own way).
     pub(super) fn use_swarm(
         &mut self,
         daemon: &HostDaemon,
         hosts: &[String],
         marks: &Milestones,
+        watch: Option<&mut Watch>,
     ) -> Result<i32> {
         if !self.is_root() {
             return crate::swarm::workload::wait_for_stop(self.leaders, self.signals).map(|()| 0);
@@ -108,13 +117,18 @@ impl Run<'_> {
         );
         let ready =
             crate::output::outputs::ReadyFile::write(self.cfg, daemon.engine.socket(), hosts.len());
-        let workload = match &self.cfg.workload {
-            Workload::Command(command) => crate::swarm::workload::Workload::Command(command),
-            Workload::StackWork(name) => crate::swarm::workload::Workload::StackWork {
-                engine: &daemon.engine,
-                name,
-            },
-            Workload::Signal => crate::swarm::workload::Workload::Signal,
+        let (workload, watch) = match &self.cfg.workload {
+            Workload::Command(command) => {
+                (crate::swarm::workload::Workload::Command(command), watch)
+            }
+            Workload::StackWork(name) => {
+                let work = crate::swarm::workload::Workload::StackWork {
+                    engine: &daemon.engine,
+                    name,
+                };
+                (work, None)
+            }
+            Workload::Signal => (crate::swarm::workload::Workload::Signal, watch),
         };
         let code = ready.and_then(|_ready| {
             crate::swarm::workload::run_or_wait(
@@ -122,6 +136,7 @@ impl Run<'_> {
                 &workload,
                 daemon.engine.socket(),
                 self.signals,
+                watch,
             )
         });
         self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
@@ -163,6 +178,7 @@ impl Run<'_> {
         engine: &Engine,
         file: &std::path::Path,
         name: &str,
+        watch: &mut Watch,
     ) -> Result<()> {
         let until = self.own_deadline();
         crate::swarm::stack::deploy(engine, file, name, until)?;
@@ -170,7 +186,7 @@ impl Run<'_> {
             Workload::StackWork(_) => Goal::Infrastructure,
             Workload::Command(_) | Workload::Signal => Goal::Up,
         };
-        crate::swarm::stack::wait_for(engine, name, goal, until, |counts| {
+        watch.wait_for(goal, until, |counts| {
             info!("stack {name}: {counts}");
         })?;
         if goal == Goal::Infrastructure {

@@ -3,6 +3,7 @@
 //! goal, is still on its way, or failed for good. Swarm decides where tasks go (a global
 //! service's constraints, a job's completions): this counts the tasks Swarm made, never nodes.
 
+pub mod steady;
 #[cfg(test)]
 mod tests;
 pub mod verdict;
@@ -261,12 +262,15 @@ pub fn parse_nodes(nodes: &Value) -> Nodes {
         .collect()
 }
 
-/// The host a task runs on, for messages.
-pub fn host_of<'a>(nodes: &'a Nodes, task: &Task) -> &'a str {
-    task.node_id
-        .as_ref()
-        .and_then(|id| nodes.get(id))
-        .map_or("no node yet", String::as_str)
+/// The host a task runs on, for messages (its node's ID when the node list lacks it).
+pub fn host_of(nodes: &Nodes, task: &Task) -> String {
+    match &task.node_id {
+        Some(id) => nodes
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("node {id}")),
+        None => "no node yet".to_owned(),
+    }
 }
 
 fn list(value: &Value) -> impl Iterator<Item = &Value> {

@@ -1,9 +1,15 @@
 //! The stack_state model and verdicts against Engine API JSON as Swarm writes it.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
+use super::steady::{STEADY_AFTER, Steady};
 use super::verdict::*;
 use super::*;
+use crate::plan::config::TaskFailures;
+
+mod failures;
 
 fn nodes() -> Nodes {
     parse_nodes(&json!([
@@ -85,11 +91,41 @@ fn task(
     t
 }
 
+/// The verdict with every running task steady, failures ending the run.
 fn judged(services: Value, tasks: Value, goal: Goal, settled: bool) -> String {
+    let parsed = parse_tasks(&tasks);
+    let steady = steady_after(&parsed, STEADY_AFTER);
+    judged_with(
+        services,
+        tasks,
+        goal,
+        settled,
+        &steady,
+        TaskFailures::EndRun,
+    )
+}
+
+/// A `Steady` whose running tasks were first seen `ago`.
+fn steady_after(tasks: &[Task], ago: Duration) -> Steady {
+    let first = Instant::now();
+    let mut steady = Steady::default();
+    steady.observe(tasks, first);
+    steady.observe(tasks, first + ago);
+    steady
+}
+
+fn judged_with(
+    services: Value,
+    tasks: Value,
+    goal: Goal,
+    settled: bool,
+    steady: &Steady,
+    failures: TaskFailures,
+) -> String {
     let services = parse_services(&services);
     let tasks = parse_tasks(&tasks);
-    let reports = reports(&services, &tasks);
-    match judge(&reports, goal, settled) {
+    let reports = reports(&services, &tasks, steady);
+    match judge(&reports, goal, settled, failures) {
         Verdict::Reached => "reached".to_owned(),
         Verdict::Waiting(w) => {
             let lines: Vec<String> = w.iter().map(|r| describe_waiting(r, &nodes())).collect();
@@ -152,7 +188,7 @@ fn a_one_shot_task_that_exits_3_fails_at_once_naming_service_node_and_code() {
 }
 
 #[test]
-fn a_one_shot_task_that_exited_0_is_done_and_one_that_runs_is_up() {
+fn a_one_shot_task_that_exited_0_is_done_and_one_that_runs_steadily_is_up() {
     let services = json!([service(
         "f",
         "st_once",
@@ -167,6 +203,24 @@ fn a_one_shot_task_that_exited_0_is_done_and_one_that_runs_is_up() {
         judged(services.clone(), tasks.clone(), Goal::Up, false),
         "reached"
     );
+    // Running for a moment only: it may yet fail, so the stack is not up, and says so.
+    let parsed = parse_tasks(&tasks);
+    let brief = steady_after(&parsed, STEADY_AFTER - Duration::from_millis(1));
+    let got = judged_with(
+        services.clone(),
+        tasks.clone(),
+        Goal::Up,
+        false,
+        &brief,
+        TaskFailures::EndRun,
+    );
+    assert!(
+        got.contains("st_once (replicated): 1/2 tasks exited 0 or running for 5 s, 1 running"),
+        "{got}"
+    );
+    let svc = parse_services(&services);
+    let counted = counts(&reports(&svc, &parsed, &brief), Goal::Up);
+    assert_eq!(counted.to_string(), "1/2 replicas running");
     // As work, the running one is not done yet.
     let got = judged(services, tasks, Goal::WorkDone, false);
     assert!(got.starts_with("waiting"), "{got}");

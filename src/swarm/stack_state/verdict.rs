@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::steady::{STEADY_AFTER, Steady};
 use super::{Condition, Mode, Nodes, Purpose, Service, SlotKey, State, Task, host_of};
+use crate::plan::config::TaskFailures;
 
 /// Where one slot stands, judged by its newest task.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,8 @@ pub struct ServiceReport<'a> {
     /// The slots Swarm fills: replicas, completions, or (global) the nodes it gave a task.
     pub expected: u64,
     pub running: u64,
+    /// The running tasks that have run long enough to count as up (see `steady`).
+    pub steady: u64,
     pub done: u64,
     pub failed: Vec<&'a Task>,
     /// The service's tasks with an error, newest first (failed attempts included).
@@ -53,18 +57,25 @@ pub struct ServiceReport<'a> {
 
 impl ServiceReport<'_> {
     /// Whether the service has got where `goal` wants it; `settled` says that Swarm has had
-    /// time to create a global service's tasks (none then means: no node is eligible).
-    fn reached(&self, goal: Goal, settled: bool) -> bool {
+    /// time to create a global service's tasks (none then means: no node is eligible). A
+    /// one-shot task counts as up once it has exited 0, or has run steadily (a task that runs
+    /// for a moment and fails must not make the stack up while it happens to run).
+    fn reached(&self, goal: Goal, settled: bool, failures: TaskFailures) -> bool {
         if self.service.mode.is_global() && self.expected == 0 {
             return settled;
         }
+        // Allowed failures have ended their slots: nothing will come of them.
+        let ended = match failures {
+            TaskFailures::Allowed => self.failed.len() as u64,
+            TaskFailures::EndRun => 0,
+        };
         match (self.service.purpose(), goal) {
             (Purpose::Lasting, Goal::WorkDone) | (Purpose::Work, Goal::Infrastructure) => true,
-            (Purpose::Lasting, _) => self.running + self.done >= self.expected,
+            (Purpose::Lasting, _) => self.running + self.done + ended >= self.expected,
             (Purpose::Work, Goal::Up) if !self.service.mode.is_job() => {
-                self.running + self.done >= self.expected
+                self.steady + self.done + ended >= self.expected
             }
-            (Purpose::Work, _) => self.done >= self.expected,
+            (Purpose::Work, _) => self.done + ended >= self.expected,
         }
     }
 
@@ -74,12 +85,17 @@ impl ServiceReport<'_> {
     }
 }
 
-/// Every service of the stack with its report.
-pub fn reports<'a>(services: &'a [Service], tasks: &'a [Task]) -> Vec<ServiceReport<'a>> {
-    services.iter().map(|s| report(s, tasks)).collect()
+/// Every service of the stack with its report; `steady` says which running tasks have run long
+/// enough to count as up.
+pub fn reports<'a>(
+    services: &'a [Service],
+    tasks: &'a [Task],
+    steady: &Steady,
+) -> Vec<ServiceReport<'a>> {
+    services.iter().map(|s| report(s, tasks, steady)).collect()
 }
 
-fn report<'a>(service: &'a Service, tasks: &'a [Task]) -> ServiceReport<'a> {
+fn report<'a>(service: &'a Service, tasks: &'a [Task], steady: &Steady) -> ServiceReport<'a> {
     let mine: Vec<&Task> = tasks
         .iter()
         .filter(|t| t.service_id == service.id)
@@ -92,10 +108,13 @@ fn report<'a>(service: &'a Service, tasks: &'a [Task]) -> ServiceReport<'a> {
             *slot = t;
         }
     }
-    let (mut running, mut done, mut failed, mut slots) = (0, 0, Vec::new(), 0);
+    let (mut running, mut steady_ones, mut done, mut failed, mut slots) = (0, 0, 0, Vec::new(), 0);
     for task in newest.values() {
         match judge_slot(service, task) {
-            Slot::Running => running += 1,
+            Slot::Running => {
+                running += 1;
+                steady_ones += u64::from(steady.is_steady(task));
+            }
             Slot::Done => done += 1,
             Slot::Failed(t) => failed.push(t),
             Slot::Starting => {}
@@ -120,6 +139,7 @@ fn report<'a>(service: &'a Service, tasks: &'a [Task]) -> ServiceReport<'a> {
         service,
         expected,
         running,
+        steady: steady_ones,
         done,
         failed,
         errors,
@@ -193,33 +213,25 @@ pub enum Verdict<'a> {
     Failed(Failure<'a>),
 }
 
-/// Judges the stack against `goal` (see `ServiceReport::reached` for `settled`).
-pub fn judge<'a>(reports: &[ServiceReport<'a>], goal: Goal, settled: bool) -> Verdict<'a> {
-    let counted = || reports.iter().filter(|r| r.counts_for(goal));
-    let missing = counted().find_map(|r| {
-        let task = r.errors.iter().find(|t| t.err.contains("No such image"))?;
-        Some(Failure {
-            service: r.service,
-            task,
-            missing_image: true,
-        })
-    });
-    if let Some(failure) = missing {
+/// Judges the stack against `goal` (see `ServiceReport::reached` for `settled`). A missing
+/// image fails the stack whatever `failures` says: its tasks never ran, and never will.
+pub fn judge<'a>(
+    reports: &[ServiceReport<'a>],
+    goal: Goal,
+    settled: bool,
+    failures: TaskFailures,
+) -> Verdict<'a> {
+    if let Some(failure) = missing_image(reports, goal) {
         return Verdict::Failed(failure);
     }
-    let first = counted()
-        .flat_map(|r| r.failed.iter().map(move |t| (r.service, *t)))
-        .min_by(|a, b| a.1.at.cmp(&b.1.at));
-    if let Some((service, task)) = first {
-        return Verdict::Failed(Failure {
-            service,
-            task,
-            missing_image: false,
-        });
+    if failures == TaskFailures::EndRun
+        && let Some(first) = failed_for_good(reports, goal).into_iter().next()
+    {
+        return Verdict::Failed(first);
     }
     let waiting: Vec<ServiceReport> = reports
         .iter()
-        .filter(|r| !r.reached(goal, settled))
+        .filter(|r| !r.reached(goal, settled, failures))
         .cloned()
         .collect();
     if waiting.is_empty() {
@@ -227,6 +239,36 @@ pub fn judge<'a>(reports: &[ServiceReport<'a>], goal: Goal, settled: bool) -> Ve
     } else {
         Verdict::Waiting(waiting)
     }
+}
+
+/// A task whose image is not on its node, among the services whose failures count for `goal`.
+pub fn missing_image<'a>(reports: &[ServiceReport<'a>], goal: Goal) -> Option<Failure<'a>> {
+    reports.iter().filter(|r| r.counts_for(goal)).find_map(|r| {
+        let task = r.errors.iter().find(|t| t.err.contains("No such image"))?;
+        Some(Failure {
+            service: r.service,
+            task,
+            missing_image: true,
+        })
+    })
+}
+
+/// Every task that failed for good, among the services whose failures count for `goal`, the
+/// earliest first.
+pub fn failed_for_good<'a>(reports: &[ServiceReport<'a>], goal: Goal) -> Vec<Failure<'a>> {
+    let mut all: Vec<Failure<'a>> = reports
+        .iter()
+        .filter(|r| r.counts_for(goal))
+        .flat_map(|r| {
+            r.failed.iter().map(move |task| Failure {
+                service: r.service,
+                task,
+                missing_image: false,
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.task.at.cmp(&b.task.at));
+    all
 }
 
 /// Counts for a progress line: tasks running of those that must run, tasks done of those that
@@ -253,7 +295,9 @@ pub fn counts(reports: &[ServiceReport], goal: Goal) -> Counts {
             c.done += r.done.min(r.expected);
             c.to_do += r.expected;
         } else {
-            c.running += (r.running + r.done).min(r.expected);
+            // A one-shot's tasks count once steady, as for `reached`.
+            let running = if work { r.steady } else { r.running };
+            c.running += (running + r.done).min(r.expected);
             c.to_run += r.expected;
         }
     }
@@ -283,6 +327,14 @@ pub fn describe_waiting(report: &ServiceReport, nodes: &Nodes) -> String {
         format!(
             "{}/{} tasks complete, {} running",
             report.done, report.expected, report.running
+        )
+    } else if s.purpose() == Purpose::Work {
+        format!(
+            "{}/{} tasks exited 0 or running for {} s, {} running",
+            report.done + report.steady,
+            report.expected,
+            STEADY_AFTER.as_secs(),
+            report.running
         )
     } else {
         format!("{}/{} tasks running", report.running, report.expected)
