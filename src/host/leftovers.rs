@@ -27,7 +27,8 @@ pub fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> boo
             report
                 .killed
                 .push(format!("{} ({})", p.pid, short(&p.cmdline)));
-            if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
+            // Pinned first: the pid may have been reused since the scan.
+            if !dry_run && let Err(e) = crate::sys::pinned::kill_if_same(p.pid, p.start_time) {
                 report.errors.push(format!("{e:#}"));
             }
         }
