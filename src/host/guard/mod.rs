@@ -10,6 +10,7 @@
 //! is the rank's side.
 
 pub mod handle;
+mod inherit;
 
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
