@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::host::leftovers::{Report, clean_dir};
 use crate::sys::statedir::{self, GuardRecord};
+use crate::sys::user_root::UserRoot;
 
 /// How young a directory without a lock or record must be to count as a run still starting.
 const STARTING: Duration = Duration::from_secs(10);
@@ -41,15 +42,24 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     let root = statedir::user_root(base);
     let me = nix::unistd::getuid().as_raw();
     let suffix = format!("-{}", crate::host::identity::hostname());
-    if std::fs::symlink_metadata(&root).is_err() {
-        return report;
-    }
     // The same checks as `up`: a per-user root planted by someone else (or a symlink) is refused.
-    if let Err(e) = statedir::check_user_root(&root) {
-        report.errors.push(format!("{e:#}"));
-        return report;
-    }
+    let held = match UserRoot::open(&root) {
+        Ok(Some(held)) => held,
+        Ok(None) => return report,
+        Err(e) => {
+            report.errors.push(format!("{e:#}"));
+            return report;
+        }
+    };
     for dir in statedir::state_dirs_under(&root) {
+        // Removed and planted by someone else since it was checked: nothing below it is ours.
+        if !held.still_at_path() {
+            report.errors.push(format!(
+                "{} was replaced while it was being cleaned: stopped",
+                root.display()
+            ));
+            return report;
+        }
         // Only this host's runs: a state base shared between hosts must not be cleaned blindly.
         if !dir
             .file_name()
@@ -69,7 +79,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     clean_end_sockets(&root, &suffix, dry_run, &mut report);
     if !dry_run {
         // The user root itself goes once it is empty; a live run keeps it.
-        let _ = std::fs::remove_dir(&root);
+        crate::sys::user_root::remove_if_empty(&root);
     }
     report
 }

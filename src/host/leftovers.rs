@@ -61,7 +61,7 @@ pub fn after_guard_death(dir: &Path) -> Result<String> {
     let removed = clean_dir(dir, me, false, &mut report);
     if let Some(root) = dir.parent() {
         // The per-user root goes too once no other run of this user is left on the host.
-        let _ = std::fs::remove_dir(root);
+        crate::sys::user_root::remove_if_empty(root);
     }
     if !report.errors.is_empty() {
         bail!(
