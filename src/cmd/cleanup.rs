@@ -41,7 +41,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     let mut report = Report::default();
     let root = statedir::user_root(base);
     let me = nix::unistd::getuid().as_raw();
-    let suffix = format!("-{}", crate::host::identity::hostname());
+    let host = crate::host::identity::hostname();
     // The same checks as `up`: a per-user root planted by someone else (or a symlink) is refused.
     let held = match UserRoot::open(&root) {
         Ok(Some(held)) => held,
@@ -61,10 +61,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             return report;
         }
         // Only this host's runs: a state base shared between hosts must not be cleaned blindly.
-        if !dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
-        {
+        if !is_for_host(&dir, &host) {
             continue;
         }
         let shown = dir.display().to_string();
@@ -76,7 +73,7 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             report.removed.push(shown);
         }
     }
-    clean_end_sockets(&root, &suffix, dry_run, &mut report);
+    clean_end_sockets(&root, &host, dry_run, &mut report);
     if !dry_run {
         // The user root itself goes once it is empty; a live run keeps it.
         crate::sys::user_root::remove_if_empty(&root);
@@ -101,18 +98,28 @@ fn is_live(dir: &Path) -> bool {
     }
 }
 
+/// Whether a directory entry below the root is a run's on `host` (exactly that host: `n1` is
+/// not `a-n1`).
+fn is_for_host(entry: &Path, host: &str) -> bool {
+    entry
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(statedir::host_of_entry)
+        == Some(host)
+}
+
 /// This host's end sockets (`<job>-<host>.end`) that nobody listens on any more: their rank was
 /// killed (its guard removes the socket, unless it was killed too).
-fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut Report) {
+fn clean_end_sockets(root: &Path, host: &str, dry_run: bool, report: &mut Report) {
     use std::os::unix::fs::FileTypeExt;
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    let end = format!("{host_suffix}.end");
     for path in entries.filter_map(|e| Some(e.ok()?.path())) {
         let ours = path
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(&end))
+            .is_some_and(|n| n.to_string_lossy().ends_with(".end"))
+            && is_for_host(&path, host)
             && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
         // A live rank listens there. Looked up, not connected to: the rank would count a
         // connection as one of its host's ranks, and stop listening before the last one came.
@@ -134,6 +141,17 @@ mod tests {
     use super::*;
     use crate::host::end_notice::{Announcer, EndWatch};
 
+    /// Host `n1` cleans its own runs only, never those of host `a-n1` beside it.
+    #[test]
+    fn a_host_claims_only_its_own_entries() {
+        let root = Path::new("/tmp/mpiswarm-1000");
+        assert!(is_for_host(&root.join("j1ab-n1"), "n1"));
+        assert!(is_for_host(&root.join("j1ab-n1.end"), "n1"));
+        assert!(!is_for_host(&root.join("j1ab-a-n1"), "n1"));
+        assert!(!is_for_host(&root.join("j1ab-a-n1.end"), "n1"));
+        assert!(is_for_host(&root.join("j1ab-a-n1"), "a-n1"));
+    }
+
     /// A host whose last rank has not connected yet: cleanup's look at the socket must not be
     /// taken for that rank (the leader stops listening once every rank of the host is there).
     #[test]
@@ -141,12 +159,11 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let announcer = Announcer::listen(base.path(), "j1", "h", 1).unwrap();
         let mut report = Report::default();
-        clean_end_sockets(&statedir::user_root(base.path()), "-h", false, &mut report);
+        clean_end_sockets(&statedir::user_root(base.path()), "h", false, &mut report);
         assert!(report.removed.is_empty(), "{:?}", report.removed);
         // Time for the leader's accepting thread to count a probe's connection, as it did when
         // cleanup connected to look: the socket was then gone before its rank came.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let me = std::process::id() as i32;
         EndWatch::connect(announcer.path(), me).expect("the host's rank still connects");
-    }
-}
+    }}

@@ -76,6 +76,13 @@ pub fn job_dir_name(job: &str, host: &str) -> String {
     format!("{job}-{host}")
 }
 
+/// The host a job directory's name (or its end socket's, `<job>-<host>.end`) is for: everything
+/// after the first '-' (host names may hold '-', job keys never do).
+pub fn host_of_entry(name: &str) -> Option<&str> {
+    let (job, host) = name.strip_suffix(".end").unwrap_or(name).split_once('-')?;
+    (!job.is_empty() && !host.is_empty()).then_some(host)
+}
+
 /// Refuses a per-user root that is not a real directory owned by this user (a missing one is
 /// fine: nothing to refuse).
 pub fn check_user_root(root: &Path) -> Result<()> {
@@ -246,6 +253,16 @@ mod tests {
         assert!(StateDir::check_socket_length(Path::new("/tmp/mpiswarm-1000/j1234-host1")).is_ok());
         let long = format!("/scratch/{}/mpiswarm-1000/j1-h", "x".repeat(70));
         assert!(StateDir::check_socket_length(Path::new(&long)).is_err());
+    }
+
+    /// Host `n1` must not claim `a-n1`'s directories (a suffix match did).
+    #[test]
+    fn an_entry_names_its_host_exactly() {
+        assert_eq!(host_of_entry(&job_dir_name("j12ab", "n1")), Some("n1"));
+        assert_eq!(host_of_entry(&job_dir_name("j12ab", "a-n1")), Some("a-n1"));
+        assert_eq!(host_of_entry("j12ab-a-n1.end"), Some("a-n1"));
+        assert_eq!(host_of_entry("j12ab"), None);
+        assert_eq!(host_of_entry("-n1"), None);
     }
 
     #[test]
