@@ -139,7 +139,7 @@ fn clean_end_sockets(root: &Path, host: &str, dry_run: bool, report: &mut Report
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::end_notice::{Announcer, EndWatch};
+    use crate::host::end_notice::{Announcer, End, MpiEnd};
 
     /// Host `n1` cleans its own runs only, never those of host `a-n1` beside it.
     #[test]
@@ -156,14 +156,28 @@ mod tests {
     /// taken for that rank (the leader stops listening once every rank of the host is there).
     #[test]
     fn a_live_end_socket_is_left_to_its_ranks() {
+        use std::io::Read;
         let base = tempfile::tempdir().unwrap();
-        let announcer = Announcer::listen(base.path(), "j1", "h", 1).unwrap();
+        // Two ranks to come; the end is known already, so each connection hears it once taken.
+        let announcer = Announcer::listen(base.path(), "j1", "h", 2).unwrap();
+        announcer.announce(End {
+            code: 7,
+            mpi: MpiEnd::Finalize,
+        });
         let mut report = Report::default();
         clean_end_sockets(&statedir::user_root(base.path()), "h", false, &mut report);
         assert!(report.removed.is_empty(), "{:?}", report.removed);
-        // Time for the leader's accepting thread to count a probe's connection, as it did when
-        // cleanup connected to look: the socket was then gone before its rank came.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let me = std::process::id() as i32;
-        EndWatch::connect(announcer.path(), me).expect("the host's rank still connects");
-    }}
+        // A rank connects and hears the end: the accepting thread has taken every connection
+        // made before this one (a listener's queue is first in, first out), so a probe of
+        // cleanup's would have been counted, and the second connection removes the path.
+        let mut rank = std::os::unix::net::UnixStream::connect(announcer.path()).unwrap();
+        rank.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut end = [0u8; 5];
+        rank.read_exact(&mut end).expect("the rank hears the end");
+        assert!(
+            announcer.path().exists(),
+            "cleanup's look was counted as one of the host's ranks"
+        );
+    }
+}
