@@ -2,6 +2,9 @@
 //! mpirun through its rsh agent, and checks of what is left on each host.
 #![allow(dead_code)]
 
+mod drained;
+pub use drained::Drained;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -371,25 +374,29 @@ pub fn wait_output(child: Child, limit: Duration) -> Output {
     wait_output_or(child, limit, String::new)
 }
 
-fn wait_output_or(mut child: Child, limit: Duration, state: impl FnOnce() -> String) -> Output {
+fn wait_output_or(child: Child, limit: Duration, state: impl FnOnce() -> String) -> Output {
+    wait_drained(Drained::new(child), limit, state)
+}
+
+/// As `wait_output_or`, for a child whose output is already being read.
+fn wait_drained(mut run: Drained, limit: Duration, state: impl FnOnce() -> String) -> Output {
     let deadline = Instant::now() + limit;
     loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+        if let Some(status) = run.child.try_wait().expect("try_wait") {
+            return run.output(status);
         }
         if Instant::now() >= deadline {
             let state = state();
             // SIGTERM first: a launcher takes its daemons on the hosts down with it (killed, it
             // leaves them behind, and every later test fails on them as residue).
             let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args(["-TERM", &run.child.id().to_string()])
                 .status();
             let grace = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
+            while run.child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let out = run.kill();
             panic!(
                 "command did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{state}",
                 String::from_utf8_lossy(&out.stdout),
@@ -520,9 +527,10 @@ pub fn ranks() -> Vec<(u32, String, u32)> {
     found
 }
 
-/// A swarm started in the background, waiting for a signal, with a ready file.
+/// A swarm started in the background, waiting for a signal, with a ready file. Its output is
+/// read as it comes (`Drained`).
 pub struct Background {
-    pub child: Option<Child>,
+    run: Option<Drained>,
     pub ready_file: PathBuf,
 }
 
@@ -555,19 +563,18 @@ impl Background {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn mpirun");
+        let mut run = Drained::new(cmd.spawn().expect("spawn mpirun"));
         let deadline = Instant::now() + limit;
         while !ready_file.exists() {
-            if let Ok(Some(_)) = child.try_wait() {
-                let out = child.wait_with_output().unwrap();
+            if let Ok(Some(status)) = run.child.try_wait() {
+                let out = run.output(status);
                 panic!(
                     "mpiswarm ended before it was ready:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let out = run.kill();
                 panic!(
                     "swarm not ready within {limit:?}:\n{}",
                     String::from_utf8_lossy(&out.stderr)
@@ -576,13 +583,13 @@ impl Background {
             std::thread::sleep(Duration::from_millis(50));
         }
         Background {
-            child: Some(child),
+            run: Some(run),
             ready_file,
         }
     }
 
     pub fn mpirun_pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.run.as_ref().expect("running").child.id()
     }
 
     /// DOCKER_HOST of rank 0's daemon, from the ready file.
@@ -611,15 +618,15 @@ impl Background {
     }
 
     pub fn wait(mut self, limit: Duration) -> Output {
-        wait_output(self.child.take().unwrap(), limit)
+        wait_drained(self.run.take().expect("running"), limit, String::new)
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut run) = self.run.take() {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
             let _ = std::fs::remove_file(&self.ready_file);
         }
     }
