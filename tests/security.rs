@@ -323,3 +323,28 @@ fn a_per_user_root_swapped_for_a_symlink_mid_run_is_refused() {
     );
     assert_clean(Duration::from_secs(5));
 }
+
+/// The harness's shared directory (the binary the test user runs) is never one another user
+/// made: a planted one is refused, not filled.
+#[test]
+fn the_harness_refuses_a_shared_dir_another_user_planted() {
+    if !nix_is_root_here() {
+        return;
+    }
+    let planted =
+        std::env::temp_dir().join(format!("mpiswarm-test-planted.{}", std::process::id()));
+    std::fs::create_dir(&planted).unwrap();
+    let other = uid_of(OTHER);
+    std::os::unix::fs::chown(&planted, Some(other), Some(other)).unwrap();
+    let refused = std::panic::catch_unwind(|| make_own_dir(&planted)).is_err();
+    let _ = std::fs::remove_dir(&planted);
+    assert!(
+        refused,
+        "a directory of uid {other} was taken as the harness's own"
+    );
+}
+
+fn nix_is_root_here() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

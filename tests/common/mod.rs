@@ -80,12 +80,17 @@ pub fn launcher_tmp_option() -> [String; 3] {
 
 /// A root-owned, world-readable directory with what the test user's ranks need: the binary
 /// (the checkout itself may sit in a directory the test user cannot enter), images, fixtures.
+/// scripts/test makes one per run (`mktemp -d`, named in `MPISWARM_TEST_FILES`); a run of a few
+/// tests without it uses `FALLBACK_SHARED_DIR`. Either is refused unless it is root's own real
+/// directory that nobody else can write: a directory another user planted in /tmp would let it
+/// swap the binary the test user runs.
 pub fn shared_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = PathBuf::from("/tmp/mpiswarm-test-files");
-        std::fs::create_dir_all(&dir).expect("create shared test dir");
-        chmod(&dir, 0o755);
+        let dir = std::env::var_os("MPISWARM_TEST_FILES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(FALLBACK_SHARED_DIR));
+        make_own_dir(&dir);
         let bin = dir.join("mpiswarm");
         let tmp = dir.join("mpiswarm.tmp");
         // A second userland needs mpiswarm built against its own MPI (scripts/test builds it).
@@ -106,6 +111,28 @@ pub fn shared_dir() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// The shared directory when scripts/test did not name one.
+pub const FALLBACK_SHARED_DIR: &str = "/tmp/mpiswarm-test-files";
+
+/// Makes `dir` (mode 0755) unless it exists, then refuses it unless it is a real directory of
+/// this user's that no other user can write.
+pub fn make_own_dir(dir: &Path) {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("failed to create {}: {e}", dir.display()),
+    }
+    let meta = std::fs::symlink_metadata(dir).expect("inspect the shared test dir");
+    let me = std::fs::metadata("/proc/self").expect("own uid").uid();
+    assert!(
+        meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0,
+        "{} is not a directory of uid {me} that only it can write: remove it",
+        dir.display()
+    );
+    chmod(dir, 0o755);
 }
 
 /// A directory the test user owns and only it can write, for the files its runs write (ready
@@ -414,6 +441,16 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// The harness's own directories for `scripts/residue` to leave alone: the shared directory, and
+/// whatever the caller named already.
+fn residue_ignore() -> String {
+    let shared = shared_dir().display().to_string();
+    match std::env::var("RESIDUE_IGNORE") {
+        Ok(more) if !more.is_empty() => format!("{shared}:{more}"),
+        _ => shared,
+    }
+}
+
 /// `scripts/residue` on every test host: Ok when nothing is left, else what is.
 pub fn residue() -> Result<(), String> {
     residue_on(&hosts(MAX_HOSTS))
@@ -422,6 +459,7 @@ pub fn residue() -> Result<(), String> {
 /// `scripts/residue` on some hosts.
 pub fn residue_on(hosts: &[String]) -> Result<(), String> {
     let out = Command::new(script("residue"))
+        .env("RESIDUE_IGNORE", residue_ignore())
         .args(hosts)
         .output()
         .expect("run residue");
@@ -791,6 +829,7 @@ pub fn swarm_listeners(host: &str) -> Vec<String> {
 /// the test harness's own directory.
 pub fn user_temp_files() -> Vec<String> {
     let out = Command::new(script("residue"))
+        .env("RESIDUE_IGNORE", residue_ignore())
         .output()
         .expect("run residue");
     String::from_utf8_lossy(&out.stdout)
