@@ -441,10 +441,11 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// The harness's own directories for `scripts/residue` to leave alone: the shared directory, and
-/// whatever the caller named already.
+/// The harness's own directories for `scripts/residue` to leave alone: the shared directory (and
+/// the fallback one, which runs of a few tests use beside a whole suite's), and whatever the
+/// caller named already.
 fn residue_ignore() -> String {
-    let shared = shared_dir().display().to_string();
+    let shared = format!("{}:{FALLBACK_SHARED_DIR}", shared_dir().display());
     match std::env::var("RESIDUE_IGNORE") {
         Ok(more) if !more.is_empty() => format!("{shared}:{more}"),
         _ => shared,
