@@ -246,8 +246,9 @@ fn descendant_pids_by_scan(root: i32) -> Vec<(i32, u64)> {
 }
 
 /// True while the process that had `pid` and `start_time` runs (not reused, not a zombie).
+/// One read of /proc/PID/stat: the teardown's kill loop asks this of every process it pins.
 pub fn still_running(pid: i32, start_time: u64) -> bool {
-    proc_info(pid).is_some_and(|p| p.start_time == start_time && !p.zombie)
+    live_start_time(pid) == Some((pid, start_time))
 }
 
 /// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace), with its
