@@ -277,3 +277,20 @@ fn doctor_fails_exactly_the_broken_hosts_row() {
     assert!(stdout.contains("chmod 0666 /dev/net/tun"), "{stdout}");
     assert_clean(Duration::from_secs(3));
 }
+
+/// The harness reads a run's output while it runs: 1 MiB on each pipe (a pipe holds 64 KiB)
+/// does not block the child, which ends, and all of it is read.
+#[test]
+fn the_harness_reads_more_than_a_pipe_holds_while_waiting() {
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "head -c 1048576 /dev/zero; head -c 1048576 /dev/zero >&2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(10));
+    assert_eq!((out.stdout.len(), out.stderr.len()), (1 << 20, 1 << 20));
+}

@@ -280,3 +280,71 @@ fn join_tokens_seen_during_bring_up_no_longer_work_once_ready() {
     );
     assert_clean(Duration::from_secs(5));
 }
+
+/// Another user swaps the test user's per-user root for a symlink to a directory of its own
+/// between the run's check of the root and its use (the root was empty: another run of the
+/// user had just removed it). The run refuses, naming the path, and makes nothing in the
+/// planted directory.
+#[test]
+fn a_per_user_root_swapped_for_a_symlink_mid_run_is_refused() {
+    let Some(_c) = cluster() else { return };
+    let root = format!("/tmp/mpiswarm-{}", uid_of(USER));
+    let bait = format!("/tmp/mpiswarm-test-bait.{}", std::process::id());
+    let mut run = Streamed::start(mpirun_env(
+        1,
+        1,
+        &[("MPISWARM_TEST_FAULT", "user-root-swap")],
+        &["up", "--timeout", "30s", "--", "true"],
+    ));
+    run.wait_for("fault user-root-swap: waiting for", Duration::from_secs(30));
+    // The user's other run removes the empty root; the other user plants its own, writable one.
+    let removed = on_host(&host(1), &format!("rmdir {root}"));
+    let planted = as_other(
+        &host(1),
+        &format!("mkdir -m 777 {bait} && ln -s {bait} {root}"),
+    );
+    let (status, text) = run.finish(Duration::from_secs(60));
+    let inside: Vec<_> = std::fs::read_dir(&bait)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let _ = Command::new("rm").args(["-rf", &root, &bait]).status();
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(planted.status.success(), "{planted:?}");
+    assert!(!status.success(), "the run used the planted root:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "{root} exists but is not a directory owned by you"
+        )),
+        "{text}"
+    );
+    assert!(
+        inside.is_empty(),
+        "made in the planted directory: {inside:?}"
+    );
+    assert_clean(Duration::from_secs(5));
+}
+
+/// The harness's shared directory (the binary the test user runs) is never one another user
+/// made: a planted one is refused, not filled.
+#[test]
+fn the_harness_refuses_a_shared_dir_another_user_planted() {
+    if !nix_is_root_here() {
+        return;
+    }
+    let planted =
+        std::env::temp_dir().join(format!("mpiswarm-test-planted.{}", std::process::id()));
+    std::fs::create_dir(&planted).unwrap();
+    let other = uid_of(OTHER);
+    std::os::unix::fs::chown(&planted, Some(other), Some(other)).unwrap();
+    let refused = std::panic::catch_unwind(|| make_own_dir(&planted)).is_err();
+    let _ = std::fs::remove_dir(&planted);
+    assert!(
+        refused,
+        "a directory of uid {other} was taken as the harness's own"
+    );
+}
+
+fn nix_is_root_here() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

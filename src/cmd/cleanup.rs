@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::host::leftovers::{Report, clean_dir};
 use crate::sys::statedir::{self, GuardRecord};
+use crate::sys::user_root::UserRoot;
 
 /// How young a directory without a lock or record must be to count as a run still starting.
 const STARTING: Duration = Duration::from_secs(10);
@@ -40,21 +41,27 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
     let mut report = Report::default();
     let root = statedir::user_root(base);
     let me = nix::unistd::getuid().as_raw();
-    let suffix = format!("-{}", crate::host::identity::hostname());
-    if std::fs::symlink_metadata(&root).is_err() {
-        return report;
-    }
+    let host = crate::host::identity::hostname();
     // The same checks as `up`: a per-user root planted by someone else (or a symlink) is refused.
-    if let Err(e) = statedir::check_user_root(&root) {
-        report.errors.push(format!("{e:#}"));
-        return report;
-    }
+    let held = match UserRoot::open(&root) {
+        Ok(Some(held)) => held,
+        Ok(None) => return report,
+        Err(e) => {
+            report.errors.push(format!("{e:#}"));
+            return report;
+        }
+    };
     for dir in statedir::state_dirs_under(&root) {
+        // Removed and planted by someone else since it was checked: nothing below it is ours.
+        if !held.still_at_path() {
+            report.errors.push(format!(
+                "{} was replaced while it was being cleaned: stopped",
+                root.display()
+            ));
+            return report;
+        }
         // Only this host's runs: a state base shared between hosts must not be cleaned blindly.
-        if !dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
-        {
+        if !is_for_host(&dir, &host) {
             continue;
         }
         let shown = dir.display().to_string();
@@ -66,10 +73,10 @@ pub fn clean(base: &Path, dry_run: bool) -> Report {
             report.removed.push(shown);
         }
     }
-    clean_end_sockets(&root, &suffix, dry_run, &mut report);
+    clean_end_sockets(&root, &host, dry_run, &mut report);
     if !dry_run {
         // The user root itself goes once it is empty; a live run keeps it.
-        let _ = std::fs::remove_dir(&root);
+        crate::sys::user_root::remove_if_empty(&root);
     }
     report
 }
@@ -91,18 +98,28 @@ fn is_live(dir: &Path) -> bool {
     }
 }
 
+/// Whether a directory entry below the root is a run's on `host` (exactly that host: `n1` is
+/// not `a-n1`).
+fn is_for_host(entry: &Path, host: &str) -> bool {
+    entry
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(statedir::host_of_entry)
+        == Some(host)
+}
+
 /// This host's end sockets (`<job>-<host>.end`) that nobody listens on any more: their rank was
 /// killed (its guard removes the socket, unless it was killed too).
-fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut Report) {
+fn clean_end_sockets(root: &Path, host: &str, dry_run: bool, report: &mut Report) {
     use std::os::unix::fs::FileTypeExt;
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    let end = format!("{host_suffix}.end");
     for path in entries.filter_map(|e| Some(e.ok()?.path())) {
         let ours = path
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(&end))
+            .is_some_and(|n| n.to_string_lossy().ends_with(".end"))
+            && is_for_host(&path, host)
             && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
         // A live rank listens there. Looked up, not connected to: the rank would count a
         // connection as one of its host's ranks, and stop listening before the last one came.
@@ -122,21 +139,45 @@ fn clean_end_sockets(root: &Path, host_suffix: &str, dry_run: bool, report: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::end_notice::{Announcer, EndWatch};
+    use crate::host::end_notice::{Announcer, End, MpiEnd};
+
+    /// Host `n1` cleans its own runs only, never those of host `a-n1` beside it.
+    #[test]
+    fn a_host_claims_only_its_own_entries() {
+        let root = Path::new("/tmp/mpiswarm-1000");
+        assert!(is_for_host(&root.join("j1ab-n1"), "n1"));
+        assert!(is_for_host(&root.join("j1ab-n1.end"), "n1"));
+        assert!(!is_for_host(&root.join("j1ab-a-n1"), "n1"));
+        assert!(!is_for_host(&root.join("j1ab-a-n1.end"), "n1"));
+        assert!(is_for_host(&root.join("j1ab-a-n1"), "a-n1"));
+    }
 
     /// A host whose last rank has not connected yet: cleanup's look at the socket must not be
     /// taken for that rank (the leader stops listening once every rank of the host is there).
     #[test]
     fn a_live_end_socket_is_left_to_its_ranks() {
+        use std::io::Read;
         let base = tempfile::tempdir().unwrap();
-        let announcer = Announcer::listen(base.path(), "j1", "h", 1).unwrap();
+        // Two ranks to come; the end is known already, so each connection hears it once taken.
+        let announcer = Announcer::listen(base.path(), "j1", "h", 2).unwrap();
+        announcer.announce(End {
+            code: 7,
+            mpi: MpiEnd::Finalize,
+        });
         let mut report = Report::default();
-        clean_end_sockets(&statedir::user_root(base.path()), "-h", false, &mut report);
+        clean_end_sockets(&statedir::user_root(base.path()), "h", false, &mut report);
         assert!(report.removed.is_empty(), "{:?}", report.removed);
-        // Time for the leader's accepting thread to count a probe's connection, as it did when
-        // cleanup connected to look: the socket was then gone before its rank came.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let me = std::process::id() as i32;
-        EndWatch::connect(announcer.path(), me).expect("the host's rank still connects");
+        // A rank connects and hears the end: the accepting thread has taken every connection
+        // made before this one (a listener's queue is first in, first out), so a probe of
+        // cleanup's would have been counted, and the second connection removes the path.
+        let mut rank = std::os::unix::net::UnixStream::connect(announcer.path()).unwrap();
+        rank.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut end = [0u8; 5];
+        rank.read_exact(&mut end).expect("the rank hears the end");
+        assert!(
+            announcer.path().exists(),
+            "cleanup's look was counted as one of the host's ranks"
+        );
     }
 }

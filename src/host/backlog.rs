@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::socket::{Backlog, listen};
 use rustix::net::getsockname;
 use rustix::net::sockopt::socket_acceptconn;
-use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+use rustix::process::{PidfdGetfdFlags, pidfd_getfd};
 
 /// A listening TCP socket held by some process: where to find it, and what it listens on.
 #[derive(Debug)]
@@ -170,12 +170,12 @@ fn deepen_one(l: &Listener, addr: Ipv4Addr) -> Result<()> {
 /// process is known to be still the one found earlier (pids are reused): its start time matches
 /// after the pidfd pins it.
 fn take_socket(pid: i32, start_time: u64, fd: i32) -> Result<std::os::fd::OwnedFd> {
-    let target = Pid::from_raw(pid).with_context(|| format!("invalid pid {pid}"))?;
-    let pidfd = pidfd_open(target, PidfdFlags::empty()).context("pidfd_open")?;
-    if !crate::sys::procfs::still_running(pid, start_time) {
-        bail!("pid {pid} is no longer the slirp4netns found earlier");
-    }
-    pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).context("pidfd_getfd")
+    let pinned = crate::sys::pinned::Pinned::new(pid, start_time)?
+        .with_context(|| format!("pid {pid} is no longer the slirp4netns found earlier"))?;
+    let pidfd = pinned
+        .pidfd()
+        .context("this kernel has no pidfd_open (Linux >= 5.3 needed)")?;
+    pidfd_getfd(pidfd, fd, PidfdGetfdFlags::empty()).context("pidfd_getfd")
 }
 
 /// The TCP listeners of process `pid` on `addr` (or 0.0.0.0) at one of `ports`.

@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::sys::statedir;
+use crate::sys::user_root::{self, UserRoot};
 
 /// The greeting's size on the wire: the leader's pid, the path's length, the path.
 pub const GREETING_BYTES: usize = 4 + 2 + statedir::SUN_PATH_MAX;
@@ -136,22 +137,33 @@ impl Drop for Announcer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         if let Some(root) = self.path.parent() {
-            let _ = std::fs::remove_dir(root);
+            user_root::remove_if_empty(root);
         }
     }
 }
 
 /// Binds `path` below the user's private root; a leftover socket of a dead run with the same name
-/// (nobody listening) is replaced. Another run's root vanishing in between is retried.
+/// (nobody listening) is replaced. Another run's root vanishing in between is retried. A bind
+/// takes a path, not the root's handle: the root still being at its path afterwards proves the
+/// socket is in it (`sys/user_root.rs`).
 fn bind_in_private_root(base: &Path, path: &Path) -> Result<UnixListener> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut last = None;
     for _ in 0..20 {
-        statedir::ensure_user_root(base)?;
+        let root = UserRoot::create(base)?;
         match UnixListener::bind(path) {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) if root.still_at_path() => return Ok(listener),
+            Ok(_) => {
+                // Made somewhere else: removed again, by path (where it was made).
+                let _ = std::fs::remove_file(path);
+                last = Some(ErrorKind::NotFound.into());
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => last = Some(e),
             Err(e) if e.kind() == ErrorKind::AddrInUse && UnixStream::connect(path).is_err() => {
-                std::fs::remove_file(path)
+                root.unlink(&name)
                     .with_context(|| format!("failed to remove the stale {}", path.display()))?;
                 last = Some(e);
             }

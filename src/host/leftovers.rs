@@ -27,7 +27,8 @@ pub fn clean_dir(dir: &Path, me: u32, dry_run: bool, report: &mut Report) -> boo
             report
                 .killed
                 .push(format!("{} ({})", p.pid, short(&p.cmdline)));
-            if !dry_run && let Err(e) = teardown::kill_hard(p.pid) {
+            // Pinned first: the pid may have been reused since the scan.
+            if !dry_run && let Err(e) = crate::sys::pinned::kill_if_same(p.pid, p.start_time) {
                 report.errors.push(format!("{e:#}"));
             }
         }
@@ -60,7 +61,7 @@ pub fn after_guard_death(dir: &Path) -> Result<String> {
     let removed = clean_dir(dir, me, false, &mut report);
     if let Some(root) = dir.parent() {
         // The per-user root goes too once no other run of this user is left on the host.
-        let _ = std::fs::remove_dir(root);
+        crate::sys::user_root::remove_if_empty(root);
     }
     if !report.errors.is_empty() {
         bail!(

@@ -7,18 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-
-/// Sends SIGKILL; a process already gone counts as killed.
-pub fn kill_hard(pid: i32) -> Result<()> {
-    match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("failed to kill pid {pid}")),
-    }
-}
 
 /// Reaps any exited children of this process without blocking.
 pub fn reap_children() {
@@ -42,8 +32,9 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
             return Ok(());
         }
         let mut refused = 0;
-        for &pid in &alive {
-            if let Err(e) = kill_hard(pid) {
+        for &(pid, start_time) in &alive {
+            // Pinned first: a pid freed since the look may already be someone else's.
+            if let Err(e) = crate::sys::pinned::kill_if_same(pid, start_time) {
                 failed.insert(pid, format!("{e:#}"));
                 refused += 1;
             }
@@ -53,7 +44,7 @@ pub fn kill_own_tree(deadline: Instant) -> Result<()> {
         if Instant::now() >= deadline || refused == alive.len() {
             let list: Vec<String> = alive
                 .iter()
-                .map(|&pid| {
+                .map(|&(pid, _)| {
                     let cmd = crate::sys::procfs::proc_info(pid)
                         .map(|p| p.cmdline)
                         .unwrap_or_default();

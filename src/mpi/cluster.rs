@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
+use mpi::Threading;
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
@@ -85,7 +86,9 @@ impl Cluster {
     /// Starts MPI and elects one leader per host (ranks that share memory share a host); each
     /// leader listens for its host's other ranks beside its state directory (`base`, `job`).
     pub fn init(host: String, signals: Signals, base: &Path, job: &str) -> Result<(Cluster, Role)> {
-        let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was already initialized"))?;
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Funneled)
+            .ok_or_else(|| anyhow!("MPI was already initialized"))?;
+        check_threading(provided)?;
         let world = universe.world();
         let node = world.split_shared(0);
         let is_leader = node.rank() == 0;
@@ -413,4 +416,33 @@ pub fn launcher_local_rank() -> Option<u32> {
 fn first_number_in(vars: &[&str]) -> Option<u32> {
     vars.iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// Only the main thread calls MPI, but the process has other threads (signals, the end notice,
+/// drains): MPI must be told so (`Funneled`), and a library that cannot promise it refused.
+fn check_threading(provided: Threading) -> Result<()> {
+    if provided < Threading::Funneled {
+        return Err(anyhow!(
+            "failed to start MPI: the MPI library offers thread level {provided:?} only, and \
+             mpiswarm needs Funneled (threads beside the one calling MPI): use an MPI library \
+             built with thread support"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod threading_tests {
+    use super::*;
+
+    #[test]
+    fn a_library_without_funneled_threads_is_refused() {
+        let err = check_threading(Threading::Single).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("thread level Single"),
+            "{err:#}"
+        );
+        assert!(check_threading(Threading::Funneled).is_ok());
+        assert!(check_threading(Threading::Multiple).is_ok());
+    }
 }

@@ -20,7 +20,13 @@ pub fn key() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("j{batch}{:x}{:x}", std::process::id(), nanos & 0xfff)
+    key_of(&batch, std::process::id(), nanos)
+}
+
+/// The key from its parts: the clock's part has a fixed width, so that no two (pid, clock)
+/// pairs read alike (pid 0x1234 at 0x5ab is not pid 0x12345 at 0xab).
+fn key_of(batch: &str, pid: u32, nanos: u32) -> String {
+    format!("j{batch}{pid:x}{:03x}", nanos & 0xfff)
 }
 
 /// The host leaders' names, in host order; two leaders claiming one name (ranks that do not
@@ -50,9 +56,14 @@ mod tests {
 
     #[test]
     fn keys_differ_between_runs_of_one_process() {
-        let a = key();
-        std::thread::sleep(std::time::Duration::from_micros(10));
-        assert!(a.starts_with('j'));
-        assert!(key().len() >= 3);
+        // Two runs of one process differ by the clock alone.
+        let a = key_of("123", 0x1a2b, 0x10);
+        let b = key_of("123", 0x1a2b, 0x11);
+        assert_ne!(a, b);
+        assert!(a.starts_with("j123") && !a.contains('-'), "{a}");
+        // And runs of two processes never read alike.
+        assert_ne!(key_of("", 0x1234, 0x5ab), key_of("", 0x12345, 0xab));
+        let live = key();
+        assert!(live.starts_with('j') && !live.contains('-'), "{live}");
     }
 }

@@ -185,52 +185,60 @@ fn walk(root: i32) -> Vec<i32> {
     found
 }
 
-/// Live descendants of `root` (pids only): the cheap look that the kill loop repeats until the
-/// tree is gone.
-pub fn descendant_pids(root: i32) -> Vec<i32> {
+/// Live descendants of `root` (pid and start time only): the cheap look that the kill loop
+/// repeats until the tree is gone.
+pub fn descendant_pids(root: i32) -> Vec<(i32, u64)> {
     if children_lists() {
-        return walk(root)
-            .into_iter()
-            .filter(|pid| !is_zombie(*pid))
-            .collect();
+        return walk(root).into_iter().filter_map(live_start_time).collect();
     }
     descendant_pids_by_scan(root)
 }
 
-/// A zombie, or gone.
-fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
-    matches!(state, Some("Z" | "X") | None)
+/// The fields of /proc/PID/stat after the command name (which may hold spaces and ')').
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split(' ').map(str::to_owned).collect())
 }
 
-fn descendant_pids_by_scan(root: i32) -> Vec<i32> {
+/// Whether stat's fields say zombie (or dead), and the start time.
+fn state_and_start(fields: &[String]) -> Option<(bool, u64)> {
+    let zombie = matches!(fields.first()?.as_str(), "Z" | "X");
+    Some((zombie, fields.get(19)?.parse().ok()?))
+}
+
+/// `pid` and its start time, unless it is a zombie or gone.
+fn live_start_time(pid: i32) -> Option<(i32, u64)> {
+    match state_and_start(&stat_fields(pid)?)? {
+        (false, start) => Some((pid, start)),
+        (true, _) => None,
+    }
+}
+
+fn descendant_pids_by_scan(root: i32) -> Vec<(i32, u64)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    let mut children: HashMap<i32, Vec<(i32, bool, u64)>> = HashMap::new();
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(fields) = stat_fields(pid) else {
             continue;
         };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        let (Some((zombie, start)), Some(ppid)) = (
+            state_and_start(&fields),
+            fields.get(1).and_then(|p| p.parse().ok()),
+        ) else {
             continue;
         };
-        let mut fields = rest.split(' ');
-        let zombie = matches!(fields.next(), Some("Z" | "X"));
-        if let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) {
-            children.entry(ppid).or_default().push((pid, zombie));
-        }
+        children.entry(ppid).or_default().push((pid, zombie, start));
     }
     let mut found = Vec::new();
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
-        for &(child, zombie) in children.get(&pid).into_iter().flatten() {
+        for &(child, zombie, start) in children.get(&pid).into_iter().flatten() {
             stack.push(child);
             if !zombie {
-                found.push(child);
+                found.push((child, start));
             }
         }
     }
@@ -238,8 +246,9 @@ fn descendant_pids_by_scan(root: i32) -> Vec<i32> {
 }
 
 /// True while the process that had `pid` and `start_time` runs (not reused, not a zombie).
+/// One read of /proc/PID/stat: the teardown's kill loop asks this of every process it pins.
 pub fn still_running(pid: i32, start_time: u64) -> bool {
-    proc_info(pid).is_some_and(|p| p.start_time == start_time && !p.zombie)
+    live_start_time(pid) == Some((pid, start_time))
 }
 
 /// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace), with its
@@ -357,7 +366,8 @@ mod walk_tests {
             std::time::Duration::from_millis(10),
             || {
                 let mut walked = descendant_pids(me);
-                walked.retain(|p| proc_info(*p).is_some_and(|i| i.cmdline.starts_with("sleep")));
+                walked
+                    .retain(|(p, _)| proc_info(*p).is_some_and(|i| i.cmdline.starts_with("sleep")));
                 (walked.len() == 2).then_some(walked)
             },
         );
@@ -368,7 +378,7 @@ mod walk_tests {
         scanned.sort_unstable();
         assert_eq!(walked, scanned);
         assert!(children_lists());
-        for pid in &walked {
+        for (pid, _) in &walked {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGKILL,

@@ -15,13 +15,14 @@
 //!   <job>-<host>.end                 the leader's socket: its host's other ranks hear the end there
 //! ```
 
-use std::fs::DirBuilder;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+
+use crate::sys::user_root::{self, UserRoot};
 
 /// Longest Unix socket path below the state directory (containerd's ttrpc socket), so that
 /// `sun_path`'s 108 bytes are never exceeded.
@@ -67,7 +68,7 @@ pub struct StateDir {
 
 /// `$BASE/mpiswarm-<uid>`: every run of this user on this host lives below it.
 pub fn user_root(base: &Path) -> PathBuf {
-    base.join(format!("mpiswarm-{}", nix::unistd::getuid()))
+    user_root::path_under(base)
 }
 
 /// Job directories are named `<job>-<host>`; job keys never contain '-'.
@@ -75,53 +76,17 @@ pub fn job_dir_name(job: &str, host: &str) -> String {
     format!("{job}-{host}")
 }
 
-/// Makes `$BASE/mpiswarm-<uid>` private, refusing one that another user could have planted.
-pub fn ensure_user_root(base: &Path) -> Result<PathBuf> {
-    let root = user_root(base);
-    // Another run's teardown or a `cleanup` removes the root once it is empty: if it vanishes
-    // between creating and checking it, create it again.
-    for attempt in 0.. {
-        match DirBuilder::new().mode(0o700).create(&root) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "failed to create {} (is {} writable and node-local? set --state-dir)",
-                        root.display(),
-                        base.display()
-                    )
-                });
-            }
-        }
-        match check_user_root(&root) {
-            Ok(()) => break,
-            Err(_) if attempt < 20 && std::fs::symlink_metadata(&root).is_err() => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    // Gone again already: creating the run's directory below it finds out, and retries.
-    if let Ok(meta) = std::fs::symlink_metadata(&root)
-        && meta.mode() & 0o077 != 0
-    {
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("failed to make {} private", root.display()))?;
-    }
-    Ok(root)
+/// The host a job directory's name (or its end socket's, `<job>-<host>.end`) is for: everything
+/// after the first '-' (host names may hold '-', job keys never do).
+pub fn host_of_entry(name: &str) -> Option<&str> {
+    let (job, host) = name.strip_suffix(".end").unwrap_or(name).split_once('-')?;
+    (!job.is_empty() && !host.is_empty()).then_some(host)
 }
 
-/// Refuses a per-user root that is not a real directory owned by this user.
+/// Refuses a per-user root that is not a real directory owned by this user (a missing one is
+/// fine: nothing to refuse).
 pub fn check_user_root(root: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(root)
-        .with_context(|| format!("failed to inspect {}", root.display()))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
-        bail!(
-            "{} exists but is not a directory owned by you (uid {}): remove it or use --state-dir",
-            root.display(),
-            nix::unistd::getuid()
-        );
-    }
-    Ok(())
+    UserRoot::open(root).map(drop)
 }
 
 /// The run lock: every process of a live run (its rank and its guard) holds a shared lock on
@@ -186,18 +151,27 @@ impl StateDir {
         Ok(())
     }
 
-    /// Creates the job's directory, empty and private. An existing one means another run of the
-    /// same job on this host, which must not be touched.
+    /// Creates the job's directory, empty and private, through the checked per-user root (see
+    /// `sys/user_root.rs`). An existing one means another run of the same job on this host,
+    /// which must not be touched.
     pub fn create(base: &Path, job: &str, host: &str) -> Result<Self> {
         let path = Self::path_for(base, job, host);
         Self::check_socket_length(&path)?;
-        // Another run's teardown (or a `cleanup`) may remove an empty parent between the two
-        // steps: retry.
-        let mut created = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let name = job_dir_name(job, host);
+        // Another run's teardown (or a `cleanup`) may remove the empty root between opening and
+        // making the directory in it: open it again.
+        let mut created = Err(rustix::io::Errno::NOENT);
         for _ in 0..20 {
-            ensure_user_root(base)?;
-            created = DirBuilder::new().mode(0o700).create(&path);
-            if !matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            let root = UserRoot::create(base)?;
+            created = root.mkdir(&name);
+            if created != Err(rustix::io::Errno::NOENT) {
+                if created.is_ok() && !root.still_at_path() {
+                    bail!(
+                        "{} was replaced while {} was being created in it: refusing to use it",
+                        root.path().display(),
+                        path.display()
+                    );
+                }
                 break;
             }
         }
@@ -279,6 +253,16 @@ mod tests {
         assert!(StateDir::check_socket_length(Path::new("/tmp/mpiswarm-1000/j1234-host1")).is_ok());
         let long = format!("/scratch/{}/mpiswarm-1000/j1-h", "x".repeat(70));
         assert!(StateDir::check_socket_length(Path::new(&long)).is_err());
+    }
+
+    /// Host `n1` must not claim `a-n1`'s directories (a suffix match did).
+    #[test]
+    fn an_entry_names_its_host_exactly() {
+        assert_eq!(host_of_entry(&job_dir_name("j12ab", "n1")), Some("n1"));
+        assert_eq!(host_of_entry(&job_dir_name("j12ab", "a-n1")), Some("a-n1"));
+        assert_eq!(host_of_entry("j12ab-a-n1.end"), Some("a-n1"));
+        assert_eq!(host_of_entry("j12ab"), None);
+        assert_eq!(host_of_entry("-n1"), None);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! mpirun through its rsh agent, and checks of what is left on each host.
 #![allow(dead_code)]
 
+mod drained;
+pub use drained::Drained;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -77,12 +80,17 @@ pub fn launcher_tmp_option() -> [String; 3] {
 
 /// A root-owned, world-readable directory with what the test user's ranks need: the binary
 /// (the checkout itself may sit in a directory the test user cannot enter), images, fixtures.
+/// scripts/test makes one per run (`mktemp -d`, named in `MPISWARM_TEST_FILES`); a run of a few
+/// tests without it uses `FALLBACK_SHARED_DIR`. Either is refused unless it is root's own real
+/// directory that nobody else can write: a directory another user planted in /tmp would let it
+/// swap the binary the test user runs.
 pub fn shared_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = PathBuf::from("/tmp/mpiswarm-test-files");
-        std::fs::create_dir_all(&dir).expect("create shared test dir");
-        chmod(&dir, 0o755);
+        let dir = std::env::var_os("MPISWARM_TEST_FILES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(FALLBACK_SHARED_DIR));
+        make_own_dir(&dir);
         let bin = dir.join("mpiswarm");
         let tmp = dir.join("mpiswarm.tmp");
         // A second userland needs mpiswarm built against its own MPI (scripts/test builds it).
@@ -103,6 +111,28 @@ pub fn shared_dir() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// The shared directory when scripts/test did not name one.
+pub const FALLBACK_SHARED_DIR: &str = "/tmp/mpiswarm-test-files";
+
+/// Makes `dir` (mode 0755) unless it exists, then refuses it unless it is a real directory of
+/// this user's that no other user can write.
+pub fn make_own_dir(dir: &Path) {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("failed to create {}: {e}", dir.display()),
+    }
+    let meta = std::fs::symlink_metadata(dir).expect("inspect the shared test dir");
+    let me = std::fs::metadata("/proc/self").expect("own uid").uid();
+    assert!(
+        meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0,
+        "{} is not a directory of uid {me} that only it can write: remove it",
+        dir.display()
+    );
+    chmod(dir, 0o755);
 }
 
 /// A directory the test user owns and only it can write, for the files its runs write (ready
@@ -371,25 +401,29 @@ pub fn wait_output(child: Child, limit: Duration) -> Output {
     wait_output_or(child, limit, String::new)
 }
 
-fn wait_output_or(mut child: Child, limit: Duration, state: impl FnOnce() -> String) -> Output {
+fn wait_output_or(child: Child, limit: Duration, state: impl FnOnce() -> String) -> Output {
+    wait_drained(Drained::new(child), limit, state)
+}
+
+/// As `wait_output_or`, for a child whose output is already being read.
+fn wait_drained(mut run: Drained, limit: Duration, state: impl FnOnce() -> String) -> Output {
     let deadline = Instant::now() + limit;
     loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+        if let Some(status) = run.child.try_wait().expect("try_wait") {
+            return run.output(status);
         }
         if Instant::now() >= deadline {
             let state = state();
             // SIGTERM first: a launcher takes its daemons on the hosts down with it (killed, it
             // leaves them behind, and every later test fails on them as residue).
             let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args(["-TERM", &run.child.id().to_string()])
                 .status();
             let grace = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
+            while run.child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let out = run.kill();
             panic!(
                 "command did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}\n{state}",
                 String::from_utf8_lossy(&out.stdout),
@@ -407,6 +441,17 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// The harness's own directories for `scripts/residue` to leave alone: the shared directory (and
+/// the fallback one, which runs of a few tests use beside a whole suite's), and whatever the
+/// caller named already.
+fn residue_ignore() -> String {
+    let shared = format!("{}:{FALLBACK_SHARED_DIR}", shared_dir().display());
+    match std::env::var("RESIDUE_IGNORE") {
+        Ok(more) if !more.is_empty() => format!("{shared}:{more}"),
+        _ => shared,
+    }
+}
+
 /// `scripts/residue` on every test host: Ok when nothing is left, else what is.
 pub fn residue() -> Result<(), String> {
     residue_on(&hosts(MAX_HOSTS))
@@ -415,6 +460,7 @@ pub fn residue() -> Result<(), String> {
 /// `scripts/residue` on some hosts.
 pub fn residue_on(hosts: &[String]) -> Result<(), String> {
     let out = Command::new(script("residue"))
+        .env("RESIDUE_IGNORE", residue_ignore())
         .args(hosts)
         .output()
         .expect("run residue");
@@ -520,9 +566,10 @@ pub fn ranks() -> Vec<(u32, String, u32)> {
     found
 }
 
-/// A swarm started in the background, waiting for a signal, with a ready file.
+/// A swarm started in the background, waiting for a signal, with a ready file. Its output is
+/// read as it comes (`Drained`).
 pub struct Background {
-    pub child: Option<Child>,
+    run: Option<Drained>,
     pub ready_file: PathBuf,
 }
 
@@ -555,19 +602,18 @@ impl Background {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn mpirun");
+        let mut run = Drained::new(cmd.spawn().expect("spawn mpirun"));
         let deadline = Instant::now() + limit;
         while !ready_file.exists() {
-            if let Ok(Some(_)) = child.try_wait() {
-                let out = child.wait_with_output().unwrap();
+            if let Ok(Some(status)) = run.child.try_wait() {
+                let out = run.output(status);
                 panic!(
                     "mpiswarm ended before it was ready:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let out = run.kill();
                 panic!(
                     "swarm not ready within {limit:?}:\n{}",
                     String::from_utf8_lossy(&out.stderr)
@@ -576,13 +622,13 @@ impl Background {
             std::thread::sleep(Duration::from_millis(50));
         }
         Background {
-            child: Some(child),
+            run: Some(run),
             ready_file,
         }
     }
 
     pub fn mpirun_pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.run.as_ref().expect("running").child.id()
     }
 
     /// DOCKER_HOST of rank 0's daemon, from the ready file.
@@ -611,15 +657,15 @@ impl Background {
     }
 
     pub fn wait(mut self, limit: Duration) -> Output {
-        wait_output(self.child.take().unwrap(), limit)
+        wait_drained(self.run.take().expect("running"), limit, String::new)
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut run) = self.run.take() {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
             let _ = std::fs::remove_file(&self.ready_file);
         }
     }
@@ -784,6 +830,7 @@ pub fn swarm_listeners(host: &str) -> Vec<String> {
 /// the test harness's own directory.
 pub fn user_temp_files() -> Vec<String> {
     let out = Command::new(script("residue"))
+        .env("RESIDUE_IGNORE", residue_ignore())
         .output()
         .expect("run residue");
     String::from_utf8_lossy(&out.stdout)

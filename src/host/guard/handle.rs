@@ -66,26 +66,18 @@ pub struct GuardHandle {
 /// early daemon its CPU during MPI's start better than lowering the waiting ranks' priority did,
 /// which slowed MPI's start itself (bench/SCALE.md).
 ///
-/// The guard also keeps none of the rank's other descriptors: MPI's sockets are not close-on-exec,
-/// and a daemon tree holding a rank's connections and its listening socket keeps a dead rank's
-/// connections open for its peers (they would not see it die).
-fn own_session(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and makes two async-signal-safe
-    // system calls (close_range, setsid); it allocates nothing.
+/// The guard also keeps none of the rank's other descriptors (`inherit.rs`).
+fn own_session(cmd: &mut Command) -> Result<()> {
+    super::inherit::none_past_stdio(cmd)?;
+    // SAFETY: the closure runs in the forked child before exec and makes one async-signal-safe
+    // system call (setsid); it allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
-            // Every descriptor past stdio closes at exec; an old kernel without close_range
-            // (before 5.11) leaves them, as before.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
             rustix::process::setsid()?;
             Ok(())
         });
     }
+    Ok(())
 }
 
 impl GuardHandle {
@@ -117,7 +109,7 @@ impl GuardHandle {
             // Not the rank's own stderr: the launcher counts a rank as ended only once every
             // holder of its output closed it, and a dead rank's guard is still tearing down.
             .stderr(Stdio::piped());
-        own_session(&mut guard);
+        own_session(&mut guard).context("failed to keep the rank's descriptors from the guard")?;
         let mut child = guard
             .spawn()
             .with_context(|| format!("failed to start the guard {}", exe.display()))?;

@@ -10,6 +10,7 @@
 //! is the rank's side.
 
 pub mod handle;
+mod inherit;
 
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
@@ -235,7 +236,7 @@ fn teardown_host(dir: &StateDir) -> Result<()> {
     // other run of this user is left on the host.
     let _ = std::fs::remove_file(crate::host::end_notice::end_path_of(&dir.path));
     if let Some(parent) = dir.path.parent() {
-        let _ = std::fs::remove_dir(parent);
+        crate::sys::user_root::remove_if_empty(parent);
     }
     match (killed, removed) {
         (Ok(()), Ok(())) => Ok(()),
