@@ -258,8 +258,12 @@ pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> 
             })
             .collect();
         handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| bail!("internal: a node-labelling thread panicked"))
+            h.join().unwrap_or_else(|_| {
+                bail!(
+                    "a node-labelling thread crashed: a bug in mpiswarm; please report it with \
+                     this run's output (rerun with -v for more)"
+                )
+            })
         })
     })
 }
@@ -318,7 +322,10 @@ pub fn wait_members(
     match seen {
         Some(result) => result,
         None => bail!(
-            "failed to see every host as a Ready swarm node before the deadline; missing: {}",
+            "failed to see every host as a Ready swarm node before the deadline; missing: {}. \
+             A host joins only if it reaches the managers on TCP 2377 and every host on TCP and \
+             UDP 7946 and UDP 4789: run `mpiswarm doctor` under the same launcher, check the \
+             firewall between the hosts, or raise --timeout if they are only slow",
             missing.join(", ")
         ),
     }
