@@ -22,7 +22,7 @@ use crate::mpi::cluster;
 use crate::output::logging;
 use crate::plan::cli::{self, Cli, Command};
 use crate::plan::{config, mtu};
-use crate::sys::signals;
+use crate::sys::{exit, signals};
 
 fn main() -> ExitCode {
     // The OCI runtime of `--net host` daemons is called as runc is (containerd's calling
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             } else if e.exit_code() != 0 {
                 let_rank_0_speak_first();
             }
-            return ExitCode::from(e.exit_code() as u8);
+            return ExitCode::from(flag_error_code(&e));
         }
     };
     logging::init(cli.verbose, cli.log_format);
@@ -54,8 +54,17 @@ fn main() -> ExitCode {
             } else {
                 let_rank_0_speak_first();
             }
-            ExitCode::from(2)
+            ExitCode::from(exit::code_of(&e) as u8)
         }
+    }
+}
+
+/// `--help` and `--version` succeed; bad flags are mpiswarm's failure (125), not clap's 2, which
+/// a command's own code could be.
+fn flag_error_code(e: &clap::Error) -> u8 {
+    match e.exit_code() {
+        0 => 0,
+        _ => exit::FAILED as u8,
     }
 }
 

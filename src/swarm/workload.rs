@@ -1,5 +1,5 @@
 //! The swarm in use: rank 0 runs the user's command against it, watches a stack's work
-//! (`--until-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
+//! (`--until-stack-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
 //! stop; a signal anywhere stops the whole job.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info};
@@ -16,6 +16,7 @@ use crate::host::engine::Engine;
 use crate::mpi::collective::Leaders;
 use crate::swarm::stack::Work;
 use crate::swarm::stack_state::verdict::Counts;
+use crate::sys::exit::{CommandUnusable, Unusable};
 use crate::sys::signals::{self, Signals};
 
 /// How often rank 0 tells the others it is alive while the swarm is up.
@@ -39,7 +40,7 @@ const BUSY_FAULT: Duration = Duration::from_millis(1500);
 /// What rank 0 runs, or waits for, while the swarm is up.
 pub enum Workload<'a> {
     Command(&'a [String]),
-    /// The work of stack `name` (`--until-jobs-complete`), watched through the manager.
+    /// The work of stack `name` (`--until-stack-jobs-complete`), watched through the manager.
     StackWork {
         engine: &'a Engine,
         name: &'a str,
@@ -209,8 +210,18 @@ fn spawn(command: &[String], socket: &Path) -> Result<Child> {
     if let Some(var) = crate::mpi::cluster::own_mpi_settings() {
         cmd.env_remove(var);
     }
-    cmd.spawn()
-        .with_context(|| format!("failed to run {program:?} on rank 0"))
+    // Checked before the bring-up; what changed since (or a bad interpreter line) still gets
+    // the code a shell would give.
+    cmd.spawn().map_err(|e| {
+        let message = format!("failed to run {program:?} on rank 0: {e}");
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => Unusable::NotFound,
+            std::io::ErrorKind::PermissionDenied => Unusable::NotExecutable,
+            _ if e.raw_os_error() == Some(libc::ENOEXEC) => Unusable::NotExecutable,
+            _ => return anyhow::anyhow!(message),
+        };
+        anyhow::Error::new(CommandUnusable { why, message })
+    })
 }
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.
