@@ -189,7 +189,7 @@ pub fn wait_for(
     }
 }
 
-/// Where the work of a stack stands (`--until-jobs-complete`).
+/// Where the work of a stack stands (`--until-stack-jobs-complete`).
 #[derive(Debug)]
 pub enum Work {
     Running(Counts),
@@ -221,7 +221,7 @@ pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
     })
 }
 
-/// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
+/// `--until-stack-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
 /// Swarm retries without end (a failing task then never ends the run).
 pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
     let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
@@ -232,7 +232,7 @@ pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
         .collect();
     if work.is_empty() {
         bail!(
-            "--until-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
+            "--until-stack-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
              replicated-job or global-job, or restart_policy condition none or on-failure): \
              there is nothing to wait for"
         );
