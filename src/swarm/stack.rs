@@ -52,7 +52,8 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         .max(Duration::from_secs(1));
     let Some(status) = crate::sys::deadline::wait_or_kill(&mut child, left)? else {
         bail!(
-            "`docker stack deploy` of {} did not finish before the deadline",
+            "`docker stack deploy` of {} did not finish before the deadline: raise --timeout if \
+             the manager is only slow",
             file.display()
         );
     };
