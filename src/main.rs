@@ -16,13 +16,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cmd::{cleanup, doctor, up};
+use crate::cmd::{cleanup, doctor, generate, up};
 use crate::host::{guard, identity, oci_runtime};
 use crate::mpi::cluster;
 use crate::output::logging;
 use crate::plan::cli::{self, Cli, Command};
 use crate::plan::{config, mtu};
-use crate::sys::signals;
+use crate::sys::{exit, signals};
 
 fn main() -> ExitCode {
     // The OCI runtime of `--net host` daemons is called as runc is (containerd's calling
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             } else if e.exit_code() != 0 {
                 let_rank_0_speak_first();
             }
-            return ExitCode::from(e.exit_code() as u8);
+            return ExitCode::from(flag_error_code(&e));
         }
     };
     logging::init(cli.verbose, cli.log_format);
@@ -54,37 +54,31 @@ fn main() -> ExitCode {
             } else {
                 let_rank_0_speak_first();
             }
-            ExitCode::from(2)
+            ExitCode::from(exit::code_of(&e) as u8)
         }
+    }
+}
+
+/// `--help` and `--version` succeed; bad flags are mpiswarm's failure (125), not clap's 2, which
+/// a command's own code could be.
+fn flag_error_code(e: &clap::Error) -> u8 {
+    match e.exit_code() {
+        0 => 0,
+        _ => exit::FAILED as u8,
     }
 }
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Up(args) => {
-            let cfg = config::UpConfig::from_args(&args)?;
-            export_for_the_command(&cfg);
-            cluster::prefer_yielding_progress();
-            if cfg.collect.is_some() {
-                signals::first_signal_waits_for_collection();
-            }
-            let signals = signals::Signals::install()?;
-            up::run(&cfg, signals)
-        }
-        Command::Verify(mut args) => {
-            args.verify = true;
-            if !args.command.is_empty() {
-                anyhow::bail!(
-                    "verify runs no command: use `up --verify -- COMMAND` to run one after the check"
-                );
-            }
-            args.command = vec!["true".into()];
-            let cfg = config::UpConfig::from_args(&args)?;
-            export_for_the_command(&cfg);
-            cluster::prefer_yielding_progress();
-            let signals = signals::Signals::install()?;
-            up::run(&cfg, signals)
-        }
+        Command::Up(args) => run_up(&args),
+        // `up --verify` without a command.
+        Command::Verify(args) => run_up(&cli::UpArgs {
+            options: args.options,
+            verify: true,
+            until_stack_jobs_complete: false,
+            allow_task_failures: false,
+            command: vec!["true".into()],
+        }),
         Command::Doctor(args) => {
             let host = config::HostConfig::from_args(&args.common)?;
             doctor::run(&host, config::Network::new(args.net, None), args.json)
@@ -98,8 +92,21 @@ fn run(cli: Cli) -> Result<i32> {
             .state_base;
             cleanup::run(&base, args.dry_run)
         }
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man_pages(&args.dir),
         Command::Guard(args) => guard::run(&args),
     }
+}
+
+fn run_up(args: &cli::UpArgs) -> Result<i32> {
+    let cfg = config::UpConfig::from_args(args)?;
+    export_for_the_command(&cfg);
+    cluster::prefer_yielding_progress();
+    if cfg.collect.is_some() {
+        signals::first_signal_waits_for_collection();
+    }
+    let signals = signals::Signals::install()?;
+    up::run(&cfg, signals)
 }
 
 /// Puts the overlay MTU and the network path in this process's environment, so that rank 0's

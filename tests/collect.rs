@@ -272,7 +272,7 @@ fn a_dir_the_user_cannot_write_or_others_can_is_refused_before_anything_starts()
             RUN_LIMIT,
         );
         let stderr = text(&out).1;
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
         assert!(stderr.contains(&format!("--collect {dir}")), "{stderr}");
         assert!(stderr.contains(why), "{stderr}");
         assert!(!stderr.contains("swarm ready"), "{stderr}");
@@ -296,7 +296,7 @@ fn a_failed_stack_phase_keeps_every_hosts_logs() {
     args.extend(["--", "true"]);
     let out = run_with_deadline(mpirun(HOSTS, HOSTS, &args), RUN_LIMIT);
     let stderr = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("failed with exit code 3"), "{stderr}");
     assert!(stderr.contains("collected into"), "{stderr}");
     check_complete(&job_dir(&dir));

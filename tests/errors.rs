@@ -103,6 +103,67 @@ fn a_state_dir_that_is_not_writable() {
     fails(&["--state-dir", dir], &["msh1", "not writable", dir]);
 }
 
+/// A state directory refused on every host: mpiswarm's own failure (125), said once for all
+/// hosts, which are named in hostlist notation.
+#[test]
+fn a_refusal_on_every_host_is_said_once_with_a_hostlist() {
+    let Some(_c) = cluster() else { return };
+    let out = fails(&["--state-dir", "/proc/nope"], &["msh[1-3]", "/proc/nope"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stderr.matches("/proc/nope is not usable").count(),
+        1,
+        "said more than once:\n{stderr}"
+    );
+}
+
+/// Runs `up -- COMMAND` that cannot run: its exit code, in a few seconds, no daemon started.
+fn command_refused(command: &str, code: i32, expect: &str) {
+    let started = Instant::now();
+    let out = run_with_deadline(
+        mpirun(3, 3, &["-v", "up", "--timeout", "40s", "--", command]),
+        LIMIT,
+    );
+    let took = started.elapsed();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert_eq!(stderr.matches(expect).count(), 1, "{expect:?}:\n{stderr}");
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    // A guard's every event is logged at -v: none means no host started a daemon.
+    assert!(
+        !stderr.contains("guard: "),
+        "a daemon was started:\n{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
+fn a_command_not_found_exits_127_before_anything_starts() {
+    let Some(_c) = cluster() else { return };
+    command_refused(
+        "/nonexistent/tool",
+        127,
+        "failed to find the command \"/nonexistent/tool\" on msh1",
+    );
+    command_refused(
+        "no-such-tool-anywhere",
+        127,
+        "not found in any directory of PATH",
+    );
+}
+
+#[test]
+fn a_command_that_cannot_be_executed_exits_126_before_anything_starts() {
+    let Some(_c) = cluster() else { return };
+    command_refused(
+        "/etc/hostname",
+        126,
+        "failed to execute the command \"/etc/hostname\" on msh1",
+    );
+}
+
 #[test]
 fn a_state_dir_on_a_filesystem_without_overlay() {
     let Some(_c) = cluster() else { return };
@@ -222,7 +283,8 @@ fn bad_flags_are_refused_before_anything_starts() {
     ] {
         let out = run_with_deadline(mpirun(3, 3, &args), LIMIT);
         let (_, stderr) = text(&out);
-        assert!(!out.status.success(), "{args:?} should fail");
+        // mpiswarm's own failure, never a code the command could have given.
+        assert_eq!(out.status.code(), Some(125), "{args:?}:\n{stderr}");
         assert!(
             stderr.contains(expect),
             "{args:?}: expected {expect:?} in:\n{stderr}"
@@ -236,6 +298,12 @@ fn bad_flags_are_refused_before_anything_starts() {
         assert!(host_socket("msh1").is_none(), "nothing may start");
     }
     assert_clean(Duration::from_secs(3));
+    // Help is not a failure.
+    let out = Command::new(binary())
+        .args(["up", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
@@ -243,7 +311,7 @@ fn doctor_reports_all_green_on_a_healthy_cluster() {
     let Some(_c) = cluster() else { return };
     let out = run_with_deadline(mpirun(3, 3, &["doctor"]), LIMIT);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     for h in hosts(3) {
         let row = stdout
             .lines()
@@ -264,7 +332,8 @@ fn doctor_fails_exactly_the_broken_hosts_row() {
     let _b = Broken::new("msh2", "no-tun");
     let out = run_with_deadline(mpirun(3, 3, &["doctor"]), LIMIT);
     let (stdout, _) = text(&out);
-    assert!(!out.status.success(), "{stdout}");
+    // 1: a check failed (125 would be doctor itself failing).
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
     for h in hosts(3) {
         let row = stdout.lines().find(|l| l.starts_with(&h)).unwrap();
         assert_eq!(

@@ -351,7 +351,7 @@ fn a_one_shot_task_exiting_3_fails_the_stack_phase_in_seconds_naming_it() {
     let deployed = run.wait_for("stack sf: ", Duration::from_secs(90));
     let failed = run.wait_for("exit code 3", Duration::from_secs(60));
     let (status, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(125), "{stderr}");
     let took = failed - deployed;
     assert!(
         took < Duration::from_secs(15),
@@ -391,7 +391,7 @@ fn a_stack_never_up_names_what_rank_0_waits_for_at_the_deadline() {
         ],
     );
     let (status, stderr) = run.finish(RUN_LIMIT);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(125), "{stderr}");
     for needed in [
         "stack nu was not up before the deadline",
         "still waiting for:",
@@ -408,7 +408,7 @@ fn a_stack_never_up_names_what_rank_0_waits_for_at_the_deadline() {
     assert_clean(Duration::from_secs(3));
 }
 
-/// `--until-jobs-complete` with the stack's work as the workload: tears down when the work is
+/// `--until-stack-jobs-complete` with the stack's work as the workload: tears down when the work is
 /// done; the exit code is the work's.
 fn work_gives_the_exit_code(stack: &str, name: &str, var: &str, code: i32, failed_task: &str) {
     let code_text = code.to_string();
@@ -424,7 +424,7 @@ fn work_gives_the_exit_code(stack: &str, name: &str, var: &str, code: i32, faile
             stack,
             "--stack-name",
             name,
-            "--until-jobs-complete",
+            "--until-stack-jobs-complete",
         ],
     );
     let (status, stderr) = run.finish(RUN_LIMIT);
@@ -472,11 +472,12 @@ fn a_replicated_job_stack_runs_to_completion_and_its_status_is_the_exit_code() {
                 &stack,
                 "--stack-name",
                 "jobs",
+                // The flag's old name still works.
                 "--until-jobs-complete",
             ],
         );
         let (status, stderr) = run.finish(RUN_LIMIT);
-        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(status.code(), Some(125), "{stderr}");
         for needed in ["Unknown mode: replicated-job", "docker >= 23.0"] {
             assert!(stderr.contains(needed), "{needed:?} missing:\n{stderr}");
         }
@@ -581,7 +582,7 @@ fn a_one_shot_task_failing_at_once_fails_the_run_though_the_command_succeeds() {
     let Some(_c) = cluster() else { return };
     let (run, _synced) = one_shot_run("before", true, &[], "true");
     let (status, stderr) = run.finish(RUN_LIMIT);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(3), "the failed task's exit code: {stderr}");
     names_the_failed_one_shot(&stderr);
     assert!(!stderr.contains("swarm ready"), "{stderr}");
     assert_clean(Duration::from_secs(3));
@@ -601,7 +602,7 @@ fn a_one_shot_task_failing_while_the_command_runs_stops_it_and_fails_the_run() {
     let ready = run.wait_for("swarm ready", Duration::from_secs(120));
     let failed = run.wait_for("exit code 3", Duration::from_secs(60));
     let (status, stderr) = run.finish(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(3), "the failed task's exit code: {stderr}");
     let took = failed - ready;
     assert!(
         took < Duration::from_secs(10),
@@ -625,7 +626,7 @@ fn a_one_shot_task_failing_as_the_command_ends_fails_the_run() {
          --format '{{.CurrentState}}' | grep -q Failed && exit 0; sleep 0.1; done; exit 9",
     );
     let (status, stderr) = run.finish(RUN_LIMIT);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(3), "the failed task's exit code: {stderr}");
     names_the_failed_one_shot(&stderr);
     assert_clean(Duration::from_secs(3));
 }

@@ -58,6 +58,10 @@ fn command_exit_code_comes_back() {
     );
     assert_eq!(out.status.code(), Some(7), "{}", text(&out).1);
     assert_clean(Duration::from_secs(3));
+    // A code mpiswarm never gives for itself comes back as it is.
+    let out = run_with_deadline(mpirun(2, 2, &["up", "--", "sh", "-c", "exit 3"]), RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert_clean(Duration::from_secs(3));
     // mpiswarm's ranks yield inside MPI (its own setting): the command does not inherit that.
     let out = run_with_deadline(
         mpirun(
@@ -402,7 +406,7 @@ fn a_ready_file_in_a_directory_others_can_write_is_refused_before_anything_start
         RUN_LIMIT,
     );
     let stderr = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(
         stderr.contains(
             "--ready-file /tmp/mpiswarm-test-ready-refused: /tmp is writable by every user"

@@ -35,7 +35,7 @@ pub fn run(host_cfg: &HostConfig, network: Network, json: bool) -> Result<i32> {
                     "mpiswarm doctor: error on {host} (rank {}): {e:#}",
                     cluster.rank
                 );
-                2
+                crate::sys::exit::FAILED
             }
         },
         Role::Follower(follower) => follower.wait_for_end(),

@@ -205,7 +205,11 @@ impl Cluster {
             if launcher_ends_job {
                 leave_without_finalize(announcer, end.code);
             }
-            world.abort(if code == 0 { 1 } else { code });
+            world.abort(if code == 0 {
+                crate::sys::exit::FAILED
+            } else {
+                code
+            });
         }
         // The world communicator goes before MPI is finalized.
         drop(world);
@@ -310,7 +314,7 @@ impl Follower {
                     self.await_the_launchers_signal(LEADER_GONE_WAIT);
                     // Its MPI_Finalize will never come: neither may this rank's.
                     break End {
-                        code: 1,
+                        code: crate::sys::exit::FAILED,
                         mpi: MpiEnd::Leave,
                     };
                 }

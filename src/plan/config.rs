@@ -185,48 +185,57 @@ impl HostConfig {
 
 impl UpConfig {
     pub fn from_args(args: &UpArgs) -> Result<Self> {
-        let timeout = parse_duration(&args.timeout)
-            .with_context(|| format!("--timeout {:?} is not a valid duration", args.timeout))?;
-        let address_pool = parse_cidr(&args.address_pool)
-            .with_context(|| format!("--address-pool {:?} is not usable", args.address_pool))?;
-        if let Some(path) = &args.ready_file
+        let timeout = parse_duration(&args.options.timeout).with_context(|| {
+            format!(
+                "--timeout {:?} is not a valid duration",
+                args.options.timeout
+            )
+        })?;
+        let address_pool = parse_cidr(&args.options.address_pool).with_context(|| {
+            format!(
+                "--address-pool {:?} is not usable",
+                args.options.address_pool
+            )
+        })?;
+        if let Some(path) = &args.options.ready_file
             && path.as_os_str().is_empty()
         {
             bail!("--ready-file needs a path");
         }
         Ok(UpConfig {
-            host: HostConfig::from_args(&args.common)?,
+            host: HostConfig::from_args(&args.options.common)?,
             timeout,
-            ready_file: args.ready_file.clone(),
+            ready_file: args.options.ready_file.clone(),
             address_pool,
             network: network(args)?,
-            preflight: !args.no_preflight,
-            load: args.load.clone(),
-            stack: match &args.stack {
+            preflight: !args.options.no_preflight,
+            load: args.options.load.clone(),
+            stack: match &args.options.stack {
                 Some(file) => {
-                    check_stack_name(&args.stack_name)?;
-                    Some((file.clone(), args.stack_name.clone()))
+                    check_stack_name(&args.options.stack_name)?;
+                    Some((file.clone(), args.options.stack_name.clone()))
                 }
                 None => None,
             },
             probe_image: probe_image(args)?,
-            report: args.report.clone(),
-            managers: usize::from(args.managers),
-            joins_per_manager: usize::from(args.joins_per_manager),
-            early_start_all: match args.early_start {
+            report: args.options.report.clone(),
+            managers: usize::from(args.options.managers),
+            joins_per_manager: usize::from(args.options.joins_per_manager),
+            early_start_all: match args.options.early_start {
                 EarlyStart::All => true,
                 EarlyStart::Rank0 => false,
                 EarlyStart::Auto => std::thread::available_parallelism()
                     .is_ok_and(|n| n.get() >= EARLY_START_MIN_CPUS),
             },
-            vxlan_nolearning: args.vxlan_nolearning,
+            vxlan_nolearning: args.options.vxlan_nolearning,
             overlay_mtu: crate::plan::mtu::check_overlay(
-                args.overlay_mtu
+                args.options
+                    .overlay_mtu
                     .unwrap_or(crate::plan::mtu::DEFAULT_OVERLAY_MTU),
             )?,
             collect: collect(args)?,
-            workload: match (&args.command[..], args.until_jobs_complete) {
-                (_, true) => Workload::StackWork(args.stack_name.clone()),
+            workload: match (&args.command[..], args.until_stack_jobs_complete) {
+                (_, true) => Workload::StackWork(args.options.stack_name.clone()),
                 ([], false) => Workload::Signal,
                 (command, false) => Workload::Command(command.to_vec()),
             },
@@ -241,13 +250,13 @@ impl UpConfig {
 
 /// `--net` with the options that only mean something on the overlay path refused for `host`.
 fn network(args: &UpArgs) -> Result<Network> {
-    match args.net {
-        Net::Overlay => Ok(Network::new(args.net, args.port_driver)),
+    match args.options.net {
+        Net::Overlay => Ok(Network::new(args.options.net, args.options.port_driver)),
         Net::Host => {
             let overlay_only = [
-                (args.port_driver.is_some(), "--port-driver"),
-                (args.vxlan_nolearning, "--vxlan-nolearning"),
-                (args.overlay_mtu.is_some(), "--overlay-mtu"),
+                (args.options.port_driver.is_some(), "--port-driver"),
+                (args.options.vxlan_nolearning, "--vxlan-nolearning"),
+                (args.options.overlay_mtu.is_some(), "--overlay-mtu"),
                 (args.verify, "--verify"),
             ];
             if let Some((_, flag)) = overlay_only.iter().find(|(given, _)| *given) {
@@ -316,7 +325,7 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
 
 /// `--verify`'s probe image, which it cannot do without.
 fn probe_image(args: &UpArgs) -> Result<Option<String>> {
-    Ok(match (args.verify, &args.probe_image) {
+    Ok(match (args.verify, &args.options.probe_image) {
         (false, _) => None,
         (true, Some(image)) => Some(image.clone()),
         (true, None) => bail!(
@@ -328,14 +337,14 @@ fn probe_image(args: &UpArgs) -> Result<Option<String>> {
 
 /// `--collect DIR` with its budget.
 fn collect(args: &UpArgs) -> Result<Option<Collect>> {
-    Ok(match &args.collect {
+    Ok(match &args.options.collect {
         Some(dir) if dir.as_os_str().is_empty() => bail!("--collect needs a directory"),
         Some(dir) => Some(Collect {
             dir: dir.clone(),
-            budget: parse_duration(&args.collect_timeout).with_context(|| {
+            budget: parse_duration(&args.options.collect_timeout).with_context(|| {
                 format!(
                     "--collect-timeout {:?} is not a valid duration",
-                    args.collect_timeout
+                    args.options.collect_timeout
                 )
             })?,
         }),

@@ -54,7 +54,7 @@ impl Invitation {
             (Some(r), Some(m), Some(t), None) if !m.is_empty() && !t.is_empty() => {
                 if r != role.as_str() {
                     bail!(
-                        "rank 0 sent a {r} join invitation where a {} one was due",
+                        "rank 0 sent a {r} join invitation where a {} one was due: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)",
                         role.as_str()
                     );
                 }
@@ -64,7 +64,9 @@ impl Invitation {
                     token: t.to_owned(),
                 })
             }
-            _ => bail!("malformed join invitation from rank 0"),
+            _ => bail!(
+                "malformed join invitation from rank 0: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)"
+            ),
         }
     }
 }
@@ -120,7 +122,8 @@ pub fn node_id(engine: &Engine, deadline: Instant) -> Result<String> {
         Some(id) => id,
         None => bail!(
             "failed to become an active swarm node before the deadline: the daemon says state {}, \
-             error {:?}",
+             error {:?}; check that this host reaches the managers on TCP 2377 and every host on \
+             TCP and UDP 7946 (`mpiswarm doctor`), or raise --timeout if the hosts are only slow",
             last.get("LocalNodeState")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown"),
@@ -177,7 +180,9 @@ pub fn join(
         };
         if Instant::now() + pause >= deadline {
             bail!(
-                "failed to join the swarm as a {} through {remote} after {attempts} attempt(s): {error}",
+                "failed to join the swarm as a {} through {remote} after {attempts} attempt(s): \
+                 {error}; check that this host reaches {remote} (TCP 2377 and 7946) and run \
+                 `mpiswarm doctor`, or raise --timeout if the manager is only busy",
                 invitation.role.as_str()
             );
         }
@@ -258,8 +263,12 @@ pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> 
             })
             .collect();
         handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| bail!("internal: a node-labelling thread panicked"))
+            h.join().unwrap_or_else(|_| {
+                bail!(
+                    "a node-labelling thread crashed: a bug in mpiswarm; please report it with \
+                     this run's output (rerun with -v for more)"
+                )
+            })
         })
     })
 }
@@ -318,7 +327,10 @@ pub fn wait_members(
     match seen {
         Some(result) => result,
         None => bail!(
-            "failed to see every host as a Ready swarm node before the deadline; missing: {}",
+            "failed to see every host as a Ready swarm node before the deadline; missing: {}. \
+             A host joins only if it reaches the managers on TCP 2377 and every host on TCP and \
+             UDP 7946 and UDP 4789: run `mpiswarm doctor` under the same launcher, check the \
+             firewall between the hosts, or raise --timeout if they are only slow",
             missing.join(", ")
         ),
     }

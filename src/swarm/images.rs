@@ -116,7 +116,7 @@ impl Loader {
         self.chunks = None;
         self.thread
             .join()
-            .map_err(|_| anyhow!("the image loader thread panicked"))?
+            .map_err(|_| anyhow!("the image loader thread crashed: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)"))?
     }
 }
 

@@ -55,7 +55,8 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         .max(Duration::from_secs(1));
     let Some(status) = crate::sys::deadline::wait_or_kill(&mut child, left)? else {
         bail!(
-            "`docker stack deploy` of {} did not finish before the deadline",
+            "`docker stack deploy` of {} did not finish before the deadline: raise --timeout if \
+             the manager is only slow",
             file.display()
         );
     };
@@ -171,8 +172,9 @@ pub struct Watch<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Fine,
-    /// A task failed for good (reported), and the run must end and fail.
-    Failed,
+    /// A task failed for good (reported), and the run must end and fail with this code: the
+    /// task's exit code (1 if it had none), as `--until-stack-jobs-complete` ends.
+    Failed(i32),
 }
 
 /// Waits until a stack reaches `goal`, a failed task failing the wait (see `Watch::wait_for`).
@@ -316,7 +318,7 @@ impl<'a> Watch<'a> {
             "stack {name}: {}",
             failure_message(engine, &failure, &nodes, until)
         );
-        Health::Failed
+        Health::Failed(failure.exit_code())
     }
 
     fn is_new(&self, failure: &Failure) -> bool {
@@ -341,7 +343,7 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// Where the work of a stack stands (`--until-jobs-complete`).
+/// Where the work of a stack stands (`--until-stack-jobs-complete`).
 #[derive(Debug)]
 pub enum Work {
     Running(Counts),
@@ -383,7 +385,7 @@ pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
     )
 }
 
-/// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
+/// `--until-stack-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
 /// Swarm retries without end (a failing task then never ends the run).
 pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
     let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
@@ -394,7 +396,7 @@ pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
         .collect();
     if work.is_empty() {
         bail!(
-            "--until-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
+            "--until-stack-jobs-complete: stack {name} has no service whose tasks end (deploy mode \
              replicated-job or global-job, or restart_policy condition none or on-failure): \
              there is nothing to wait for"
         );

@@ -92,7 +92,9 @@ fn judge(rows: Vec<Row>, hosts: &[String]) -> Result<()> {
         Ok(())
     } else {
         bail!(
-            "the overlay network does not connect {} of {} pairs: {}",
+            "the overlay network does not connect {} of {} pairs: {}; VXLAN (UDP 4789) and \
+             gossip (TCP and UDP 7946) must pass between these hosts (see docs/networking.md), \
+             and a lower --overlay-mtu helps where a network drops IP fragments",
             failing.len(),
             hosts.len() * hosts.len(),
             failing.join(", ")

@@ -1,5 +1,5 @@
 //! The swarm in use: rank 0 runs the user's command against it, watches a stack's work
-//! (`--until-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
+//! (`--until-stack-jobs-complete`) or waits for a signal; the other host leaders wait to be told to
 //! stop; a signal anywhere stops the whole job.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info};
@@ -16,6 +16,7 @@ use crate::host::engine::Engine;
 use crate::mpi::collective::Leaders;
 use crate::swarm::stack::{Health, Watch, Work};
 use crate::swarm::stack_state::verdict::Counts;
+use crate::sys::exit::{CommandUnusable, Unusable};
 use crate::sys::signals::{self, Signals};
 
 /// How often rank 0 tells the others it is alive while the swarm is up.
@@ -26,8 +27,6 @@ const RANK0_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Grace for the user's command between SIGTERM and SIGKILL.
 const COMMAND_GRACE: Duration = Duration::from_millis(500);
 
-/// The exit code of a run that a stack's task ended by failing for good.
-const TASK_FAILED: i32 = 1;
 /// How often rank 0 looks at a stack's work (three calls to the manager each time).
 const WORK_POLL: Duration = Duration::from_millis(500);
 /// How long Swarm may take to give a global job its tasks (see stack::GLOBAL_SETTLE).
@@ -41,7 +40,7 @@ const BUSY_FAULT: Duration = Duration::from_millis(1500);
 /// What rank 0 runs, or waits for, while the swarm is up.
 pub enum Workload<'a> {
     Command(&'a [String]),
-    /// The work of stack `name` (`--until-jobs-complete`), watched through the manager.
+    /// The work of stack `name` (`--until-stack-jobs-complete`), watched through the manager.
     StackWork {
         engine: &'a Engine,
         name: &'a str,
@@ -175,17 +174,17 @@ pub fn run_or_wait(
             leaders.send_heartbeats();
             last_beat = Instant::now();
         }
-        if watch.as_mut().is_some_and(|w| w.poll() == Health::Failed) {
+        if let Some(Health::Failed(code)) = watch.as_mut().map(|w| w.poll()) {
             info!(
                 "a task of the stack failed for good: tearing down (--allow-task-failures lets the run go on)"
             );
             running.stop(signals);
-            return Ok(TASK_FAILED);
+            return Ok(code);
         }
         if let Some(code) = running.poll()? {
             // A failure since the watch's last look counts too.
-            if watch.is_some_and(|w| w.look() == Health::Failed) {
-                return Ok(TASK_FAILED);
+            if let Some(Health::Failed(task_code)) = watch.map(|w| w.look()) {
+                return Ok(task_code);
             }
             return Ok(code);
         }
@@ -225,8 +224,18 @@ fn spawn(command: &[String], socket: &Path) -> Result<Child> {
     if let Some(var) = crate::mpi::cluster::own_mpi_settings() {
         cmd.env_remove(var);
     }
-    cmd.spawn()
-        .with_context(|| format!("failed to run {program:?} on rank 0"))
+    // Checked before the bring-up; what changed since (or a bad interpreter line) still gets
+    // the code a shell would give.
+    cmd.spawn().map_err(|e| {
+        let message = format!("failed to run {program:?} on rank 0: {e}");
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => Unusable::NotFound,
+            std::io::ErrorKind::PermissionDenied => Unusable::NotExecutable,
+            _ if e.raw_os_error() == Some(libc::ENOEXEC) => Unusable::NotExecutable,
+            _ => return anyhow::anyhow!(message),
+        };
+        anyhow::Error::new(CommandUnusable { why, message })
+    })
 }
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.

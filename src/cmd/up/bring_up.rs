@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::host::host_daemon::{self, HostDaemon, Launched};
@@ -14,6 +15,13 @@ use crate::plan::config::Network;
 use crate::swarm::formation;
 
 use super::{HostFacts, Run};
+
+/// Why rank 0 stops the job before any daemon starts.
+#[derive(Debug, Serialize, Deserialize)]
+enum Refusal {
+    Hosts(String),
+    Command(crate::sys::exit::CommandUnusable),
+}
 
 impl Run<'_> {
     /// Every host's name, in host order, on every leader; two hosts with one name are refused
@@ -26,12 +34,21 @@ impl Run<'_> {
             self.deadline,
             Interrupt::BySignal,
         )?;
-        let verdict =
-            names.map(|n| crate::mpi::job::distinct_hosts(n).map_err(|e| format!("{e:#}")));
-        let hosts: std::result::Result<Vec<String>, String> =
+        // Rank 0's verdict: the hosts, else why the job cannot go on (a repeated host name, a
+        // command that cannot run), which every host then learns.
+        let verdict = names.map(|n| match super::check_command(self.cfg, &host) {
+            Some(unusable) => Err(Refusal::Command(unusable)),
+            None => {
+                crate::mpi::job::distinct_hosts(n).map_err(|e| Refusal::Hosts(format!("{e:#}")))
+            }
+        });
+        let hosts: std::result::Result<Vec<String>, Refusal> =
             self.leaders
                 .broadcast_value(verdict.as_ref(), "learn the hosts", self.deadline)?;
-        let hosts = hosts.map_err(anyhow::Error::msg)?;
+        let hosts = hosts.map_err(|r| match r {
+            Refusal::Command(unusable) => anyhow::Error::new(unusable),
+            Refusal::Hosts(why) => anyhow::Error::msg(why),
+        })?;
         debug!(
             "job {}: {} rank(s) on {} host(s)",
             self.job,

@@ -20,6 +20,7 @@ use crate::mpi::cluster::{Cluster, Role};
 use crate::mpi::collective::{Leaders, PhaseFailed};
 use crate::output::report::Timeline;
 use crate::plan::config::UpConfig;
+use crate::sys::exit::CommandUnusable;
 use crate::sys::signals::Signals;
 
 /// How long before the hosts' deadline rank 0 ends a wait of its own inside a phase, so that
@@ -43,7 +44,11 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     } else {
         crate::mpi::cluster::launcher_rank() == Some(0)
     };
-    let early = early.then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
+    // A command that cannot run costs a second, not a bring-up: rank 0 looks before anything
+    // starts, and the hosts agree on its verdict first (`agree_hosts`).
+    let refused = crate::mpi::cluster::launcher_rank().is_none_or(|r| r == 0)
+        && check_command(cfg, &host).is_some();
+    let early = (early && !refused).then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
@@ -74,6 +79,16 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     };
     cluster.finish(role, code);
     Ok(code)
+}
+
+/// Rank 0: why the user's command cannot be run on this host, if it cannot.
+pub(super) fn check_command(cfg: &UpConfig, host: &str) -> Option<CommandUnusable> {
+    let crate::plan::config::Workload::Command(command) = &cfg.workload else {
+        return None;
+    };
+    let program = command.first()?;
+    let path = std::env::var_os("PATH");
+    crate::sys::exit::check_command(program, path.as_deref(), host).err()
 }
 
 /// One host leader's run.
@@ -137,11 +152,14 @@ impl Run<'_> {
         match ran {
             Ok(code) => code,
             Err(e) => {
-                // Every leader learns a phase failure; rank 0 reports it once for all hosts.
-                if self.leaders.is_root() || e.downcast_ref::<PhaseFailed>().is_none() {
+                // Every leader learns a phase failure or a refused command; rank 0 reports it
+                // once for all hosts.
+                let everyone_knows = e.downcast_ref::<PhaseFailed>().is_some()
+                    || e.downcast_ref::<CommandUnusable>().is_some();
+                if self.leaders.is_root() || !everyone_knows {
                     tracing::error!("{e:#}");
                 }
-                1
+                crate::sys::exit::code_of(&e)
             }
         }
     }
@@ -174,7 +192,12 @@ impl Run<'_> {
         if let Some(name) = timing {
             self.tl.done(name, t);
         }
-        value.ok_or_else(|| anyhow::anyhow!("internal: {what} agreed without a value"))
+        value.ok_or_else(|| {
+            anyhow::anyhow!(
+                "every host agreed that it could {what}, yet this host has no result of it: a bug \
+                 in mpiswarm; please report it with this run's output (rerun with -v for more)"
+            )
+        })
     }
 
     fn is_root(&self) -> bool {

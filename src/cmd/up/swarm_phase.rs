@@ -139,7 +139,8 @@ impl Run<'_> {
                 watch,
             )
         });
-        self.leaders.announce_stop(*code.as_ref().unwrap_or(&1));
+        self.leaders
+            .announce_stop(*code.as_ref().unwrap_or(&crate::sys::exit::FAILED));
         code
     }
 
@@ -172,7 +173,7 @@ impl Run<'_> {
     }
 
     /// Rank 0's part of the stack phase: deploy, then wait until the stack is up (beside
-    /// `--until-jobs-complete`, only its lasting services: the work is the workload's).
+    /// `--until-stack-jobs-complete`, only its lasting services: the work is the workload's).
     pub(super) fn deploy_stack(
         &self,
         engine: &Engine,

@@ -218,7 +218,14 @@ impl GuardHandle {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
         crate::sys::deadline::wait_or_kill(&mut self.child, left)?;
-        verdict.unwrap_or_else(|| Err(anyhow!("the guard gave no verdict")))
+        verdict.unwrap_or_else(|| {
+            Err(anyhow!(
+                "the guard (pid {}) ended without saying whether this host is clean: run \
+                 `mpiswarm cleanup` on this host to remove what is left, and please report this \
+                 bug with this run's output (rerun with -v for more)",
+                self.child.id()
+            ))
+        })
     }
 
     /// The guard did not finish its teardown: kill it; its reader then cleans the host as after

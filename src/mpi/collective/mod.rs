@@ -64,7 +64,11 @@ pub struct PhaseFailed {
 impl fmt::Display for PhaseFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.failures.is_empty() {
-            return write!(f, "failed to {} on another host", self.phase);
+            return write!(
+                f,
+                "failed to {} on another host (rank 0 names it and the cause)",
+                self.phase
+            );
         }
         write!(
             f,
@@ -73,17 +77,31 @@ impl fmt::Display for PhaseFailed {
             self.failures.len(),
             self.total_hosts
         )?;
-        for o in &self.failures {
-            write!(
-                f,
-                "\n  {} (rank {}): {}",
-                o.host,
-                o.rank,
-                o.error.replace('\n', "\n    ")
-            )?;
+        // The same failure on many hosts is said once, naming them all in hostlist notation.
+        for (error, hosts) in grouped(&self.failures) {
+            let who = match hosts.as_slice() {
+                [one] => format!("{} (rank {})", one.host, one.rank),
+                many => {
+                    let names: Vec<&str> = many.iter().map(|o| o.host.as_str()).collect();
+                    crate::output::hostlist::compress(&names)
+                }
+            };
+            write!(f, "\n  {who}: {}", error.replace('\n', "\n    "))?;
         }
         Ok(())
     }
+}
+
+/// Failures with the same text together, in the order each text first appears.
+fn grouped(failures: &[Failure]) -> Vec<(&str, Vec<&Failure>)> {
+    let mut groups: Vec<(&str, Vec<&Failure>)> = Vec::new();
+    for o in failures {
+        match groups.iter_mut().find(|(error, _)| *error == o.error) {
+            Some((_, hosts)) => hosts.push(o),
+            None => groups.push((&o.error, vec![o])),
+        }
+    }
+    groups
 }
 
 impl std::error::Error for PhaseFailed {}
@@ -232,11 +250,12 @@ impl Leaders {
     }
 
     fn ready(&self, what: &str) -> Result<()> {
-        match self.state {
+        match &self.state {
             State::Ready => Ok(()),
-            State::Abandoned(_) => {
-                bail!("cannot {what}: an earlier collective was abandoned, MPI can only be aborted")
-            }
+            State::Abandoned(why) => bail!(
+                "cannot {what}: MPI is unusable since an earlier wait was given up ({why}); the \
+                 job can only be aborted, and the first error is the one to act on"
+            ),
         }
     }
 
@@ -360,6 +379,31 @@ mod tests {
         assert_eq!(
             failed.to_string(),
             "failed to join the swarm on 1 of 3 host(s):\n  n2 (rank 4): refused\n    by n1"
+        );
+    }
+
+    #[test]
+    fn the_same_failure_on_many_hosts_is_said_once_with_a_hostlist() {
+        let failure = |i: usize, error: &str| Failure {
+            host: format!("n{i:03}"),
+            rank: i as i32 * 2,
+            error: error.into(),
+        };
+        let mut failures: Vec<Failure> = (1..=9)
+            .filter(|i| *i != 5)
+            .map(|i| failure(i, "no sub-uids"))
+            .collect();
+        failures.insert(2, failure(5, "disk full"));
+        failures.push(failure(70, "no sub-uids"));
+        let failed = PhaseFailed {
+            phase: "start the daemon".into(),
+            failures,
+            total_hosts: 80,
+        };
+        assert_eq!(
+            failed.to_string(),
+            "failed to start the daemon on 10 of 80 host(s):\n  \
+             n[001-004,006-009,070]: no sub-uids\n  n005 (rank 10): disk full"
         );
     }
 }
