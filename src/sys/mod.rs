@@ -5,6 +5,7 @@
 //! Layer rule (ARCHITECTURE.md, checked by `layering.rs`): `sys` is the bottom layer; it uses
 //! no other folder of mpiswarm.
 
+pub mod child_output;
 pub mod deadline;
 pub mod fault;
 pub mod procfs;

@@ -233,7 +233,10 @@ impl GuardHandle {
     /// any death of the guard, and the error says how that went.
     fn kill_hung(&mut self, timeout: Duration) -> anyhow::Error {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let unreaped = !crate::sys::deadline::reap_within(
+            &mut self.child,
+            crate::sys::deadline::REAP_AFTER_KILL,
+        );
         let cleaned = loop {
             match self.events.recv_timeout(LOST_CLEANUP_BUDGET) {
                 Ok(GuardEvent::Dirty(what)) => break what,
@@ -241,8 +244,13 @@ impl GuardHandle {
                 Err(_) => break "no cleanup after it".to_owned(),
             }
         };
+        let stuck = if unreaped {
+            " (it did not end within a second of SIGKILL: uninterruptible sleep?)"
+        } else {
+            ""
+        };
         anyhow!(
-            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed; {cleaned}",
+            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed{stuck}; {cleaned}",
             self.dir.path.display(),
             timeout,
             self.child.id()
