@@ -48,6 +48,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);
+    // Held through MPI's end on every path but a clean agreement (see Run::watchdog).
+    let mut watchdog = Some(crate::sys::signals::stuck_watchdog::arm());
     let code = match &mut role {
         Role::Leader(leaders) => {
             let run = Run {
@@ -62,6 +64,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 leaders,
                 facts: Vec::new(),
                 manager_cpu_at_join: 0.0,
+                watchdog: &mut watchdog,
             };
             run.lifecycle(early)
         }
@@ -73,6 +76,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         }
     };
     cluster.finish(role, code);
+    drop(watchdog);
     Ok(code)
 }
 
@@ -93,6 +97,9 @@ struct Run<'a> {
     facts: Vec<HostFacts>,
     /// Rank 0: its dockerd's CPU seconds when the joins began.
     manager_cpu_at_join: f64,
+    /// Lets this rank go if its main thread is stuck in MPI after the launcher's signal
+    /// (`stuck_watchdog`); dropped once every host confirmed its teardown.
+    watchdog: &'a mut Option<crate::sys::signals::stuck_watchdog::Armed>,
 }
 
 /// What rank 0 learns of each host.

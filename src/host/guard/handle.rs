@@ -21,6 +21,9 @@ use crate::sys::statedir::StateDir;
 
 use super::TEARDOWN_BUDGET;
 
+/// How long past the guard's teardown budget its verdict may take to reach the rank.
+const VERDICT_MARGIN: Duration = Duration::from_secs(2);
+
 /// How long the teardown waits for the rank's own cleanup after killing a hung guard.
 const LOST_CLEANUP_BUDGET: Duration = Duration::from_secs(35);
 
@@ -149,7 +152,7 @@ impl GuardHandle {
             .context("failed to start the guard log thread")?;
         // Told by the signal thread, the guard cleans the host even if this rank's main thread
         // is stuck; the watchdog then lets the rank go.
-        crate::sys::signals::stuck_watchdog::arm(child.id() as i32);
+        crate::sys::signals::stuck_watchdog::guard_started(TEARDOWN_BUDGET + VERDICT_MARGIN);
         Ok(GuardHandle {
             lifeline,
             child,
@@ -290,7 +293,10 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
         let Ok(line) = line else { break };
         match GuardEvent::decode(&line) {
             Ok(event) => {
-                verdict |= event.is_verdict();
+                if event.is_verdict() {
+                    verdict = true;
+                    crate::sys::signals::stuck_watchdog::torn_down();
+                }
                 if let GuardEvent::Intruder { .. } = &event {
                     // The whole job stops now, not at the next phase.
                     tracing::error!("{event}");
@@ -320,6 +326,7 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
             watch.pid
         ),
     };
+    crate::sys::signals::stuck_watchdog::torn_down();
     let _ = watch.lost.set(what.clone());
     let _ = tx.send(GuardEvent::Dirty(what));
     crate::sys::signals::guard_lost();
