@@ -121,6 +121,7 @@ impl Run<'_> {
                 self.leaders,
                 &workload,
                 daemon.engine.socket(),
+                &daemon.guard,
                 self.signals,
             )
         });

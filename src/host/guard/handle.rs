@@ -39,6 +39,17 @@ impl Lifeline {
             let _ = pipe.write_all(GuardCommand::Teardown.encode().as_bytes());
         }
     }
+
+    /// Sends `command` unless the teardown was sent already (then the guard is past listening).
+    fn send(&self, command: GuardCommand) -> Result<()> {
+        let mut pipe = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match pipe.as_mut() {
+            Some(pipe) => pipe
+                .write_all(command.encode().as_bytes())
+                .context("failed to write to the guard's lifeline"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl OnSignal for Lifeline {
@@ -166,6 +177,12 @@ impl GuardHandle {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Tells the guard the process group of the user's command: its teardown kills the group
+    /// even when this rank was killed first.
+    pub fn command_started(&self, group: u32) -> Result<()> {
+        self.lifeline.send(GuardCommand::Command { group })
     }
 
     /// An event from the guard, if one arrives within `timeout`.

@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use crate::host::guard_protocol::{GuardCommand, GuardEvent};
 use crate::host::{daemon, teardown};
@@ -72,19 +75,23 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
     }
 
-    let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut out);
+    let mut command = None;
+    let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut command, &mut out);
     stop_helpers.store(true, Ordering::SeqCst);
+    tracing::debug!("guard: tearing the host down");
 
-    let result = teardown_host(&dir).and_then(|()| match intruder {
-        Some(s) => Err(anyhow!(
-            "{}",
-            GuardEvent::Intruder {
-                uid: s.uid,
-                port: s.port
-            }
-        )),
-        None => Ok(()),
-    });
+    let result = kill_command(command)
+        .and(teardown_host(&dir))
+        .and_then(|()| match intruder {
+            Some(s) => Err(anyhow!(
+                "{}",
+                GuardEvent::Intruder {
+                    uid: s.uid,
+                    port: s.port
+                }
+            )),
+            None => Ok(()),
+        });
     match &result {
         Ok(()) => emit(&mut out, &GuardEvent::Clean),
         Err(e) => emit(&mut out, &GuardEvent::Dirty(format!("{e:#}"))),
@@ -167,11 +174,13 @@ fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBo
 }
 
 /// Blocks until the lifeline says teardown or closes, or a signal arrives, or another user binds
-/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way.
+/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way, and notes the
+/// user's command's process group in `command` when the rank names it.
 fn wait_for_teardown(
     daemon: &mut Option<Child>,
     sig_read: &UnixStream,
     addr: Ipv4Addr,
+    command: &mut Option<u32>,
     out: &mut impl Write,
 ) -> Option<crate::host::squatters::Squatter> {
     let stdin = std::io::stdin();
@@ -210,6 +219,7 @@ fn wait_for_teardown(
                     Ok(0) | Err(_) => return None,
                     Ok(_) => match GuardCommand::decode(&line) {
                         Ok(GuardCommand::Teardown) => return None,
+                        Ok(GuardCommand::Command { group }) => *command = Some(group),
                         Err(e) => tracing::warn!("{e:#}"),
                     },
                 }
@@ -221,6 +231,22 @@ fn wait_for_teardown(
             emit(out, &GuardEvent::Exited(status.to_string()));
             *daemon = None;
         }
+    }
+}
+
+/// SIGKILL to the user's command's process group, first of all: its owner, rank 0, may be dead,
+/// and the command is no part of the daemon's tree. A group already gone is fine.
+fn kill_command(group: Option<u32>) -> Result<()> {
+    let Some(group) = group else { return Ok(()) };
+    match killpg(Pid::from_raw(group as i32), Signal::SIGKILL) {
+        Ok(()) => {
+            tracing::debug!("guard: killed the user's command (process group {group})");
+            Ok(())
+        }
+        Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(anyhow!(
+            "failed to kill the user's command (process group {group}): {e}"
+        )),
     }
 }
 
