@@ -49,8 +49,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            if launcher_rank() == 0 {
-                eprintln!("mpiswarm: error on {}: {e:#}", identity::hostname());
+            // An error of this rank's own (MPI's start, a host-only problem) is said by every
+            // rank that has it; one that every rank has (the flags) by rank 0 alone.
+            if launcher_rank() == 0 || e.downcast_ref::<SameOnEveryRank>().is_none() {
+                print_error(&e);
             } else {
                 let_rank_0_speak_first();
             }
@@ -59,10 +61,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// An error that comes from the command line alone: every rank has the same.
+#[derive(Debug)]
+struct SameOnEveryRank(anyhow::Error);
+
+impl std::fmt::Display for SameOnEveryRank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for SameOnEveryRank {}
+
+fn same_on_every_rank(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(SameOnEveryRank(e))
+}
+
+/// The error this process ends with, naming its host; one JSON line with `--log-format json`.
+fn print_error(e: &anyhow::Error) {
+    let host = identity::hostname();
+    if logging::is_json() {
+        tracing::error!("error on {host}: {e:#}");
+    } else {
+        eprintln!("mpiswarm: error on {host}: {e:#}");
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => {
-            let cfg = config::UpConfig::from_args(&args)?;
+            let cfg = config::UpConfig::from_args(&args).map_err(same_on_every_rank)?;
             export_for_the_command(&cfg);
             cluster::prefer_yielding_progress();
             if cfg.collect.is_some() {
@@ -74,19 +102,19 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify(mut args) => {
             args.verify = true;
             if !args.command.is_empty() {
-                anyhow::bail!(
+                return Err(same_on_every_rank(anyhow::anyhow!(
                     "verify runs no command: use `up --verify -- COMMAND` to run one after the check"
-                );
+                )));
             }
             args.command = vec!["true".into()];
-            let cfg = config::UpConfig::from_args(&args)?;
+            let cfg = config::UpConfig::from_args(&args).map_err(same_on_every_rank)?;
             export_for_the_command(&cfg);
             cluster::prefer_yielding_progress();
             let signals = signals::Signals::install()?;
             up::run(&cfg, signals)
         }
         Command::Doctor(args) => {
-            let host = config::HostConfig::from_args(&args.common)?;
+            let host = config::HostConfig::from_args(&args.common).map_err(same_on_every_rank)?;
             doctor::run(&host, config::Network::new(args.net, None), args.json)
         }
         Command::Cleanup(args) => {

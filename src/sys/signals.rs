@@ -52,6 +52,9 @@ impl Signals {
         if let Some(installed) = INSTALLED.get() {
             return Ok(installed.clone());
         }
+        if crate::sys::fault::injected("signal-handlers") {
+            anyhow::bail!("failed to install signal handlers: fault injected by the tests");
+        }
         let signals = Signals::default();
         let mut iter =
             SignalIter::new(TEARDOWN_SIGNALS).context("failed to install signal handlers")?;

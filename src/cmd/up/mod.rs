@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 
 use crate::host::host_daemon::{self, Launched};
 use crate::host::identity;
@@ -135,7 +134,7 @@ impl Run<'_> {
                 // The first failure is the one to report; the teardown's own news is secondary.
                 (Err(e), torn) => {
                     if let Err(t) = torn {
-                        debug!("{t:#}");
+                        self.report_teardown_failure(&t);
                     }
                     Err(e)
                 }
@@ -186,6 +185,14 @@ impl Run<'_> {
 
     fn is_root(&self) -> bool {
         self.leaders.is_root()
+    }
+
+    /// A teardown that failed after a failed phase is an error of its own (something may be
+    /// left on a host), said as every error is: rank 0 for every host, each host for itself.
+    fn report_teardown_failure(&self, e: &anyhow::Error) {
+        if self.is_root() || e.downcast_ref::<PhaseFailed>().is_none() {
+            tracing::error!("{e:#}");
+        }
     }
 
     /// A step that failed after a teardown signal arrived failed because of it: the guard took
