@@ -112,7 +112,10 @@ impl GuardHandle {
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
-        guard.arg("guard");
+        // Its log lines join this rank's stream: the same verbosity and format.
+        guard
+            .args(crate::output::logging::flags_for_child())
+            .arg("guard");
         if vxlan_nolearning {
             guard.arg("--vxlan-nolearning");
         }

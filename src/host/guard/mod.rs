@@ -42,6 +42,7 @@ const BACKLOG_WAIT: Duration = Duration::from_secs(60);
 pub fn run(args: &GuardArgs) -> Result<i32> {
     // Orphans of the daemon's tree (e.g. slirp4netns) are reparented here, so the guard can find
     // and kill them all.
+    crate::output::logging::set_origin_of_guard(&crate::host::identity::hostname());
     nix::sys::prctl::set_child_subreaper(true).context("failed to become a child subreaper")?;
     let (sig_read, sig_write) = UnixStream::pair()?;
     for sig in crate::sys::signals::TEARDOWN_SIGNALS {
@@ -78,7 +79,7 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
     let mut command = None;
     let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut command, &mut out);
     stop_helpers.store(true, Ordering::SeqCst);
-    tracing::debug!("guard: tearing the host down");
+    tracing::debug!("tearing this host down");
 
     let result = kill_command(command)
         .and(teardown_host(&dir))
@@ -240,7 +241,7 @@ fn kill_command(group: Option<u32>) -> Result<()> {
     let Some(group) = group else { return Ok(()) };
     match killpg(Pid::from_raw(group as i32), Signal::SIGKILL) {
         Ok(()) => {
-            tracing::debug!("guard: killed the user's command (process group {group})");
+            tracing::debug!("killed the user's command (process group {group})");
             Ok(())
         }
         Err(Errno::ESRCH) => Ok(()),
