@@ -1,5 +1,5 @@
 //! Operating-system helpers that know nothing of Docker, MPI or a swarm: processes as /proc
-//! shows them, waits with deadlines, signals turned into events, the per-host state
+//! shows them, waits with deadlines (a child's output too), signals turned into events, the per-host state
 //! directory's layout and permissions, and the tests' fault hooks.
 //!
 //! Layer rule (ARCHITECTURE.md, checked by `layering.rs`): `sys` is the bottom layer; it uses
