@@ -222,6 +222,39 @@ fn an_error_of_one_host_only_is_said_by_its_rank() {
     );
 }
 
+/// A teardown that fails after a failed phase is an error of its own (something may be left),
+/// reported beside the phase's failure (a fault hook makes msh2's guard say "dirty").
+#[test]
+fn a_teardown_failure_after_a_failed_phase_is_reported() {
+    let Some(_c) = cluster() else { return };
+    let out = run_with_deadline(
+        mpirun_env(
+            2,
+            2,
+            &[("MPISWARM_TEST_FAULT", "dirty-teardown@msh2")],
+            &[
+                "up",
+                "--timeout",
+                "40s",
+                "--load",
+                "/nonexistent/image.tar",
+                "--",
+                "true",
+            ],
+        ),
+        LIMIT,
+    );
+    check_failure(
+        &out,
+        &[
+            "failed to read the image archive",
+            "failed to tear down on 1 of 2 host(s)",
+            "msh2",
+            "fault injected by the tests: the teardown left something",
+        ],
+    );
+}
+
 #[test]
 fn bad_flags_are_refused_before_anything_starts() {
     let Some(_c) = cluster() else { return };

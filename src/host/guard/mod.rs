@@ -83,6 +83,12 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
 
     let result = kill_command(command)
         .and(teardown_host(&dir))
+        .and_then(|()| match crate::sys::fault::injected("dirty-teardown") {
+            true => Err(anyhow!(
+                "fault injected by the tests: the teardown left something"
+            )),
+            false => Ok(()),
+        })
         .and_then(|()| match intruder {
             Some(s) => Err(anyhow!(
                 "{}",
