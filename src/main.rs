@@ -122,7 +122,8 @@ fn run(cli: Cli) -> Result<i32> {
                 advertise_addr: None,
                 iface: None,
                 state_dir: args.state_dir.clone(),
-            })?
+            })
+            .map_err(same_on_every_rank)?
             .state_base;
             cleanup::run(&base, args.dry_run)
         }
