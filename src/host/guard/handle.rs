@@ -112,10 +112,11 @@ impl GuardHandle {
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
-        // Its log lines join this rank's stream: the same verbosity and format.
+        // Its log lines join this rank's stream: the same verbosity and format (after the
+        // subcommand, so that `mpiswarm guard` stays what process listings show).
         guard
-            .args(crate::output::logging::flags_for_child())
-            .arg("guard");
+            .arg("guard")
+            .args(crate::output::logging::flags_for_child());
         if vxlan_nolearning {
             guard.arg("--vxlan-nolearning");
         }
