@@ -49,8 +49,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            if launcher_rank() == 0 {
-                eprintln!("mpiswarm: error on {}: {e:#}", identity::hostname());
+            // An error of this rank's own (MPI's start, a host-only problem) is said by every
+            // rank that has it; one that every rank has (the flags) by rank 0 alone.
+            if launcher_rank() == 0 || e.downcast_ref::<SameOnEveryRank>().is_none() {
+                print_error(&e);
             } else {
                 let_rank_0_speak_first();
             }
@@ -68,6 +70,32 @@ fn flag_error_code(e: &clap::Error) -> u8 {
     }
 }
 
+/// An error that comes from the command line alone: every rank has the same.
+#[derive(Debug)]
+struct SameOnEveryRank(anyhow::Error);
+
+impl std::fmt::Display for SameOnEveryRank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for SameOnEveryRank {}
+
+fn same_on_every_rank(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(SameOnEveryRank(e))
+}
+
+/// The error this process ends with, naming its host; one JSON line with `--log-format json`.
+fn print_error(e: &anyhow::Error) {
+    let host = identity::hostname();
+    if logging::is_json() {
+        tracing::error!("error on {host}: {e:#}");
+    } else {
+        eprintln!("mpiswarm: error on {host}: {e:#}");
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => run_up(&args),
@@ -80,7 +108,7 @@ fn run(cli: Cli) -> Result<i32> {
             command: vec!["true".into()],
         }),
         Command::Doctor(args) => {
-            let host = config::HostConfig::from_args(&args.common)?;
+            let host = config::HostConfig::from_args(&args.common).map_err(same_on_every_rank)?;
             doctor::run(&host, config::Network::new(args.net, None), args.json)
         }
         Command::Cleanup(args) => {
@@ -88,7 +116,8 @@ fn run(cli: Cli) -> Result<i32> {
                 advertise_addr: None,
                 iface: None,
                 state_dir: args.state_dir.clone(),
-            })?
+            })
+            .map_err(same_on_every_rank)?
             .state_base;
             cleanup::run(&base, args.dry_run)
         }
@@ -99,7 +128,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn run_up(args: &cli::UpArgs) -> Result<i32> {
-    let cfg = config::UpConfig::from_args(args)?;
+    let cfg = config::UpConfig::from_args(args).map_err(same_on_every_rank)?;
     export_for_the_command(&cfg);
     cluster::prefer_yielding_progress();
     if cfg.collect.is_some() {

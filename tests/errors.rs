@@ -263,6 +263,59 @@ fn child_take(child: &mut std::process::Child) -> std::process::Child {
     std::mem::replace(child, Command::new("true").spawn().unwrap())
 }
 
+/// An error that only one host's rank has (here its signal handlers, by a fault hook of debug
+/// builds) reaches the user from that rank, naming its host, though it is not rank 0.
+#[test]
+fn an_error_of_one_host_only_is_said_by_its_rank() {
+    let Some(_c) = cluster() else { return };
+    let out = run_with_deadline(
+        mpirun_env(
+            3,
+            3,
+            &[("MPISWARM_TEST_FAULT", "signal-handlers@msh2")],
+            &["up", "--timeout", "40s", "--", "true"],
+        ),
+        LIMIT,
+    );
+    check_failure(
+        &out,
+        &["error on msh2: failed to install signal handlers: fault injected"],
+    );
+}
+
+/// A teardown that fails after a failed phase is an error of its own (something may be left),
+/// reported beside the phase's failure (a fault hook makes msh2's guard say "dirty").
+#[test]
+fn a_teardown_failure_after_a_failed_phase_is_reported() {
+    let Some(_c) = cluster() else { return };
+    let out = run_with_deadline(
+        mpirun_env(
+            2,
+            2,
+            &[("MPISWARM_TEST_FAULT", "dirty-teardown@msh2")],
+            &[
+                "up",
+                "--timeout",
+                "40s",
+                "--load",
+                "/nonexistent/image.tar",
+                "--",
+                "true",
+            ],
+        ),
+        LIMIT,
+    );
+    check_failure(
+        &out,
+        &[
+            "failed to read the image archive",
+            "failed to tear down on 1 of 2 host(s)",
+            "msh2",
+            "fault injected by the tests: the teardown left something",
+        ],
+    );
+}
+
 #[test]
 fn bad_flags_are_refused_before_anything_starts() {
     let Some(_c) = cluster() else { return };

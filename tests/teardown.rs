@@ -197,6 +197,81 @@ fn sigkill_to_rank_0() {
     );
 }
 
+/// Rank 0's command, and everything it started, does not outlive the job whatever killed rank 0
+/// (it runs in a process group of its own, out of the launcher's reach): it dies with its rank,
+/// and rank 0's guard kills its group in the teardown.
+#[test]
+fn sigkill_to_rank_0_while_its_command_runs() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start(3, 3, &["--", "sh", "-c", "sleep 3217; echo done"]);
+    let uid = uid_of(USER);
+    let started = Instant::now();
+    while !user_processes(uid).iter().any(|p| p.contains("sleep 3217")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the command never started:\n{}",
+            user_processes(uid).join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank0 = ranks().into_iter().find(|r| r.2 == 0).expect("rank 0");
+    kill9(&[rank0.0]);
+    let _ = bg.wait(Duration::from_secs(30));
+    let ended = Instant::now();
+    loop {
+        let left = user_processes(uid);
+        if left.is_empty() {
+            eprintln!(
+                "no process of {USER} left {:?} after the job ended",
+                ended.elapsed()
+            );
+            break;
+        }
+        assert!(
+            ended.elapsed() < KILLED_HOST_CLEAN,
+            "{KILLED_HOST_CLEAN:?} after the job ended (rank 0 killed while its command ran), \
+             processes of {USER} are left:\n{}",
+            left.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
+/// Every live process of `uid` on the machine (every simulated host shares its process table),
+/// as "HOST: PID COMMAND".
+fn user_processes(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        };
+        if field("Uid:").and_then(|u| u.parse::<u32>().ok()) != Some(uid)
+            || field("State:").is_some_and(|s| s == "Z")
+        {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let host = host_of(pid).unwrap_or_else(|| "no host".into());
+        found.push(format!("{host}: {pid} {}", cmd.trim()));
+    }
+    found
+}
+
 #[test]
 fn sigkill_to_mpirun() {
     let Some(_c) = cluster() else { return };

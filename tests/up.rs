@@ -359,6 +359,35 @@ fn json_log_lines_name_host_and_rank() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// With `--log-format json`, the job's stderr is JSON lines only, the guards' lines included
+/// (they log through their ranks, with the ranks' verbosity: `-v` shows their debug lines).
+#[test]
+fn a_verbose_json_run_writes_only_json_lines_guards_included() {
+    let Some(_c) = cluster() else { return };
+    let out = run_with_deadline(
+        mpirun(2, 2, &["-v", "--log-format", "json", "up", "--", "true"]),
+        RUN_LIMIT,
+    );
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for host in hosts(2) {
+        assert!(
+            // The guard's own line: it has a host and no rank.
+            lines.iter().any(|l| l["host"] == host.as_str()
+                && l["rank"].is_null()
+                && l["level"] == "debug"
+                && l["message"] == "tearing this host down"),
+            "no debug line from {host}'s guard:\n{stderr}"
+        );
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
 #[test]
 fn nodes_carry_labels_that_stacks_place_by() {
     let Some(_c) = cluster() else { return };

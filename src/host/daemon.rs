@@ -169,8 +169,8 @@ fn rootlesskit_args(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Vec<Str
 /// rootlesskit gets SIGKILL when the thread that started it (the guard's main thread) dies, even
 /// by SIGKILL. rootlesskit 1.1 passes that on by itself: its namespaced child (the PID
 /// namespace's init, whose death kills every daemon and container) and slirp4netns run with a
-/// parent death signal of SIGKILL.
-fn die_with_parent(cmd: &mut Command) {
+/// parent death signal of SIGKILL. Rank 0's command gets the same from its rank.
+pub fn die_with_parent(cmd: &mut Command) {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
     // system calls (prctl, getppid); it allocates nothing.

@@ -2,7 +2,6 @@
 //! daemon.json may say depends on it (Docker 20.10 refuses to start on a key it does not know,
 //! and `default-network-opts` came with 24.0).
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -31,11 +30,10 @@ impl Probe {
 
     /// Major and minor release, if dockerd answered in time with a version.
     pub fn finish(self) -> Option<(u32, u32)> {
-        let mut child = self.0?;
-        let status = crate::sys::deadline::wait_or_kill(&mut child, ANSWER_WITHIN).ok()??;
-        let mut text = String::new();
-        child.stdout.take()?.read_to_string(&mut text).ok()?;
-        let version = status
+        let out = crate::sys::child_output::output_within(self.0?, ANSWER_WITHIN).ok()?;
+        let text = out.stdout_text();
+        let version = out
+            .status?
             .success()
             .then(|| crate::host::preflight::tools::major_minor(&text))
             .flatten();

@@ -65,7 +65,7 @@ pub fn close_script() -> String {
 pub fn allow(guard_pid: u32, peers: &[Ipv4Addr]) -> Result<()> {
     let inner = namespaced_child(guard_pid)
         .with_context(|| format!("no rootlesskit child under the guard (pid {guard_pid})"))?;
-    let mut child = Command::new("nsenter")
+    let child = Command::new("nsenter")
         .args([
             "-t",
             &inner.to_string(),
@@ -81,18 +81,13 @@ pub fn allow(guard_pid: u32, peers: &[Ipv4Addr]) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("failed to run nsenter (util-linux)")?;
-    match crate::sys::deadline::wait_or_kill(&mut child, Duration::from_secs(10))? {
+    let out = crate::sys::child_output::output_within(child, Duration::from_secs(10))?;
+    match out.status {
         Some(status) if status.success() => Ok(()),
-        Some(status) => {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!(
-                "failed to open the swarm ports to the job's hosts in the daemon's namespace (pid {inner}): nft: {status}: {}",
-                err.trim()
-            )
-        }
+        Some(status) => bail!(
+            "failed to open the swarm ports to the job's hosts in the daemon's namespace (pid {inner}): nft: {status}: {}",
+            out.stderr_text().trim()
+        ),
         None => bail!("nft in the daemon's namespace (pid {inner}) did not finish in 10 s"),
     }
 }

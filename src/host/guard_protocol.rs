@@ -4,7 +4,8 @@
 //! Events: `started PID`, `exited STATUS` (the daemon ended early), `backlog deepened PORT,...` or
 //! `backlog failed MSG` (slirp4netns' accept queues), `intruder UID PORT` (another user bound a
 //! swarm port here), then one verdict: `clean` or `dirty MSG`.
-//! Command: `teardown`; the lifeline's end (the rank died) means the same.
+//! Commands: `command PGID` (the user's command runs in that process group: the teardown kills
+//! it, whatever killed the rank), `teardown`; the lifeline's end (the rank died) means the same.
 
 use std::fmt;
 
@@ -105,20 +106,29 @@ impl fmt::Display for GuardEvent {
 pub enum GuardCommand {
     /// Kill the daemon's tree and delete the state directory, then give the verdict.
     Teardown,
+    /// The user's command runs in this process group (never 0 or 1): the teardown kills the
+    /// group first, so that nothing of the job outlives it even when the rank was killed.
+    Command { group: u32 },
 }
 
 impl GuardCommand {
     /// The line on the wire, with its newline.
-    pub fn encode(self) -> &'static str {
+    pub fn encode(self) -> String {
         match self {
-            GuardCommand::Teardown => "teardown\n",
+            GuardCommand::Teardown => "teardown\n".to_owned(),
+            GuardCommand::Command { group } => format!("command {group}\n"),
         }
     }
 
     pub fn decode(line: &str) -> Result<Self> {
-        match line.trim() {
-            "teardown" => Ok(GuardCommand::Teardown),
-            other => Err(anyhow!("unknown command on the lifeline: {other:?}")),
+        let bad = || anyhow!("unknown command on the lifeline: {:?}", line.trim());
+        match line.trim().split_once(' ') {
+            None if line.trim() == "teardown" => Ok(GuardCommand::Teardown),
+            Some(("command", group)) => match group.parse() {
+                Ok(group) if group > 1 => Ok(GuardCommand::Command { group }),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
         }
     }
 }
@@ -191,10 +201,24 @@ mod tests {
 
     #[test]
     fn commands_round_trip() {
-        let line = GuardCommand::Teardown.encode();
-        assert!(line.ends_with('\n'));
-        assert_eq!(GuardCommand::decode(line).unwrap(), GuardCommand::Teardown);
-        assert!(GuardCommand::decode("teardown now").is_err());
-        assert!(GuardCommand::decode("").is_err());
+        for command in [
+            GuardCommand::Teardown,
+            GuardCommand::Command { group: 4242 },
+        ] {
+            let line = command.encode();
+            assert!(line.ends_with('\n'));
+            assert_eq!(GuardCommand::decode(&line).unwrap(), command);
+        }
+        for bad in [
+            "teardown now",
+            "",
+            "command",
+            "command x",
+            "command 0",
+            "command 1",
+            "command -5",
+        ] {
+            assert!(GuardCommand::decode(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

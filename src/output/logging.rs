@@ -17,6 +17,38 @@ pub fn set_origin(host: &str, rank: i32) {
     let _ = ORIGIN.set(format!("{host}:{rank}"));
 }
 
+/// Sets `host:guard` as the origin: a host's guard logs through its rank, and has no rank.
+pub fn set_origin_of_guard(host: &str) {
+    let _ = ORIGIN.set(format!("{host}:guard"));
+}
+
+/// How logging was set up (`init`), for a child process of ours to log the same way.
+static CHOSEN: OnceLock<(u8, crate::plan::cli::LogFormat)> = OnceLock::new();
+
+/// The flags that give a child mpiswarm process (the guard) this process's verbosity and log
+/// format: its lines go into this process's stream, which must stay one format.
+pub fn flags_for_child() -> Vec<String> {
+    let (verbose, format) = CHOSEN
+        .get()
+        .copied()
+        .unwrap_or((0, crate::plan::cli::LogFormat::Text));
+    let mut flags = Vec::new();
+    if verbose > 0 {
+        flags.push(format!("-{}", "v".repeat(usize::from(verbose.min(2)))));
+    }
+    if format == crate::plan::cli::LogFormat::Json {
+        flags.extend(["--log-format".to_owned(), "json".to_owned()]);
+    }
+    flags
+}
+
+/// Whether log lines are JSON objects (then nothing else may go to stderr as plain text).
+pub fn is_json() -> bool {
+    CHOSEN
+        .get()
+        .is_some_and(|(_, f)| *f == crate::plan::cli::LogFormat::Json)
+}
+
 struct Prefixed;
 
 impl<S, N> FormatEvent<S, N> for Prefixed
@@ -101,6 +133,7 @@ where
 }
 
 pub fn init(verbose: u8, format: crate::plan::cli::LogFormat) {
+    let _ = CHOSEN.set((verbose, format));
     let level = match verbose {
         0 => Level::INFO,
         1 => Level::DEBUG,

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tracing::{debug, info};
 
 use crate::host::engine::Engine;
+use crate::host::guard::handle::GuardHandle;
 use crate::mpi::collective::Leaders;
 use crate::swarm::stack::{Health, Watch, Work};
 use crate::swarm::stack_state::verdict::Counts;
@@ -144,11 +145,12 @@ pub fn run_or_wait(
     leaders: &mut Leaders,
     workload: &Workload,
     socket: &Path,
+    guard: &GuardHandle,
     signals: &Signals,
     mut watch: Option<&mut Watch>,
 ) -> Result<i32> {
     let mut running = match workload {
-        Workload::Command(command) => Running::Child(spawn(command, socket)?),
+        Workload::Command(command) => Running::Child(spawn(command, socket, guard)?),
         Workload::StackWork { engine, name } => {
             info!("stack {name} deployed; waiting until its work is done");
             Running::Stack(StackWatch {
@@ -211,8 +213,10 @@ pub fn run_or_wait(
     }
 }
 
-/// The user's command in its own process group, against rank 0's daemon.
-fn spawn(command: &[String], socket: &Path) -> Result<Child> {
+/// The user's command in its own process group, against rank 0's daemon. It dies with this
+/// rank, and the guard knows its group: the guard's teardown kills what it started, whatever
+/// killed the rank.
+fn spawn(command: &[String], socket: &Path, guard: &GuardHandle) -> Result<Child> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command to run");
     };
@@ -224,9 +228,10 @@ fn spawn(command: &[String], socket: &Path) -> Result<Child> {
     if let Some(var) = crate::mpi::cluster::own_mpi_settings() {
         cmd.env_remove(var);
     }
+    crate::host::daemon::die_with_parent(&mut cmd);
     // Checked before the bring-up; what changed since (or a bad interpreter line) still gets
     // the code a shell would give.
-    cmd.spawn().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|e| {
         let message = format!("failed to run {program:?} on rank 0: {e}");
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => Unusable::NotFound,
@@ -235,7 +240,15 @@ fn spawn(command: &[String], socket: &Path) -> Result<Child> {
             _ => return anyhow::anyhow!(message),
         };
         anyhow::Error::new(CommandUnusable { why, message })
-    })
+    })?;
+    // The group is the child's pid (process_group(0)).
+    if let Err(e) = guard.command_started(child.id()) {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ =
+            crate::sys::deadline::reap_within(&mut child, crate::sys::deadline::REAP_AFTER_KILL);
+        return Err(e.context(format!("failed to run {program:?} on rank 0")));
+    }
+    Ok(child)
 }
 
 /// SIGTERM to the command's group, a short grace, then SIGKILL: its owner is going away.
@@ -251,7 +264,7 @@ fn stop_command(child: &mut Child, signals: &Signals) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = killpg(group, Signal::SIGKILL);
-    let _ = child.wait();
+    let _ = crate::sys::deadline::reap_within(child, crate::sys::deadline::REAP_AFTER_KILL);
 }
 
 /// Host leaders other than rank 0: wait until rank 0 says stop, or a signal arrives here (then

@@ -22,7 +22,13 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
         if Instant::now() >= deadline {
             // Already gone between the check and the kill counts as killed.
             let _ = child.kill();
-            let _ = child.wait();
+            if !reap_within(child, REAP_AFTER_KILL) {
+                tracing::warn!(
+                    "pid {} did not end within {REAP_AFTER_KILL:?} of SIGKILL (uninterruptible \
+                     sleep?): left unreaped",
+                    child.id()
+                );
+            }
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(5).min(timeout));
@@ -115,6 +121,25 @@ pub fn time_left(until: Instant) -> Option<Duration> {
     (left >= Duration::from_millis(1)).then_some(left)
 }
 
+/// How long a killed child may take to be reaped: SIGKILL takes effect at once unless the
+/// process is in uninterruptible sleep (a hung mount, a stuck device), where waiting could block.
+pub const REAP_AFTER_KILL: Duration = Duration::from_secs(1);
+
+/// Reaps `child` if it ends within `limit` (true; also when another thread reaped it first);
+/// false if it is still there, left unreaped rather than waited for without end.
+pub fn reap_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => return true,
+            Err(_) => return false,
+            Ok(None) if Instant::now() >= deadline => return false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +163,19 @@ mod tests {
                 .unwrap()
                 .is_some_and(|s| s.success())
         );
+    }
+
+    #[test]
+    fn reaping_stops_at_its_limit() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        assert!(!reap_within(&mut child, Duration::from_millis(100)));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        child.kill().unwrap();
+        assert!(reap_within(&mut child, REAP_AFTER_KILL));
     }
 
     #[test]

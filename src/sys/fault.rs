@@ -5,8 +5,19 @@
 /// The variable naming the faults to inject, comma-separated.
 pub const VARIABLE: &str = "MPISWARM_TEST_FAULT";
 
-/// Whether the tests asked for fault `name`.
+/// Whether the tests asked for fault `name`, everywhere (`name`) or on this host (`name@HOST`).
 pub fn injected(name: &str) -> bool {
     cfg!(debug_assertions)
-        && std::env::var(VARIABLE).is_ok_and(|faults| faults.split(',').any(|f| f == name))
+        && std::env::var(VARIABLE).is_ok_and(|faults| {
+            faults.split(',').any(|f| match f.split_once('@') {
+                None => f == name,
+                Some((f, host)) => f == name && this_host().is_some_and(|h| h == host),
+            })
+        })
+}
+
+fn this_host() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
 }

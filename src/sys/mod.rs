@@ -1,11 +1,12 @@
 //! Operating-system helpers that know nothing of Docker, MPI or a swarm: processes as /proc
-//! shows them (and pinned before a signal), waits with deadlines, signals turned into events, the
-//! per-host state directory's layout and permissions, the per-user root held open, exit codes, and
-//! the tests' fault hooks.
+//! shows them (and pinned before a signal), waits with deadlines (a child's output too), signals
+//! turned into events, the per-host state directory's layout and permissions, the per-user root
+//! held open, exit codes, and the tests' fault hooks.
 //!
 //! Layer rule (ARCHITECTURE.md, checked by `layering.rs`): `sys` is the bottom layer; it uses
 //! no other folder of mpiswarm.
 
+pub mod child_output;
 pub mod deadline;
 pub mod exit;
 pub mod fault;

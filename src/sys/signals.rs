@@ -52,6 +52,9 @@ impl Signals {
         if let Some(installed) = INSTALLED.get() {
             return Ok(installed.clone());
         }
+        if crate::sys::fault::injected("signal-handlers") {
+            anyhow::bail!("failed to install signal handlers: fault injected by the tests");
+        }
         let signals = Signals::default();
         let mut iter =
             SignalIter::new(TEARDOWN_SIGNALS).context("failed to install signal handlers")?;
@@ -158,31 +161,55 @@ pub fn launcher_ends_job(sig: i32) -> bool {
 /// The last resort of a host leader whose main thread is stuck when the launcher ends the job:
 /// Open MPI 4.1 can block a rank inside any MPI call that touches a dead peer (it retries the
 /// connection), where no deadline of ours runs. The guard, told by the signal thread, cleans the
-/// host all the same; this waits for that, tells the host's other ranks, and leaves, instead of
-/// holding the launcher until it SIGKILLs the rank.
+/// host all the same; this waits for the guard's verdict, tells the host's other ranks, and
+/// leaves, instead of holding the launcher until it SIGKILLs the rank.
 pub mod stuck_watchdog {
+    use std::io::Write;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
-    /// How long the watchdog waits for the guard to finish the host's teardown.
-    const GUARD_BUDGET: Duration = Duration::from_secs(3);
     /// Once the host is clean: how long the main thread has to reach the teardown, or past the
     /// time it said it would leave by, before it counts as stuck.
     const MARGIN: Duration = Duration::from_millis(50);
 
     static ARMED: AtomicBool = AtomicBool::new(false);
     static STARTED: AtomicBool = AtomicBool::new(false);
-    static GUARD: AtomicI32 = AtomicI32::new(0);
+    static TORN_DOWN: AtomicBool = AtomicBool::new(false);
     static HOLDS: AtomicUsize = AtomicUsize::new(0);
+    /// How long the watchdog waits for the guard's verdict (its teardown budget and a margin).
+    static VERDICT_WITHIN: Mutex<Option<Duration>> = Mutex::new(None);
     static LEAVE_BY: Mutex<Option<Instant>> = Mutex::new(None);
     type Tell = Box<dyn Fn(i32) + Send>;
     static TELL_OTHERS: Mutex<Option<Tell>> = Mutex::new(None);
 
-    /// A host leader arms it once its guard runs (`guard` is the guard's pid).
-    pub fn arm(guard: i32) {
-        GUARD.store(guard, Ordering::SeqCst);
+    /// The watchdog is armed while this lives: a host leader holds it through every MPI call
+    /// that may touch a dead peer, and drops it once every host answered (or when it is done
+    /// with MPI).
+    #[must_use = "the watchdog is disarmed when this is dropped"]
+    pub struct Armed(());
+
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            ARMED.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Arms the watchdog; it can act only once a guard is watched (`guard_started`).
+    pub fn arm() -> Armed {
         ARMED.store(true, Ordering::SeqCst);
+        Armed(())
+    }
+
+    /// This host's guard runs; its verdict is due within `budget` of a teardown signal.
+    pub fn guard_started(budget: Duration) {
+        *VERDICT_WITHIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+    }
+
+    /// The host's teardown is over: the guard gave its verdict, or the rank cleaned the host
+    /// after the guard's death.
+    pub fn torn_down() {
+        TORN_DOWN.store(true, Ordering::SeqCst);
     }
 
     /// How the leader tells its host's other ranks the exit code, when it leaves this way.
@@ -195,9 +222,8 @@ pub mod stuck_watchdog {
         *LEAVE_BY.lock().unwrap_or_else(|e| e.into_inner()) = Some(when);
     }
 
-    /// Every host answered: no MPI call can wait for a dead peer any more.
-    pub fn disarm() {
-        ARMED.store(false, Ordering::SeqCst);
+    fn armed() -> bool {
+        ARMED.load(Ordering::SeqCst)
     }
 
     /// Held while the main thread does work of its own after the signal (stopping the user's
@@ -218,25 +244,20 @@ pub mod stuck_watchdog {
     }
 
     pub(super) fn start(sig: i32) {
-        if !ARMED.load(Ordering::SeqCst) || STARTED.swap(true, Ordering::SeqCst) {
+        let budget = *VERDICT_WITHIN.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(budget) = budget else { return };
+        if !armed() || STARTED.swap(true, Ordering::SeqCst) {
             return;
         }
         let _ = std::thread::Builder::new()
             .name("stuck-watchdog".into())
-            .spawn(move || watch(sig));
+            .spawn(move || watch(sig, budget));
     }
 
-    fn watch(sig: i32) {
-        let guard = GUARD.load(Ordering::SeqCst);
-        let until = Instant::now() + GUARD_BUDGET;
-        while crate::sys::procfs::proc_info(guard).is_some_and(|p| !p.zombie)
-            && Instant::now() < until
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let clean = Instant::now();
+    fn watch(sig: i32, budget: Duration) {
+        let clean = wait_for_verdict(Instant::now() + budget);
         loop {
-            if !ARMED.load(Ordering::SeqCst) {
+            if !armed() {
                 return;
             }
             let leave_by = *LEAVE_BY.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,7 +279,96 @@ pub mod stuck_watchdog {
             "the main thread is stuck (inside MPI, towards a dead rank?) after {}: leaving",
             super::name(sig)
         );
-        std::process::exit(code);
+        leave(code);
+    }
+
+    /// Waits until the host's teardown is over, or `until`; returns when it stopped waiting.
+    fn wait_for_verdict(until: Instant) -> Instant {
+        while !TORN_DOWN.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Instant::now()
+    }
+
+    /// Ends the process from this side thread: what is written is flushed, then `_exit`, with no
+    /// atexit handler or destructor, which may need a lock the stuck main thread holds (inside
+    /// Open MPI or libcurl).
+    fn leave(code: i32) -> ! {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit ends the process at once; it touches no memory of ours and takes no lock.
+        unsafe { libc::_exit(code) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn dropping_the_handle_disarms() {
+            let armed = arm();
+            assert!(super::armed());
+            drop(armed);
+            assert!(!super::armed());
+        }
+
+        /// Longer than the 3 s the watchdog used to give the guard: it waits for the verdict.
+        #[test]
+        fn the_watchdog_waits_for_the_verdict_within_the_budget() {
+            let t = Instant::now();
+            let teller = std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(3300));
+                torn_down();
+            });
+            let budget = Duration::from_secs(12);
+            let done = wait_for_verdict(t + budget);
+            teller.join().unwrap();
+            let waited = done - t;
+            assert!(
+                waited >= Duration::from_millis(3300) && waited < Duration::from_secs(5),
+                "{waited:?}"
+            );
+        }
+
+        /// Run by `leaving_skips_atexit_handlers_and_flushes` in a process of its own.
+        #[test]
+        #[ignore = "leaves the process; run by leaving_skips_atexit_handlers_and_flushes"]
+        fn leave_with_a_hanging_atexit_handler() {
+            extern "C" fn hang() {
+                std::thread::sleep(Duration::from_secs(30));
+            }
+            // SAFETY: registers a plain function with no state; atexit is safe to call.
+            unsafe { libc::atexit(hang) };
+            print!("written before leaving");
+            leave(7);
+        }
+
+        #[test]
+        fn leaving_skips_atexit_handlers_and_flushes() {
+            let exe = std::env::current_exe().unwrap();
+            let child = std::process::Command::new(exe)
+                .args([
+                    "--exact",
+                    "sys::signals::stuck_watchdog::tests::leave_with_a_hanging_atexit_handler",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let out =
+                crate::sys::child_output::output_within(child, Duration::from_secs(10)).unwrap();
+            let code = out.status.and_then(|s| s.code());
+            assert_eq!(code, Some(7), "{:?}: {}", out.status, out.stdout_text());
+            assert!(
+                out.stdout_text().contains("written before leaving"),
+                "{}",
+                out.stdout_text()
+            );
+        }
     }
 }
 

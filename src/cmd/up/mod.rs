@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 
 use crate::host::host_daemon::{self, Launched};
 use crate::host::identity;
@@ -53,6 +52,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);
+    // Held through MPI's end on every path but a clean agreement (see Run::watchdog).
+    let mut watchdog = Some(crate::sys::signals::stuck_watchdog::arm());
     let code = match &mut role {
         Role::Leader(leaders) => {
             let run = Run {
@@ -67,6 +68,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 leaders,
                 facts: Vec::new(),
                 manager_cpu_at_join: 0.0,
+                watchdog: &mut watchdog,
             };
             run.lifecycle(early)
         }
@@ -78,6 +80,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         }
     };
     cluster.finish(role, code);
+    drop(watchdog);
     Ok(code)
 }
 
@@ -108,6 +111,9 @@ struct Run<'a> {
     facts: Vec<HostFacts>,
     /// Rank 0: its dockerd's CPU seconds when the joins began.
     manager_cpu_at_join: f64,
+    /// Lets this rank go if its main thread is stuck in MPI after the launcher's signal
+    /// (`stuck_watchdog`); dropped once every host confirmed its teardown.
+    watchdog: &'a mut Option<crate::sys::signals::stuck_watchdog::Armed>,
 }
 
 /// What rank 0 learns of each host.
@@ -143,7 +149,7 @@ impl Run<'_> {
                 // The first failure is the one to report; the teardown's own news is secondary.
                 (Err(e), torn) => {
                     if let Err(t) = torn {
-                        debug!("{t:#}");
+                        self.report_teardown_failure(&t);
                     }
                     Err(e)
                 }
@@ -202,6 +208,14 @@ impl Run<'_> {
 
     fn is_root(&self) -> bool {
         self.leaders.is_root()
+    }
+
+    /// A teardown that failed after a failed phase is an error of its own (something may be
+    /// left on a host), said as every error is: rank 0 for every host, each host for itself.
+    fn report_teardown_failure(&self, e: &anyhow::Error) {
+        if self.is_root() || e.downcast_ref::<PhaseFailed>().is_none() {
+            tracing::error!("{e:#}");
+        }
     }
 
     /// A step that failed after a teardown signal arrived failed because of it: the guard took

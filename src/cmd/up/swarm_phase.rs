@@ -135,6 +135,7 @@ impl Run<'_> {
                 self.leaders,
                 &workload,
                 daemon.engine.socket(),
+                &daemon.guard,
                 self.signals,
                 watch,
             )

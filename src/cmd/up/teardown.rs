@@ -89,7 +89,8 @@ impl Run<'_> {
             self.leaders
                 .agree_until("tear down", local, Instant::now() + wait, Interrupt::Never)
         else {
-            crate::sys::signals::stuck_watchdog::disarm();
+            // Every host answered: no MPI call can wait for a dead peer any more.
+            drop(self.watchdog.take());
             return Ok(true);
         };
         if !(self.leaders.abandoned() && self.leaders.launcher_ends_job()) {

@@ -21,6 +21,9 @@ use crate::sys::statedir::StateDir;
 
 use super::TEARDOWN_BUDGET;
 
+/// How long past the guard's teardown budget its verdict may take to reach the rank.
+const VERDICT_MARGIN: Duration = Duration::from_secs(2);
+
 /// How long the teardown waits for the rank's own cleanup after killing a hung guard.
 const LOST_CLEANUP_BUDGET: Duration = Duration::from_secs(35);
 
@@ -34,6 +37,17 @@ impl Lifeline {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut pipe) = taken {
             let _ = pipe.write_all(GuardCommand::Teardown.encode().as_bytes());
+        }
+    }
+
+    /// Sends `command` unless the teardown was sent already (then the guard is past listening).
+    fn send(&self, command: GuardCommand) -> Result<()> {
+        let mut pipe = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match pipe.as_mut() {
+            Some(pipe) => pipe
+                .write_all(command.encode().as_bytes())
+                .context("failed to write to the guard's lifeline"),
+            None => Ok(()),
         }
     }
 }
@@ -90,7 +104,11 @@ impl GuardHandle {
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
-        guard.arg("guard");
+        // Its log lines join this rank's stream: the same verbosity and format (after the
+        // subcommand, so that `mpiswarm guard` stays what process listings show).
+        guard
+            .arg("guard")
+            .args(crate::output::logging::flags_for_child());
         if vxlan_nolearning {
             guard.arg("--vxlan-nolearning");
         }
@@ -141,7 +159,7 @@ impl GuardHandle {
             .context("failed to start the guard log thread")?;
         // Told by the signal thread, the guard cleans the host even if this rank's main thread
         // is stuck; the watchdog then lets the rank go.
-        crate::sys::signals::stuck_watchdog::arm(child.id() as i32);
+        crate::sys::signals::stuck_watchdog::guard_started(TEARDOWN_BUDGET + VERDICT_MARGIN);
         Ok(GuardHandle {
             lifeline,
             child,
@@ -155,6 +173,12 @@ impl GuardHandle {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Tells the guard the process group of the user's command: its teardown kills the group
+    /// even when this rank was killed first.
+    pub fn command_started(&self, group: u32) -> Result<()> {
+        self.lifeline.send(GuardCommand::Command { group })
     }
 
     /// An event from the guard, if one arrives within `timeout`.
@@ -232,7 +256,10 @@ impl GuardHandle {
     /// any death of the guard, and the error says how that went.
     fn kill_hung(&mut self, timeout: Duration) -> anyhow::Error {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let unreaped = !crate::sys::deadline::reap_within(
+            &mut self.child,
+            crate::sys::deadline::REAP_AFTER_KILL,
+        );
         let cleaned = loop {
             match self.events.recv_timeout(LOST_CLEANUP_BUDGET) {
                 Ok(GuardEvent::Dirty(what)) => break what,
@@ -240,8 +267,13 @@ impl GuardHandle {
                 Err(_) => break "no cleanup after it".to_owned(),
             }
         };
+        let stuck = if unreaped {
+            " (it did not end within a second of SIGKILL: uninterruptible sleep?)"
+        } else {
+            ""
+        };
         anyhow!(
-            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed; {cleaned}",
+            "failed to tear down {} within {:?}: the guard (pid {}) did not finish and was killed{stuck}; {cleaned}",
             self.dir.path.display(),
             timeout,
             self.child.id()
@@ -281,7 +313,10 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
         let Ok(line) = line else { break };
         match GuardEvent::decode(&line) {
             Ok(event) => {
-                verdict |= event.is_verdict();
+                if event.is_verdict() {
+                    verdict = true;
+                    crate::sys::signals::stuck_watchdog::torn_down();
+                }
                 if let GuardEvent::Intruder { .. } = &event {
                     // The whole job stops now, not at the next phase.
                     tracing::error!("{event}");
@@ -311,6 +346,7 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
             watch.pid
         ),
     };
+    crate::sys::signals::stuck_watchdog::torn_down();
     let _ = watch.lost.set(what.clone());
     let _ = tx.send(GuardEvent::Dirty(what));
     crate::sys::signals::guard_lost();

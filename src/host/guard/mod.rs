@@ -22,7 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use crate::host::guard_protocol::{GuardCommand, GuardEvent};
 use crate::host::{daemon, teardown};
@@ -40,6 +43,7 @@ const BACKLOG_WAIT: Duration = Duration::from_secs(60);
 pub fn run(args: &GuardArgs) -> Result<i32> {
     // Orphans of the daemon's tree (e.g. slirp4netns) are reparented here, so the guard can find
     // and kill them all.
+    crate::output::logging::set_origin_of_guard(&crate::host::identity::hostname());
     nix::sys::prctl::set_child_subreaper(true).context("failed to become a child subreaper")?;
     let (sig_read, sig_write) = UnixStream::pair()?;
     for sig in crate::sys::signals::TEARDOWN_SIGNALS {
@@ -73,19 +77,29 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
     }
 
-    let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut out);
+    let mut command = None;
+    let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut command, &mut out);
     stop_helpers.store(true, Ordering::SeqCst);
+    tracing::debug!("tearing this host down");
 
-    let result = teardown_host(&dir).and_then(|()| match intruder {
-        Some(s) => Err(anyhow!(
-            "{}",
-            GuardEvent::Intruder {
-                uid: s.uid,
-                port: s.port
-            }
-        )),
-        None => Ok(()),
-    });
+    let result = kill_command(command)
+        .and(teardown_host(&dir))
+        .and_then(|()| match crate::sys::fault::injected("dirty-teardown") {
+            true => Err(anyhow!(
+                "fault injected by the tests: the teardown left something"
+            )),
+            false => Ok(()),
+        })
+        .and_then(|()| match intruder {
+            Some(s) => Err(anyhow!(
+                "{}",
+                GuardEvent::Intruder {
+                    uid: s.uid,
+                    port: s.port
+                }
+            )),
+            None => Ok(()),
+        });
     match &result {
         Ok(()) => emit(&mut out, &GuardEvent::Clean),
         Err(e) => emit(&mut out, &GuardEvent::Dirty(format!("{e:#}"))),
@@ -168,11 +182,13 @@ fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBo
 }
 
 /// Blocks until the lifeline says teardown or closes, or a signal arrives, or another user binds
-/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way.
+/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way, and notes the
+/// user's command's process group in `command` when the rank names it.
 fn wait_for_teardown(
     daemon: &mut Option<Child>,
     sig_read: &UnixStream,
     addr: Ipv4Addr,
+    command: &mut Option<u32>,
     out: &mut impl Write,
 ) -> Option<crate::host::squatters::Squatter> {
     let stdin = std::io::stdin();
@@ -211,6 +227,7 @@ fn wait_for_teardown(
                     Ok(0) | Err(_) => return None,
                     Ok(_) => match GuardCommand::decode(&line) {
                         Ok(GuardCommand::Teardown) => return None,
+                        Ok(GuardCommand::Command { group }) => *command = Some(group),
                         Err(e) => tracing::warn!("{e:#}"),
                     },
                 }
@@ -222,6 +239,22 @@ fn wait_for_teardown(
             emit(out, &GuardEvent::Exited(status.to_string()));
             *daemon = None;
         }
+    }
+}
+
+/// SIGKILL to the user's command's process group, first of all: its owner, rank 0, may be dead,
+/// and the command is no part of the daemon's tree. A group already gone is fine.
+fn kill_command(group: Option<u32>) -> Result<()> {
+    let Some(group) = group else { return Ok(()) };
+    match killpg(Pid::from_raw(group as i32), Signal::SIGKILL) {
+        Ok(()) => {
+            tracing::debug!("killed the user's command (process group {group})");
+            Ok(())
+        }
+        Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(anyhow!(
+            "failed to kill the user's command (process group {group}): {e}"
+        )),
     }
 }
 

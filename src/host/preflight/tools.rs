@@ -123,8 +123,7 @@ pub(super) fn debian_package(tool: &str) -> &'static str {
 
 /// The first line `TOOL --version` prints, within a few seconds (a check must never hang).
 pub(super) fn tool_version(path: &Path) -> String {
-    use std::io::Read;
-    let Ok(mut child) = std::process::Command::new(path)
+    let Ok(child) = std::process::Command::new(path)
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -133,17 +132,15 @@ pub(super) fn tool_version(path: &Path) -> String {
     else {
         return String::new();
     };
-    if !matches!(
-        crate::sys::deadline::wait_or_kill(&mut child, std::time::Duration::from_secs(5)),
-        Ok(Some(_))
-    ) {
-        return "(no answer to --version)".into();
+    match crate::sys::child_output::output_within(child, std::time::Duration::from_secs(5)) {
+        Ok(out) if out.status.is_some() => out
+            .stdout_text()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        _ => "(no answer to --version)".into(),
     }
-    let mut text = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut text);
-    }
-    text.lines().next().unwrap_or_default().to_owned()
 }
 
 pub(super) fn check_setid_tool(name: &str) -> Check {
