@@ -14,8 +14,8 @@ use serde_json::json;
 use crate::host::engine::Engine;
 use crate::swarm::stack_state::verdict::{self, Counts, Failure, Goal, Verdict};
 use crate::swarm::stack_state::{self, Nodes, Service, Task};
+use crate::sys::deadline::Deadline;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the CLI's output is kept for an error message (its end).
 const KEEP_OUTPUT: usize = 16 << 10;
 
@@ -125,14 +125,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(engine: &Engine, name: &str, timeout: Duration) -> Result<Snapshot> {
+    pub fn take(engine: &Engine, name: &str, deadline: Deadline) -> Result<Snapshot> {
         let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
         let filter = encode(&filter);
         // `status=true` (API 1.41) adds Swarm's own counts; jobs' completions are read there.
         let services =
-            engine.get_json(&format!("/services?status=true&filters={filter}"), timeout)?;
-        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), timeout)?;
-        let nodes = engine.get_json("/nodes", timeout)?;
+            engine.get_json(&format!("/services?status=true&filters={filter}"), deadline)?;
+        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), deadline)?;
+        let nodes = engine.get_json("/nodes", deadline)?;
         Ok(Snapshot {
             services: stack_state::parse_services(&services),
             tasks: stack_state::parse_tasks(&tasks),
@@ -154,10 +154,7 @@ pub fn wait_for(
     let start = Instant::now();
     let mut last = None;
     loop {
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_secs(1), CALL_TIMEOUT);
-        let snap = Snapshot::take(engine, name, timeout)
+        let snap = Snapshot::take(engine, name, Deadline::phase(deadline))
             .with_context(|| format!("failed to read the state of stack {name}"))?;
         let reports = verdict::reports(&snap.services, &snap.tasks);
         let counts = verdict::counts(&reports, goal);
@@ -207,7 +204,7 @@ const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One look at the stack's work; `settled` as for `verdict::judge`.
 pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
-    let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
+    let snap = Snapshot::take(engine, name, Deadline::after(WORK_CALL_TIMEOUT))
         .with_context(|| format!("failed to read the state of stack {name}"))?;
     let reports = verdict::reports(&snap.services, &snap.tasks);
     let counts = verdict::counts(&reports, Goal::WorkDone);
@@ -223,8 +220,8 @@ pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
 
 /// `--until-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
 /// Swarm retries without end (a failing task then never ends the run).
-pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
-    let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
+pub fn check_work(engine: &Engine, name: &str, deadline: Instant) -> Result<()> {
+    let snap = Snapshot::take(engine, name, Deadline::phase(deadline))?;
     let work: Vec<&Service> = snap
         .services
         .iter()
@@ -275,11 +272,12 @@ pub fn failure_message(
         // No container ran (a rejected task): there is no log to read.
         return text;
     }
-    let Some(left) = crate::sys::deadline::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
+    if crate::sys::deadline::time_left(deadline).is_none() {
         text.push_str("\n  (its log was not read: no time was left before the deadline)");
         return text;
-    };
-    match log_tail(engine, &failure.task.id, LOG_LINES, left) {
+    }
+    let limit = Deadline::phase(deadline).within(LOG_TIMEOUT);
+    match log_tail(engine, &failure.task.id, LOG_LINES, limit) {
         Ok(lines) if lines.is_empty() => text.push_str("\n  (its log is empty)"),
         Ok(lines) => {
             text.push_str("\n  last lines of its log:");
@@ -297,10 +295,10 @@ pub fn log_tail(
     engine: &Engine,
     task: &str,
     lines: usize,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Vec<String>> {
     let path = format!("/tasks/{task}/logs?stdout=1&stderr=1&tail={lines}");
-    let (response, _) = engine.get_bounded(&path, 256 << 10, timeout)?;
+    let (response, _) = engine.get_bounded(&path, 256 << 10, deadline)?;
     if !response.is_success() {
         bail!("GET {path}: {}", response.message());
     }
