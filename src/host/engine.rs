@@ -192,7 +192,8 @@ impl Engine {
     fn must_succeed(&self, method: &str, path: &str, response: Response) -> Result<Response> {
         if !response.is_success() {
             bail!(
-                "the Docker daemon answered {method} {path} with {}: {}",
+                "the Docker daemon on {} answered {method} {path} with {}: {}",
+                self.host,
                 response.status,
                 response.message()
             );
@@ -390,6 +391,39 @@ pub(crate) mod tests {
         assert_eq!(
             e,
             "GET /info on msh1 was not sent: the phase's deadline had passed"
+        );
+    }
+
+    #[test]
+    fn a_manager_without_quorum_is_named_with_the_call() {
+        use std::io::{BufRead, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let body = r#"{"message":"rpc error: code = Unknown desc = The swarm does not have a leader."}"#;
+            write!(
+                &stream,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        let engine = Engine::new("msh1", &socket);
+        let phase = Deadline::phase(std::time::Instant::now() + Duration::from_secs(5));
+        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
+        server.join().unwrap();
+        assert_eq!(
+            e,
+            "the Docker daemon on msh1 answered GET /nodes with 503: rpc error: code = Unknown \
+             desc = The swarm does not have a leader."
         );
     }
 
