@@ -213,7 +213,7 @@ fn a_manager_that_stops_answering_is_named_before_the_deadline() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "should have failed:\n{stderr}");
     assert!(
-        stderr.contains("test fault: stopping dockerd"),
+        stderr.contains("test fault: stopping dockerd") && stderr.contains("stopped true"),
         "the fault never struck:\n{stderr}"
     );
     assert!(
