@@ -221,6 +221,11 @@ fn a_manager_that_stops_answering_is_named_before_the_deadline() {
             && stderr.contains("(the phase's deadline)"),
         "the error should name the call, the manager and the deadline:\n{stderr}"
     );
+    // The hosts' agreement heard rank 0's reason instead of giving up on it.
+    assert!(
+        !stderr.contains("timed out waiting for all hosts"),
+        "the hosts gave up before rank 0's reason came:\n{stderr}"
+    );
     // MPI's start, the deadline, then the teardown: a call still waiting for its own 30 s
     // would end the run well after this.
     assert!(
