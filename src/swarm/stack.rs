@@ -171,7 +171,8 @@ pub fn wait_for(
             Verdict::Failed(failure) => {
                 bail!(failure_message(engine, &failure, &snap.nodes, deadline))
             }
-            Verdict::Waiting(waiting) if Instant::now() >= deadline => {
+            // The last look before the deadline: a next one could not be answered in time.
+            Verdict::Waiting(waiting) if Instant::now() + POLL >= deadline => {
                 let lines: Vec<String> = waiting
                     .iter()
                     .map(|r| verdict::describe_waiting(r, &snap.nodes))

@@ -99,7 +99,8 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
 }
 
 /// Calls `probe` every `every` until it returns `Some` or `deadline` passes (then `None`); the
-/// probe runs at least once.
+/// probe runs at least once, and never again once the deadline has come (its Engine calls would
+/// not be sent, and the caller's own message at the deadline says more).
 pub fn poll_until<T>(
     deadline: Instant,
     every: Duration,
@@ -114,6 +115,9 @@ pub fn poll_until<T>(
             return None;
         }
         std::thread::sleep(every.min(left));
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 
@@ -137,6 +141,9 @@ pub fn poll_until_paced<T>(
         }
         let pause = (t.elapsed() * PACED_RATIO).clamp(every, at_most);
         std::thread::sleep(pause.min(left));
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 
@@ -236,12 +243,31 @@ mod tests {
             },
         );
         assert_eq!(got, Some(3));
-        let never: Option<()> = poll_until(
-            Instant::now() + Duration::from_millis(20),
-            Duration::from_millis(5),
-            || None,
-        );
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut probes = Vec::new();
+        let never: Option<()> = poll_until(deadline, Duration::from_millis(3), || {
+            probes.push(Instant::now());
+            None
+        });
         assert!(never.is_none());
+        // None at or after the deadline: its calls would not be sent.
+        assert!(probes.iter().all(|t| *t < deadline), "{probes:?}");
+        assert!(probes.len() >= 2);
+        let mut late = Vec::new();
+        let paced: Option<()> = poll_until_paced(
+            deadline + Duration::from_millis(20),
+            Duration::from_millis(3),
+            Duration::from_millis(7),
+            || {
+                late.push(Instant::now());
+                None
+            },
+        );
+        assert!(paced.is_none());
+        assert!(
+            late.iter()
+                .all(|t| *t < deadline + Duration::from_millis(20))
+        );
     }
 
     #[test]
