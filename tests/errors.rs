@@ -259,6 +259,43 @@ fn a_rank_killed_during_bring_up_does_not_hang_the_others() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// A manager whose API stops answering (its dockerd stopped, as one without quorum or starved
+/// would be) while rank 0 confirms membership: rank 0's call ends with the phase, so the hosts
+/// hear which call on which host did not answer, not only that a host was late.
+#[test]
+fn a_manager_that_stops_answering_is_named_before_the_deadline() {
+    let Some(_c) = cluster() else { return };
+    let timeout = Duration::from_secs(20);
+    let args = ["up", "--timeout", "20s", "--", "true"];
+    let t = Instant::now();
+    let cmd = mpirun_env(3, 3, &[("MPISWARM_TEST_FAULT", "manager-stops")], &args);
+    let out = run_with_deadline(cmd, LIMIT);
+    let took = t.elapsed();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "should have failed:\n{stderr}");
+    assert!(
+        stderr.contains("test fault: stopping dockerd") && stderr.contains("stopped true"),
+        "the fault never struck:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("GET /nodes on msh1 did not answer within")
+            && stderr.contains("(the phase's deadline)"),
+        "the error should name the call, the manager and the deadline:\n{stderr}"
+    );
+    // The hosts' agreement heard rank 0's reason instead of giving up on it.
+    assert!(
+        !stderr.contains("timed out waiting for all hosts"),
+        "the hosts gave up before rank 0's reason came:\n{stderr}"
+    );
+    // MPI's start, the deadline, then the teardown: a call still waiting for its own 30 s
+    // would end the run well after this.
+    assert!(
+        took < timeout + Duration::from_secs(9),
+        "the run took {took:?} with --timeout {timeout:?}:\n{stderr}"
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
 fn child_take(child: &mut std::process::Child) -> std::process::Child {
     std::mem::replace(child, Command::new("true").spawn().unwrap())
 }

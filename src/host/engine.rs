@@ -9,14 +9,19 @@ use anyhow::{Context, Result, bail};
 use curl::easy::{Easy, List, ReadError};
 use serde_json::Value;
 
+use crate::sys::deadline::{Deadline, seconds};
+
 /// API version spoken by Docker 20.10 (the oldest engine mpiswarm supports).
 const API_VERSION: &str = "v1.41";
-/// How long one ordinary Engine API call may take.
+/// How long one ordinary Engine API call may take, if its deadline leaves it that long.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client for one daemon's Engine API.
+/// A client for one daemon's Engine API. Every call takes a `Deadline`: an ordinary call ends at
+/// the earlier of it and `CALL_TIMEOUT`, a stream (logs, an image load) at the deadline alone.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    /// The daemon's host, named in errors.
+    host: String,
     socket: PathBuf,
 }
 
@@ -57,8 +62,9 @@ impl Response {
 }
 
 impl Engine {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
+    pub fn new(host: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
         Engine {
+            host: host.into(),
             socket: socket.into(),
         }
     }
@@ -67,17 +73,49 @@ impl Engine {
         &self.socket
     }
 
-    fn handle(&self, method: &str, path: &str, timeout: Duration) -> Result<Easy> {
+    /// A request's handle, bounded by `deadline`; none once the deadline has passed (curl would
+    /// read a zero timeout as none at all).
+    fn handle(&self, method: &str, path: &str, deadline: Deadline) -> Result<(Easy, Duration)> {
+        let timeout = deadline.left();
+        if timeout < Duration::from_millis(1) {
+            bail!(
+                "{method} {path} on {} was not sent: {} had passed",
+                self.host,
+                deadline.set_by()
+            );
+        }
         let mut easy = Easy::new();
         easy.unix_socket_path(Some(&self.socket))?;
         easy.url(&format!("http://docker/{API_VERSION}{path}"))?;
         easy.custom_request(method)?;
         easy.timeout(timeout)?;
         easy.connect_timeout(timeout.min(Duration::from_secs(2)))?;
-        Ok(easy)
+        Ok((easy, timeout))
     }
 
-    fn perform(&self, mut easy: Easy, method: &str, path: &str) -> Result<Response> {
+    /// The error of a call that failed: one that ran out of time names the host, the call and
+    /// what set its deadline (a daemon that stopped answering, e.g. a manager without quorum).
+    fn failed(&self, e: curl::Error, call: &Call) -> anyhow::Error {
+        if e.is_operation_timedout() {
+            return anyhow::anyhow!(
+                "{} {} on {} did not answer within {} ({})",
+                call.method,
+                call.path,
+                self.host,
+                seconds(call.timeout),
+                call.deadline.set_by()
+            );
+        }
+        anyhow::Error::new(e).context(format!(
+            "failed to call {} {} on {}'s Docker daemon at {}",
+            call.method,
+            call.path,
+            self.host,
+            self.socket.display()
+        ))
+    }
+
+    fn perform(&self, mut easy: Easy, call: &Call) -> Result<Response> {
         let mut body = Vec::new();
         {
             let mut transfer = easy.transfer();
@@ -85,12 +123,7 @@ impl Engine {
                 body.extend_from_slice(data);
                 Ok(data.len())
             })?;
-            transfer.perform().with_context(|| {
-                format!(
-                    "failed to call {method} {path} on the Docker daemon at {}",
-                    self.socket.display()
-                )
-            })?;
+            transfer.perform().map_err(|e| self.failed(e, call))?;
         }
         let status = easy.response_code()?;
         Ok(Response { status, body })
@@ -102,16 +135,45 @@ impl Engine {
         method: &str,
         path: &str,
         json: Option<&Value>,
-        timeout: Duration,
+        deadline: Deadline,
     ) -> Result<Response> {
-        let mut easy = self.handle(method, path, timeout)?;
+        self.send(method, path, json, deadline.within(CALL_TIMEOUT))
+    }
+
+    /// As `call`, for a call that takes as long as it has work to do (an exec that waits for its
+    /// command): bounded by `deadline` alone.
+    pub fn call_long(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        deadline: Deadline,
+    ) -> Result<Response> {
+        let response = self.send(method, path, json, deadline)?;
+        self.must_succeed(method, path, response)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        deadline: Deadline,
+    ) -> Result<Response> {
+        let (mut easy, timeout) = self.handle(method, path, deadline)?;
         if let Some(json) = json {
             let mut headers = List::new();
             headers.append("Content-Type: application/json")?;
             easy.http_headers(headers)?;
             easy.post_fields_copy(&serde_json::to_vec(json)?)?;
         }
-        self.perform(easy, method, path)
+        let call = Call {
+            method,
+            path,
+            timeout,
+            deadline,
+        };
+        self.perform(easy, &call)
     }
 
     /// A request that must succeed (2xx); the daemon's message becomes the error.
@@ -120,12 +182,18 @@ impl Engine {
         method: &str,
         path: &str,
         json: Option<&Value>,
-        timeout: Duration,
+        deadline: Deadline,
     ) -> Result<Response> {
-        let response = self.request(method, path, json, timeout)?;
+        let response = self.request(method, path, json, deadline)?;
+        self.must_succeed(method, path, response)
+    }
+
+    /// The response if 2xx; else the daemon's message as the error.
+    fn must_succeed(&self, method: &str, path: &str, response: Response) -> Result<Response> {
         if !response.is_success() {
             bail!(
-                "the Docker daemon answered {method} {path} with {}: {}",
+                "the Docker daemon on {} answered {method} {path} with {}: {}",
+                self.host,
                 response.status,
                 response.message()
             );
@@ -133,13 +201,13 @@ impl Engine {
         Ok(response)
     }
 
-    pub fn get_json(&self, path: &str, timeout: Duration) -> Result<Value> {
-        self.call("GET", path, None, timeout)?.json()
+    pub fn get_json(&self, path: &str, deadline: Deadline) -> Result<Value> {
+        self.call("GET", path, None, deadline)?.json()
     }
 
     /// True once the daemon answers `/_ping`.
-    pub fn ping(&self, timeout: Duration) -> bool {
-        self.request("GET", "/_ping", None, timeout)
+    pub fn ping(&self, deadline: Deadline) -> bool {
+        self.request("GET", "/_ping", None, deadline)
             .map(|r| r.status == 200)
             .unwrap_or(false)
     }
@@ -150,12 +218,13 @@ impl Engine {
         &self,
         path: &str,
         cap: usize,
-        timeout: Duration,
+        deadline: Deadline,
     ) -> Result<(Response, bool)> {
-        match self.get_bounded(path, cap, timeout)? {
+        match self.get_bounded(path, cap, deadline)? {
             (_, Body::TimedOut) => bail!(
-                "failed to call GET {path} on the Docker daemon at {}: no answer within {timeout:?}",
-                self.socket.display()
+                "GET {path} on {} was still sending at {}",
+                self.host,
+                deadline.set_by()
             ),
             (r, body) => Ok((r, body == Body::Capped)),
         }
@@ -168,9 +237,9 @@ impl Engine {
         &self,
         path: &str,
         cap: usize,
-        timeout: Duration,
+        deadline: Deadline,
     ) -> Result<(Response, Body)> {
-        let mut easy = self.handle("GET", path, timeout)?;
+        let (mut easy, timeout) = self.handle("GET", path, deadline)?;
         let mut body = Vec::new();
         let mut cut = false;
         let performed = {
@@ -196,12 +265,13 @@ impl Engine {
                 Body::TimedOut
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "failed to call GET {path} on the Docker daemon at {}",
-                        self.socket.display()
-                    )
-                });
+                let call = Call {
+                    method: "GET",
+                    path,
+                    timeout,
+                    deadline,
+                };
+                return Err(self.failed(e, &call));
             }
         };
         let status = easy.response_code()?;
@@ -214,9 +284,9 @@ impl Engine {
         path: &str,
         content_type: &str,
         source: &mut dyn Read,
-        timeout: Duration,
+        deadline: Deadline,
     ) -> Result<Response> {
-        let mut easy = self.handle("POST", path, timeout)?;
+        let (mut easy, timeout) = self.handle("POST", path, deadline)?;
         let mut headers = List::new();
         headers.append(&format!("Content-Type: {content_type}"))?;
         headers.append("Transfer-Encoding: chunked")?;
@@ -230,13 +300,26 @@ impl Engine {
                 body.extend_from_slice(data);
                 Ok(data.len())
             })?;
-            transfer
-                .perform()
-                .with_context(|| format!("failed to stream POST {path} to the Docker daemon"))?;
+            let call = Call {
+                method: "POST",
+                path,
+                timeout,
+                deadline,
+            };
+            transfer.perform().map_err(|e| self.failed(e, &call))?;
         }
         let status = easy.response_code()?;
         Ok(Response { status, body })
     }
+}
+
+/// One call as its errors name it.
+struct Call<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// What was left of the deadline when the call started.
+    timeout: Duration,
+    deadline: Deadline,
 }
 
 /// The pieces of a log stream with the stream each came from. Without a TTY the Engine API
@@ -274,6 +357,74 @@ pub(crate) mod tests {
         f.extend_from_slice(&(text.len() as u32).to_be_bytes());
         f.extend_from_slice(text.as_bytes());
         f
+    }
+
+    #[test]
+    fn a_daemon_that_stops_answering_is_named_with_the_call_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        // Accepts (the kernel does, even for a stopped dockerd) and never answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let engine = Engine::new("msh1", &socket);
+        let t = std::time::Instant::now();
+        let phase = Deadline::phase(t + Duration::from_millis(300));
+        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(
+            e.starts_with("GET /nodes on msh1 did not answer within 0.3 s (the phase's deadline)"),
+            "{e}"
+        );
+        // A limit of the call's own that ends sooner is named instead.
+        let own = Deadline::phase(t + Duration::from_secs(60)).within(Duration::from_millis(200));
+        let e = format!(
+            "{:#}",
+            engine
+                .request("POST", "/swarm/update", None, own)
+                .unwrap_err()
+        );
+        assert!(e.contains("within 0.2 s (its own limit of 0.2 s)"), "{e}");
+        // With the deadline passed, nothing is sent: curl would take a zero timeout as none.
+        let passed = Deadline::phase(t);
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", engine.get_json("/info", passed).unwrap_err());
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            e,
+            "GET /info on msh1 was not sent: the phase's deadline had passed"
+        );
+    }
+
+    #[test]
+    fn a_manager_without_quorum_is_named_with_the_call() {
+        use std::io::{BufRead, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let body = r#"{"message":"rpc error: code = Unknown desc = The swarm does not have a leader."}"#;
+            write!(
+                &stream,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        let engine = Engine::new("msh1", &socket);
+        let phase = Deadline::phase(std::time::Instant::now() + Duration::from_secs(5));
+        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
+        server.join().unwrap();
+        assert_eq!(
+            e,
+            "the Docker daemon on msh1 answered GET /nodes with 503: rpc error: code = Unknown \
+             desc = The swarm does not have a leader."
+        );
     }
 
     #[test]

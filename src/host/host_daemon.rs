@@ -9,12 +9,13 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use tracing::debug;
 
-use crate::host::engine::{CALL_TIMEOUT, Engine};
+use crate::host::engine::Engine;
 use crate::host::guard::handle::GuardHandle;
 use crate::host::guard_protocol::GuardEvent;
 use crate::host::preflight::check::Check;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
+use crate::sys::deadline::Deadline;
 use crate::sys::signals::{self, Signals};
 use crate::sys::statedir::StateDir;
 
@@ -45,6 +46,7 @@ impl HostDaemon {
 
 /// A daemon whose guard has been started, not yet answering.
 pub struct Launched {
+    host: String,
     /// Held for the rank's life (see statedir::hold_run_lock).
     run_lock: std::fs::File,
     guard: GuardHandle,
@@ -83,6 +85,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
         overlay_default_mtu,
     )?;
     Ok(Launched {
+        host: host.to_owned(),
         run_lock,
         guard,
         addr,
@@ -109,7 +112,7 @@ impl Launched {
                 debug!("{}: {} ({})", w.name, w.detail, w.fix);
             }
         }
-        let engine = Engine::new(self.guard.dir.socket());
+        let engine = Engine::new(&self.host, self.guard.dir.socket());
         // Until the socket exists a ping only costs a client's set-up; a rank waiting for its
         // daemon polls less often the longer it waits (the daemons of many simulated hosts share
         // the same cores as the waiting ranks).
@@ -117,7 +120,8 @@ impl Launched {
         // Ready also means the published ports take a burst of joins: the guard's word on their
         // accept queues (it comes when slirp4netns listens, usually before the API answers).
         let mut queues_told = !self.network.slirp4netns_forwards();
-        while !(engine.socket().exists() && engine.ping(Duration::from_millis(500))) {
+        let ping = || Deadline::phase(deadline).within(Duration::from_millis(500));
+        while !(engine.socket().exists() && engine.ping(ping())) {
             queues_told |= self.take_guard_news(backoff.next())?;
             if let Some(sig) = signals.received() {
                 bail!(
@@ -137,7 +141,7 @@ impl Launched {
         // The overlay's gateway bridge; the host path has no overlay (and no bridges).
         if !self.network.is_host() {
             let t = Instant::now();
-            create_gwbridge(&engine)?;
+            create_gwbridge(&engine, Deadline::phase(deadline))?;
             tl.done("gwbridge", t);
         }
         debug!(
@@ -219,7 +223,7 @@ impl Launched {
 
 /// docker_gwbridge must exist before the swarm does, with inter-container traffic allowed, or
 /// the daemon makes one with defaults unsuited to the rootless network.
-fn create_gwbridge(engine: &Engine) -> Result<()> {
+fn create_gwbridge(engine: &Engine, deadline: Deadline) -> Result<()> {
     let body = json!({
         "Name": "docker_gwbridge",
         "Driver": "bridge",
@@ -232,7 +236,7 @@ fn create_gwbridge(engine: &Engine) -> Result<()> {
         },
         "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
     });
-    let response = engine.request("POST", "/networks/create", Some(&body), CALL_TIMEOUT)?;
+    let response = engine.request("POST", "/networks/create", Some(&body), deadline)?;
     match response.status {
         200 | 201 | 409 => Ok(()),
         code => bail!(

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::host::engine::{CALL_TIMEOUT, Engine};
+use crate::host::engine::Engine;
+use crate::sys::deadline::Deadline;
 
 /// The role a host joins in; each has its own join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,7 @@ pub fn init(
     addr: Ipv4Addr,
     listen: &str,
     pool: (Ipv4Addr, u8),
+    deadline: Deadline,
 ) -> Result<Invitations> {
     let body = json!({
         "ListenAddr": listen,
@@ -84,9 +86,9 @@ pub fn init(
         "SubnetSize": 24,
     });
     engine
-        .call("POST", "/swarm/init", Some(&body), CALL_TIMEOUT)
+        .call("POST", "/swarm/init", Some(&body), deadline)
         .context("failed to initialize the swarm")?;
-    let swarm = engine.get_json("/swarm", CALL_TIMEOUT)?;
+    let swarm = engine.get_json("/swarm", deadline)?;
     let invitation = |role: JoinRole, kind: &str| {
         let token = swarm
             .pointer(&format!("/JoinTokens/{kind}"))
@@ -107,10 +109,11 @@ pub fn init(
 /// This daemon's node ID in the swarm, once it is an active node: what tells the job's nodes from
 /// any other. A join that returned early (a retried request answered "already part of a swarm"
 /// while the first was still going on) is waited for here, until the deadline.
-pub fn node_id(engine: &Engine, deadline: Instant) -> Result<String> {
+pub fn node_id(engine: &Engine, deadline: Deadline) -> Result<String> {
     let mut last = Value::Null;
-    let active = crate::sys::deadline::poll_until(deadline, Duration::from_millis(100), || {
-        match engine.get_json("/info", CALL_TIMEOUT) {
+    let every = Duration::from_millis(100);
+    let active = crate::sys::deadline::poll_until(deadline.instant(), every, || {
+        match engine.get_json("/info", deadline) {
             Ok(info) => {
                 last = info.get("Swarm").cloned().unwrap_or_default();
                 active_node_id(&last).map(Ok)
@@ -150,7 +153,7 @@ pub fn join(
     listen: &str,
     invitation: &Invitation,
     remote: &str,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let body = json!({
         "ListenAddr": listen,
@@ -162,13 +165,7 @@ pub fn join(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let result = engine.request(
-            "POST",
-            "/swarm/join",
-            Some(&body),
-            left.max(Duration::from_secs(1)),
-        );
+        let result = engine.request("POST", "/swarm/join", Some(&body), deadline);
         let error = match result {
             Ok(r) if r.is_success() => return Ok(()),
             // Already part of this swarm (a retried request that did succeed).
@@ -178,7 +175,7 @@ pub fn join(
             Ok(r) => format!("{} {}", r.status, r.message()),
             Err(e) => format!("{e:#}"),
         };
-        if Instant::now() + pause >= deadline {
+        if Instant::now() + pause >= deadline.instant() {
             bail!(
                 "failed to join the swarm as a {} through {remote} after {attempts} attempt(s): \
                  {error}; check that this host reaches {remote} (TCP 2377 and 7946) and run \
@@ -227,8 +224,8 @@ pub(crate) struct ManagerStatus {
 }
 
 /// Every node of the swarm as `GET /nodes` lists it.
-pub(crate) fn list_nodes(engine: &Engine) -> Result<Vec<Node>> {
-    serde_json::from_value(engine.get_json("/nodes", CALL_TIMEOUT)?)
+pub(crate) fn list_nodes(engine: &Engine, deadline: Deadline) -> Result<Vec<Node>> {
+    serde_json::from_value(engine.get_json("/nodes", deadline)?)
         .context("unexpected reply to GET /nodes")
 }
 
@@ -245,7 +242,7 @@ const LABEL_CONCURRENCY: usize = 8;
 
 /// Adds each host's labels to its node, keeping the rest of its spec (user labels included), a
 /// few nodes at a time; a node whose version moves between read and write is read again.
-pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> Result<()> {
+pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Deadline) -> Result<()> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = LABEL_CONCURRENCY.min(nodes.len());
     std::thread::scope(|scope| {
@@ -276,7 +273,7 @@ pub fn label_nodes(engine: &Engine, nodes: &[NodeLabels], deadline: Instant) -> 
 fn label_node(
     store: &impl crate::swarm::versioned::ObjectStore,
     node: &NodeLabels,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let what = format!("the labels of {}'s node", node.host);
     let write_path = |version: u64| format!("/nodes/{}/update?version={version}", node.id);
@@ -308,15 +305,15 @@ pub fn wait_members(
     hosts: &[String],
     ids: &[String],
     managers: usize,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let mut missing = Vec::new();
     // Each poll lists every node: at hundreds of nodes a fixed 50 ms would keep the manager busy.
     let seen = crate::sys::deadline::poll_until_paced(
-        deadline,
+        deadline.instant(),
         Duration::from_millis(50),
         Duration::from_secs(1),
-        || match list_nodes(engine) {
+        || match list_nodes(engine, deadline) {
             Ok(nodes) => {
                 missing = missing_members(&nodes, hosts, ids, managers);
                 missing.is_empty().then_some(Ok(()))

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -86,14 +86,11 @@ impl Loader {
                 current: Vec::new(),
                 pos: 0,
             };
-            let timeout = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_secs(1));
             let response = engine.post_stream(
                 "/images/load?quiet=1",
                 "application/x-tar",
                 &mut reader,
-                timeout,
+                crate::sys::deadline::Deadline::phase(deadline),
             )?;
             parse_load_response(&response)
         });

@@ -2,18 +2,19 @@
 //! seen during bring-up (on the wire, in a daemon's memory, by a poll of the API) lets nobody in
 //! afterwards, then every node that is not one of the job's hosts' daemons removed, loudly.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::host::engine::{CALL_TIMEOUT, Engine};
+use crate::host::engine::Engine;
 use crate::swarm::formation::{Node, list_nodes};
 use crate::swarm::versioned::{self, Object};
+use crate::sys::deadline::Deadline;
 
 /// Rotates the worker and the manager join token (on a manager), and checks that the daemon no
 /// longer gives out the old ones. Nodes that already joined keep their certificates.
-pub fn rotate_tokens(engine: &Engine, deadline: Instant) -> Result<()> {
+pub fn rotate_tokens(engine: &Engine, deadline: Deadline) -> Result<()> {
     let write_path = |version: u64| {
         format!("/swarm/update?version={version}&rotateWorkerToken=true&rotateManagerToken=true")
     };
@@ -24,12 +25,12 @@ pub fn rotate_tokens(engine: &Engine, deadline: Instant) -> Result<()> {
     };
     // The spec goes back unchanged: the query asks for the rotation.
     let before = versioned::update(engine, &object, |_| {}, deadline)?;
-    check_rotated(engine, &before)
+    check_rotated(engine, &before, deadline)
 }
 
 /// The tokens the daemon gives out now are not those of `before`.
-fn check_rotated(engine: &Engine, before: &Value) -> Result<()> {
-    let after = engine.get_json("/swarm", CALL_TIMEOUT)?;
+fn check_rotated(engine: &Engine, before: &Value, deadline: Deadline) -> Result<()> {
+    let after = engine.get_json("/swarm", deadline)?;
     for kind in ["Worker", "Manager"] {
         let pointer = format!("/JoinTokens/{kind}");
         let (old, new) = (before.pointer(&pointer), after.pointer(&pointer));
@@ -45,8 +46,8 @@ fn check_rotated(engine: &Engine, before: &Value) -> Result<()> {
 
 /// Removes every node whose ID is not in `members` (the job's hosts' own node IDs), with a
 /// warning naming it; fails if one cannot be removed before `deadline`. Returns how many went.
-pub fn remove_strangers(engine: &Engine, members: &[String], deadline: Instant) -> Result<usize> {
-    let nodes = list_nodes(engine)?;
+pub fn remove_strangers(engine: &Engine, members: &[String], deadline: Deadline) -> Result<usize> {
+    let nodes = list_nodes(engine, deadline)?;
     let strangers = strangers(&nodes, members);
     for node in &strangers {
         tracing::warn!(
@@ -89,15 +90,16 @@ fn describe(node: &Node) -> String {
 
 /// Removes a node by force, demoting it first if it is a manager (the swarm refuses to remove a
 /// member of its Raft group); retries until the demotion has taken effect or `deadline`.
-fn remove(engine: &Engine, node: &Node, deadline: Instant) -> Result<()> {
+fn remove(engine: &Engine, node: &Node, deadline: Deadline) -> Result<()> {
     if node.manager_status.is_some() {
         demote(engine, &node.id, deadline)
             .with_context(|| format!("failed to demote the stranger node {}", describe(node)))?;
     }
     let path = format!("/nodes/{}?force=true", node.id);
     let mut error = String::new();
-    let removed = crate::sys::deadline::poll_until(deadline, Duration::from_millis(200), || {
-        match engine.request("DELETE", &path, None, CALL_TIMEOUT) {
+    let every = Duration::from_millis(200);
+    let removed = crate::sys::deadline::poll_until(deadline.instant(), every, || {
+        match engine.request("DELETE", &path, None, deadline) {
             // Gone already counts as removed.
             Ok(r) if r.is_success() || r.status == 404 => Some(()),
             Ok(r) => {
@@ -119,7 +121,7 @@ fn remove(engine: &Engine, node: &Node, deadline: Instant) -> Result<()> {
 }
 
 /// Makes a node a worker, keeping the rest of its spec.
-fn demote(engine: &Engine, id: &str, deadline: Instant) -> Result<()> {
+fn demote(engine: &Engine, id: &str, deadline: Deadline) -> Result<()> {
     let write_path = |version: u64| format!("/nodes/{id}/update?version={version}");
     let what = format!("the role of node {id}");
     let object = Object {

@@ -17,8 +17,8 @@ use crate::plan::config::TaskFailures;
 use crate::swarm::stack_state::steady::Steady;
 use crate::swarm::stack_state::verdict::{self, Counts, Failure, Goal, Verdict};
 use crate::swarm::stack_state::{self, Nodes, Service, Task};
+use crate::sys::deadline::Deadline;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the CLI's output is kept for an error message (its end).
 const KEEP_OUTPUT: usize = 16 << 10;
 
@@ -128,13 +128,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(engine: &Engine, name: &str, timeout: Duration) -> Result<Snapshot> {
+    pub fn take(engine: &Engine, name: &str, deadline: Deadline) -> Result<Snapshot> {
         let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
         let filter = encode(&filter);
         // `status=true` (API 1.41) adds Swarm's own counts; jobs' completions are read there.
         let services =
-            engine.get_json(&format!("/services?status=true&filters={filter}"), timeout)?;
-        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), timeout)?;
+            engine.get_json(&format!("/services?status=true&filters={filter}"), deadline)?;
+        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), deadline)?;
         Ok(Snapshot {
             services: stack_state::parse_services(&services),
             tasks: stack_state::parse_tasks(&tasks),
@@ -143,8 +143,8 @@ impl Snapshot {
 }
 
 /// The swarm's nodes for a message; without them, messages name node IDs.
-fn nodes(engine: &Engine, timeout: Duration) -> Nodes {
-    match engine.get_json("/nodes", timeout) {
+fn nodes(engine: &Engine, deadline: Deadline) -> Nodes {
+    match engine.get_json("/nodes", deadline) {
         Ok(nodes) => stack_state::parse_nodes(&nodes),
         Err(e) => {
             tracing::debug!("failed to list the swarm's nodes: {e:#}");
@@ -223,10 +223,7 @@ impl<'a> Watch<'a> {
         let mut last = None;
         let mut steady = Steady::default();
         loop {
-            let timeout = deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_secs(1), CALL_TIMEOUT);
-            let snap = Snapshot::take(engine, name, timeout)
+            let snap = Snapshot::take(engine, name, Deadline::phase(deadline))
                 .with_context(|| format!("failed to read the state of stack {name}"))?;
             steady.observe(&snap.tasks, Instant::now());
             let reports = verdict::reports(&snap.services, &snap.tasks, &steady);
@@ -245,12 +242,13 @@ impl<'a> Watch<'a> {
                     return Ok(());
                 }
                 Verdict::Failed(failure) => {
-                    let nodes = nodes(engine, timeout);
+                    let nodes = nodes(engine, Deadline::phase(deadline));
                     self.reported.insert(failure.task.id.clone());
                     bail!(failure_message(engine, &failure, &nodes, deadline))
                 }
-                Verdict::Waiting(waiting) if Instant::now() >= deadline => {
-                    let nodes = nodes(engine, Duration::from_secs(1));
+                // The last look before the deadline: a next one could not be answered in time.
+                Verdict::Waiting(waiting) if Instant::now() + POLL >= deadline => {
+                    let nodes = nodes(engine, Deadline::phase(deadline));
                     let lines: Vec<String> = waiting
                         .iter()
                         .map(|r| verdict::describe_waiting(r, &nodes))
@@ -278,7 +276,7 @@ impl<'a> Watch<'a> {
     pub fn look(&mut self) -> Health {
         let (engine, name) = (self.engine, self.name);
         let began = Instant::now();
-        let snap = Snapshot::take(engine, name, WATCH_CALL_TIMEOUT);
+        let snap = Snapshot::take(engine, name, Deadline::after(WATCH_CALL_TIMEOUT));
         let took = began.elapsed();
         tracing::trace!("stack {name}: looked in {took:?}");
         // A slow manager is asked less often: the watch must not become its load.
@@ -312,7 +310,7 @@ impl<'a> Watch<'a> {
             self.warn_new(&failed, until);
             return Health::Fine;
         };
-        let nodes = nodes(engine, WATCH_CALL_TIMEOUT);
+        let nodes = nodes(engine, Deadline::after(WATCH_CALL_TIMEOUT));
         self.reported.insert(failure.task.id.clone());
         tracing::error!(
             "stack {name}: {}",
@@ -331,7 +329,7 @@ impl<'a> Watch<'a> {
         if new.is_empty() {
             return;
         }
-        let nodes = nodes(self.engine, WATCH_CALL_TIMEOUT);
+        let nodes = nodes(self.engine, Deadline::after(WATCH_CALL_TIMEOUT));
         for failure in new {
             self.reported.insert(failure.task.id.clone());
             tracing::warn!(
@@ -361,7 +359,7 @@ const WORK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One look at the stack's work; `settled` as for `verdict::judge`.
 pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
-    let snap = Snapshot::take(engine, name, WORK_CALL_TIMEOUT)
+    let snap = Snapshot::take(engine, name, Deadline::after(WORK_CALL_TIMEOUT))
         .with_context(|| format!("failed to read the state of stack {name}"))?;
     let reports = verdict::reports(&snap.services, &snap.tasks, &Steady::default());
     let counts = verdict::counts(&reports, Goal::WorkDone);
@@ -370,7 +368,7 @@ pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
             Verdict::Reached => Work::Done(counts),
             Verdict::Waiting(_) => Work::Running(counts),
             Verdict::Failed(failure) => {
-                let nodes = nodes(engine, WORK_CALL_TIMEOUT);
+                let nodes = nodes(engine, Deadline::after(WORK_CALL_TIMEOUT));
                 Work::Failed {
                     code: failure.exit_code(),
                     message: failure_message(
@@ -387,8 +385,8 @@ pub fn work(engine: &Engine, name: &str, settled: bool) -> Result<Work> {
 
 /// `--until-stack-jobs-complete` needs work to wait for: a service whose tasks end. Warns about work
 /// Swarm retries without end (a failing task then never ends the run).
-pub fn check_work(engine: &Engine, name: &str) -> Result<()> {
-    let snap = Snapshot::take(engine, name, CALL_TIMEOUT)?;
+pub fn check_work(engine: &Engine, name: &str, deadline: Instant) -> Result<()> {
+    let snap = Snapshot::take(engine, name, Deadline::phase(deadline))?;
     let work: Vec<&Service> = snap
         .services
         .iter()
@@ -439,11 +437,12 @@ pub fn failure_message(
         // No container ran (a rejected task): there is no log to read.
         return text;
     }
-    let Some(left) = crate::sys::deadline::time_left(deadline).map(|l| l.min(LOG_TIMEOUT)) else {
+    if crate::sys::deadline::time_left(deadline).is_none() {
         text.push_str("\n  (its log was not read: no time was left before the deadline)");
         return text;
-    };
-    match log_tail(engine, &failure.task.id, LOG_LINES, left) {
+    }
+    let limit = Deadline::phase(deadline).within(LOG_TIMEOUT);
+    match log_tail(engine, &failure.task.id, LOG_LINES, limit) {
         Ok(lines) if lines.is_empty() => text.push_str("\n  (its log is empty)"),
         Ok(lines) => {
             text.push_str("\n  last lines of its log:");
@@ -461,10 +460,10 @@ pub fn log_tail(
     engine: &Engine,
     task: &str,
     lines: usize,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Vec<String>> {
     let path = format!("/tasks/{task}/logs?stdout=1&stderr=1&tail={lines}");
-    let (response, _) = engine.get_bounded(&path, 256 << 10, timeout)?;
+    let (response, _) = engine.get_bounded(&path, 256 << 10, deadline)?;
     if !response.is_success() {
         bail!("GET {path}: {}", response.message());
     }

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::host::engine::{CALL_TIMEOUT, Engine};
+use crate::host::engine::Engine;
 use crate::mpi::collective::{Interrupt, Leaders};
+use crate::sys::deadline::Deadline;
 
 const NETWORK: &str = "mpiswarm-probe";
 const PORT: u16 = 7777;
@@ -30,7 +31,8 @@ struct Row {
     error: Option<String>,
 }
 
-/// Runs the probe; Ok only if every pair connects.
+/// Runs the probe; Ok only if every pair connects. The hosts agree by `deadline`; each host's
+/// own steps end by `own`, a little before it, so that the agreement hears why one failed.
 pub fn run(
     leaders: &mut Leaders,
     engine: &Engine,
@@ -38,21 +40,22 @@ pub fn run(
     image: &str,
     overlay_mtu: u32,
     deadline: Instant,
+    own: Deadline,
 ) -> Result<()> {
     let root = leaders.is_root();
     let local = if root {
-        deploy_probes(engine, hosts, image, overlay_mtu, deadline)
+        deploy_probes(engine, hosts, image, overlay_mtu, own)
     } else {
         Ok(())
     };
     let agreed = leaders.agree("start the overlay probes", local, deadline);
     if agreed.is_err() && root {
-        remove_probes(engine, hosts);
+        remove_probes(engine, hosts, own);
     }
     agreed?;
 
     let host = leaders.host.clone();
-    let row = match probe_from_here(engine, &host, hosts) {
+    let row = match probe_from_here(engine, &host, hosts, own) {
         Ok(reached) => Row {
             host,
             reached,
@@ -72,7 +75,7 @@ pub fn run(
     )?;
     let verdict = match rows {
         Some(rows) => {
-            remove_probes(engine, hosts);
+            remove_probes(engine, hosts, own);
             judge(rows, hosts)
         }
         None => Ok(()),
@@ -124,11 +127,11 @@ fn deploy_probes(
     hosts: &[String],
     image: &str,
     mtu: u32,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let net = json!({"Name": NETWORK, "Driver": "overlay", "Attachable": true,
         "CheckDuplicate": true, "Options": crate::plan::mtu::options(mtu)});
-    let r = engine.request("POST", "/networks/create", Some(&net), CALL_TIMEOUT)?;
+    let r = engine.request("POST", "/networks/create", Some(&net), deadline)?;
     if !r.is_success() && r.status != 409 {
         bail!("failed to create the probe network: {}", r.message());
     }
@@ -149,21 +152,26 @@ fn deploy_probes(
             "EndpointSpec": {"Mode": "dnsrr"},
         });
         engine
-            .call("POST", "/services/create", Some(&spec), CALL_TIMEOUT)
+            .call("POST", "/services/create", Some(&spec), deadline)
             .with_context(|| format!("failed to create the probe service for {host}"))?;
     }
     crate::swarm::stack::wait_for(
         engine,
         NETWORK,
         crate::swarm::stack_state::verdict::Goal::Up,
-        deadline,
+        deadline.instant(),
         |_| {},
     )
     .with_context(|| format!("failed to start the probes (does the image {image} have sh and nc?)"))
 }
 
 /// From this host's probe container, connects to every probe by service name, all at once.
-fn probe_from_here(engine: &Engine, host: &str, hosts: &[String]) -> Result<Vec<bool>> {
+fn probe_from_here(
+    engine: &Engine,
+    host: &str,
+    hosts: &[String],
+    deadline: Deadline,
+) -> Result<Vec<bool>> {
     let filter =
         json!({"label": [format!("com.docker.swarm.service.name={}", service_name(host))]})
             .to_string();
@@ -172,7 +180,7 @@ fn probe_from_here(engine: &Engine, host: &str, hosts: &[String]) -> Result<Vec<
             "/containers/json?filters={}",
             crate::swarm::stack::encode(&filter)
         ),
-        CALL_TIMEOUT,
+        deadline,
     )?;
     let id = containers
         .as_array()
@@ -200,18 +208,20 @@ fn probe_from_here(engine: &Engine, host: &str, hosts: &[String]) -> Result<Vec<
             "POST",
             &format!("/containers/{id}/exec"),
             Some(&exec),
-            CALL_TIMEOUT,
+            deadline,
         )?
         .json()?;
     let exec_id = created
         .get("Id")
         .and_then(Value::as_str)
         .context("the daemon returned no exec id")?;
-    let output = engine.call(
+    let output = engine.call_long(
         "POST",
         &format!("/exec/{exec_id}/start"),
         Some(&json!({"Detach": false, "Tty": true})),
-        Duration::from_secs(u64::from((PAIR_TIMEOUT + 1) * ATTEMPTS) + 20),
+        deadline.within(Duration::from_secs(
+            u64::from((PAIR_TIMEOUT + 1) * ATTEMPTS) + 20,
+        )),
     )?;
     let text = String::from_utf8_lossy(&output.body);
     Ok(hosts
@@ -223,32 +233,26 @@ fn probe_from_here(engine: &Engine, host: &str, hosts: &[String]) -> Result<Vec<
         .collect())
 }
 
-fn remove_probes(engine: &Engine, hosts: &[String]) {
+/// Removes the probes by `deadline` at the latest (the hosts then agree on the verdict).
+fn remove_probes(engine: &Engine, hosts: &[String], deadline: Deadline) {
     for host in hosts {
         let _ = engine.request(
             "DELETE",
             &format!("/services/{}", service_name(host)),
             None,
-            CALL_TIMEOUT,
+            deadline,
         );
     }
     // The network goes once its last task has released it; the swarm itself is discarded at
     // teardown anyway, so a failure here is not worth waiting for.
-    let _ = crate::sys::deadline::poll_until(
-        Instant::now() + Duration::from_secs(10),
-        Duration::from_millis(200),
-        || {
-            let deleted = engine.request(
-                "DELETE",
-                &format!("/networks/{NETWORK}"),
-                None,
-                CALL_TIMEOUT,
-            );
+    let deadline = deadline.within(Duration::from_secs(10));
+    let _ =
+        crate::sys::deadline::poll_until(deadline.instant(), Duration::from_millis(200), || {
+            let deleted = engine.request("DELETE", &format!("/networks/{NETWORK}"), None, deadline);
             deleted
                 .is_ok_and(|r| r.is_success() || r.status == 404)
                 .then_some(())
-        },
-    );
+        });
 }
 
 fn print_matrix(rows: &[Row], hosts: &[String]) {

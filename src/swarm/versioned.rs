@@ -8,21 +8,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::host::engine::{CALL_TIMEOUT, Engine, Response};
+use crate::host::engine::{Engine, Response};
+use crate::sys::deadline::Deadline;
 
 /// What an update needs of the Engine API; a test stands in for it to move versions.
 pub trait ObjectStore {
-    fn read(&self, path: &str) -> Result<Value>;
-    fn write(&self, path: &str, body: &Value) -> Result<Response>;
+    fn read(&self, path: &str, deadline: Deadline) -> Result<Value>;
+    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<Response>;
 }
 
 impl ObjectStore for Engine {
-    fn read(&self, path: &str) -> Result<Value> {
-        self.get_json(path, CALL_TIMEOUT)
+    fn read(&self, path: &str, deadline: Deadline) -> Result<Value> {
+        self.get_json(path, deadline)
     }
 
-    fn write(&self, path: &str, body: &Value) -> Result<Response> {
-        self.request("POST", path, Some(body), CALL_TIMEOUT)
+    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<Response> {
+        self.request("POST", path, Some(body), deadline)
     }
 }
 
@@ -41,13 +42,13 @@ pub fn update(
     store: &impl ObjectStore,
     object: &Object,
     change: impl Fn(&mut Value),
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Value> {
     let mut attempts = 0;
     let mut pause = Duration::from_millis(10);
     loop {
         attempts += 1;
-        let current = store.read(&object.read_path)?;
+        let current = store.read(&object.read_path, deadline)?;
         let version = current
             .pointer("/Version/Index")
             .and_then(Value::as_u64)
@@ -57,7 +58,7 @@ pub fn update(
             .cloned()
             .with_context(|| format!("failed to update {}: it has no spec", object.what))?;
         change(&mut spec);
-        let response = store.write(&(object.write_path)(version), &spec)?;
+        let response = store.write(&(object.write_path)(version), &spec, deadline)?;
         if response.is_success() {
             return Ok(current);
         }
@@ -69,7 +70,7 @@ pub fn update(
                 response.status
             );
         }
-        if Instant::now() + pause >= deadline {
+        if Instant::now() + pause >= deadline.instant() {
             bail!(
                 "failed to update {} before the deadline: {attempts} write(s) refused as out of \
                  sequence (its version kept moving), the last: {message}",
@@ -119,7 +120,7 @@ mod tests {
     }
 
     impl ObjectStore for MovingStore {
-        fn read(&self, _path: &str) -> Result<Value> {
+        fn read(&self, _path: &str, _: Deadline) -> Result<Value> {
             let version = *self.version.borrow();
             let mut moves = self.moves.borrow_mut();
             if *moves > 0 {
@@ -130,7 +131,7 @@ mod tests {
                       "Spec": {"Role": "worker", "Labels": self.labels.borrow().clone()}}))
         }
 
-        fn write(&self, path: &str, body: &Value) -> Result<Response> {
+        fn write(&self, path: &str, body: &Value, _: Deadline) -> Result<Response> {
             *self.writes.borrow_mut() += 1;
             let wanted = format!("version={}", self.version.borrow());
             if !path.ends_with(&wanted) {
@@ -163,7 +164,7 @@ mod tests {
         let store = MovingStore::new(2);
         let write = |v: u64| format!("/nodes/n1/update?version={v}");
         let add = |spec: &mut Value| spec["Labels"]["mpiswarm.index"] = json!("29");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Deadline::after(Duration::from_secs(5));
         update(&store, &node_object(&write), add, deadline).unwrap();
         assert_eq!(*store.writes.borrow(), 3);
         assert_eq!(
@@ -176,7 +177,7 @@ mod tests {
     fn a_version_that_never_settles_fails_at_the_deadline_naming_the_object() {
         let store = MovingStore::new(usize::MAX);
         let write = |v: u64| format!("/nodes/n1/update?version={v}");
-        let deadline = Instant::now() + Duration::from_millis(100);
+        let deadline = Deadline::after(Duration::from_millis(100));
         let e = update(&store, &node_object(&write), |_| {}, deadline).unwrap_err();
         let e = format!("{e:#}");
         assert!(
@@ -189,10 +190,10 @@ mod tests {
     fn other_refusals_fail_at_once() {
         struct Refusing;
         impl ObjectStore for Refusing {
-            fn read(&self, _: &str) -> Result<Value> {
+            fn read(&self, _: &str, _: Deadline) -> Result<Value> {
                 Ok(json!({"Version": {"Index": 1}, "Spec": {}}))
             }
-            fn write(&self, _: &str, _: &Value) -> Result<Response> {
+            fn write(&self, _: &str, _: &Value, _: Deadline) -> Result<Response> {
                 Ok(Response {
                     status: 400,
                     body: br#"{"message":"invalid spec"}"#.to_vec(),
@@ -200,7 +201,7 @@ mod tests {
             }
         }
         let write = |v: u64| format!("/swarm/update?version={v}");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Deadline::after(Duration::from_secs(60));
         let t = Instant::now();
         let e = update(&Refusing, &node_object(&write), |_| {}, deadline).unwrap_err();
         assert!(format!("{e:#}").contains("invalid spec"));

@@ -4,6 +4,75 @@
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// When a piece of work must end, and what set that moment: the phase it belongs to, or a limit
+/// of its own that ends sooner. Every Engine API call takes one, so none can outlast its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    set_by: SetBy,
+}
+
+/// What set a deadline, as an error names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetBy {
+    /// The phase's deadline (the hosts' agreement, or rank 0's own a little before it).
+    Phase,
+    /// A limit of the work's own, shorter than what was left of the phase.
+    Limit(Duration),
+}
+
+impl Deadline {
+    /// The phase's deadline.
+    pub fn phase(at: Instant) -> Self {
+        Deadline {
+            at,
+            set_by: SetBy::Phase,
+        }
+    }
+
+    /// A limit of its own from now, for work outside any phase (a ping, a clean-up).
+    pub fn after(limit: Duration) -> Self {
+        Deadline {
+            at: later(Instant::now(), limit),
+            set_by: SetBy::Limit(limit),
+        }
+    }
+
+    /// The earlier of this deadline and `limit` from now.
+    pub fn within(self, limit: Duration) -> Self {
+        let own = Deadline::after(limit);
+        if own.at < self.at { own } else { self }
+    }
+
+    pub fn instant(self) -> Instant {
+        self.at
+    }
+
+    /// The time left, zero once passed.
+    pub fn left(self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// What set it, for an error: "the phase's deadline", "its own limit of 30 s".
+    pub fn set_by(self) -> String {
+        match self.set_by {
+            SetBy::Phase => "the phase's deadline".to_owned(),
+            SetBy::Limit(limit) => format!("its own limit of {}", seconds(limit)),
+        }
+    }
+}
+
+/// `at + by`, or as far as an `Instant` goes.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365))
+}
+
+/// A duration as errors print it: "4.2 s".
+pub fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
 /// Waits for `child` at most `timeout`; past it the child is killed and reaped, and `None` says
 /// it did not finish. Polls `try_wait` rather than waiting on SIGCHLD: in the guard, a child
 /// subreaper, another thread may reap the child first (ECHILD), and that must not be fatal; a
@@ -36,7 +105,8 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> std::io::Result<Opt
 }
 
 /// Calls `probe` every `every` until it returns `Some` or `deadline` passes (then `None`); the
-/// probe runs at least once.
+/// probe runs at least once, and never again once the deadline has come (its Engine calls would
+/// not be sent, and the caller's own message at the deadline says more).
 pub fn poll_until<T>(
     deadline: Instant,
     every: Duration,
@@ -51,6 +121,9 @@ pub fn poll_until<T>(
             return None;
         }
         std::thread::sleep(every.min(left));
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 
@@ -74,6 +147,9 @@ pub fn poll_until_paced<T>(
         }
         let pause = (t.elapsed() * PACED_RATIO).clamp(every, at_most);
         std::thread::sleep(pause.min(left));
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 
@@ -145,6 +221,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_call_waits_for_the_earlier_of_its_limit_and_the_phase() {
+        let phase = Deadline::phase(Instant::now() + Duration::from_secs(4));
+        let short = phase.within(Duration::from_secs(1));
+        assert!(short.left() <= Duration::from_secs(1));
+        assert_eq!(short.set_by(), "its own limit of 1.0 s");
+        let long = phase.within(Duration::from_secs(30));
+        assert_eq!(long, phase);
+        assert!(long.left() <= Duration::from_secs(4) && long.left() > Duration::from_secs(3));
+        assert_eq!(long.set_by(), "the phase's deadline");
+        let passed = Deadline::phase(Instant::now() - Duration::from_millis(5));
+        assert!(passed.left().is_zero());
+        assert_eq!(passed.within(Duration::from_secs(30)), passed);
+    }
+
+    #[test]
     fn a_child_that_overstays_is_killed() {
         let mut child = std::process::Command::new("sleep")
             .arg("10")
@@ -190,12 +281,31 @@ mod tests {
             },
         );
         assert_eq!(got, Some(3));
-        let never: Option<()> = poll_until(
-            Instant::now() + Duration::from_millis(20),
-            Duration::from_millis(5),
-            || None,
-        );
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let mut probes = Vec::new();
+        let never: Option<()> = poll_until(deadline, Duration::from_millis(3), || {
+            probes.push(Instant::now());
+            None
+        });
         assert!(never.is_none());
+        // None at or after the deadline: its calls would not be sent.
+        assert!(probes.iter().all(|t| *t < deadline), "{probes:?}");
+        assert!(probes.len() >= 2);
+        let mut late = Vec::new();
+        let paced: Option<()> = poll_until_paced(
+            deadline + Duration::from_millis(20),
+            Duration::from_millis(3),
+            Duration::from_millis(7),
+            || {
+                late.push(Instant::now());
+                None
+            },
+        );
+        assert!(paced.is_none());
+        assert!(
+            late.iter()
+                .all(|t| *t < deadline + Duration::from_millis(20))
+        );
     }
 
     #[test]

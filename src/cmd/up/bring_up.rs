@@ -91,6 +91,7 @@ impl Run<'_> {
                         daemon.addr,
                         &daemon.listen_addr(),
                         run.cfg.address_pool,
+                        run.own_deadline(),
                     )?;
                     run.tl.done("swarm-init", t);
                     Some(info)

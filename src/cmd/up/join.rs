@@ -117,7 +117,7 @@ impl Run<'_> {
                         &daemon.listen_addr(),
                         &invitation,
                         &remote,
-                        run.deadline,
+                        run.own_deadline(),
                     )?;
                 }
                 Ok(())
@@ -163,7 +163,7 @@ impl Run<'_> {
                         &daemon.listen_addr(),
                         worker,
                         &via,
-                        run.deadline,
+                        run.own_deadline(),
                     )
                 });
                 // Passed on whatever the outcome: the next host's join does not depend on it,
@@ -177,7 +177,7 @@ impl Run<'_> {
                 run.leaders.progress_done();
             }
             // Managers too: rank 0 tells the job's nodes from any other by these IDs.
-            formation::node_id(&daemon.engine, run.deadline)
+            formation::node_id(&daemon.engine, run.own_deadline())
         });
         self.leaders.progress.end();
         joined

@@ -19,6 +19,7 @@ use crate::mpi::cluster::{Cluster, Role};
 use crate::mpi::collective::{Leaders, PhaseFailed};
 use crate::output::report::Timeline;
 use crate::plan::config::UpConfig;
+use crate::sys::deadline::Deadline;
 use crate::sys::exit::CommandUnusable;
 use crate::sys::signals::Signals;
 
@@ -235,12 +236,14 @@ impl Run<'_> {
 const INTERRUPTED: &str = "interrupted by";
 
 impl Run<'_> {
-    /// The deadline for rank 0's own waits inside a phase the other hosts wait for in its
-    /// agreement: a little before theirs, so that rank 0's reason (what it still waits for)
-    /// reaches them, instead of every host giving up on the agreement at once.
-    fn own_deadline(&self) -> Instant {
-        self.deadline
-            .checked_sub(AGREE_MARGIN)
-            .unwrap_or(self.deadline)
+    /// The deadline for a host's own waits and Engine API calls inside a phase the hosts then
+    /// agree on: a little before theirs, so that the reason (a manager that stopped answering,
+    /// what rank 0 still waits for) reaches them, instead of every host giving up at once.
+    fn own_deadline(&self) -> Deadline {
+        Deadline::phase(
+            self.deadline
+                .checked_sub(AGREE_MARGIN)
+                .unwrap_or(self.deadline),
+        )
     }
 }

@@ -68,6 +68,7 @@ impl Run<'_> {
                 image,
                 self.cfg.overlay_mtu,
                 self.deadline,
+                self.own_deadline(),
             )?;
             self.tl.done("verify", t);
         }
@@ -157,6 +158,9 @@ impl Run<'_> {
         managers: usize,
     ) -> Result<()> {
         let until = self.own_deadline();
+        if crate::sys::fault::injected("manager-stops") {
+            crate::sys::fault::stop_program(guard_pid, "dockerd");
+        }
         let t = Instant::now();
         formation::wait_members(engine, hosts, node_ids, managers, until)?;
         self.tl.done("members-ready", t);
@@ -182,7 +186,7 @@ impl Run<'_> {
         name: &str,
         watch: &mut Watch,
     ) -> Result<()> {
-        let until = self.own_deadline();
+        let until = self.own_deadline().instant();
         crate::swarm::stack::deploy(engine, file, name, until)?;
         let goal = match self.cfg.workload {
             Workload::StackWork(_) => Goal::Infrastructure,
@@ -192,7 +196,7 @@ impl Run<'_> {
             info!("stack {name}: {counts}");
         })?;
         if goal == Goal::Infrastructure {
-            crate::swarm::stack::check_work(engine, name)?;
+            crate::swarm::stack::check_work(engine, name, until)?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::host::engine::Engine;
-use crate::sys::deadline::time_left;
+use crate::sys::deadline::{Deadline, time_left};
 use crate::sys::statedir::StateDir;
 
 /// The most kept of one service's logs on one host; beyond it they are cut, saying so.
@@ -270,8 +270,8 @@ pub fn file_name(name: &str) -> String {
 }
 
 fn get(engine: &Engine, path: &str, until: Instant) -> Result<Value> {
-    let left = time_left(until).context("the time budget ran out")?;
-    engine.get_json(path, left)
+    time_left(until).context("the time budget ran out")?;
+    engine.get_json(path, Deadline::phase(until))
 }
 
 /// Node ids to host names.

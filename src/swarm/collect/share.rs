@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::host::engine::{Engine, frames};
 use crate::host::host_daemon::HostDaemon;
 use crate::swarm::collect::out::SERVICE_CAP;
-use crate::sys::deadline::time_left;
+use crate::sys::deadline::{Deadline, time_left};
 
 /// The most kept of one host's daemon log: its end.
 const DAEMON_LOG_CAP: u64 = 4 << 20;
@@ -65,34 +65,35 @@ fn service_logs(
     stopped: &dyn Fn() -> bool,
     out: &mut impl Write,
 ) -> Result<()> {
-    let Some(left) = time_left(until) else {
+    if time_left(until).is_none() {
         return note(
             out,
             &format!("services/*.log: the logs on {host}: the time budget ran out"),
         );
-    };
+    }
     let filter = json!({"label": ["com.docker.swarm.service.name"]}).to_string();
     let path = format!(
         "/containers/json?all=1&filters={}",
         crate::swarm::stack::encode(&filter)
     );
-    let listed = engine.get_json(&path, left)?;
+    let listed = engine.get_json(&path, Deadline::phase(until))?;
     for (service, mut tasks) in by_service(&listed) {
         tasks.sort();
         let mut room = SERVICE_CAP;
         for (task, id) in tasks {
             let who = format!("{task}@{host}");
-            let Some(left) = time_left(until).filter(|_| !stopped()) else {
+            if time_left(until).is_none() || stopped() {
                 note(
                     out,
                     &format!("services/{service}.log: {who}: the time budget ran out"),
                 )?;
                 continue;
-            };
+            }
             if room == 0 {
                 continue;
             }
-            let Some((written, cut)) = task_log(engine, &id, &service, &who, room, left, out)?
+            let budget = Deadline::phase(until);
+            let Some((written, cut)) = task_log(engine, &id, &service, &who, room, budget, out)?
             else {
                 continue;
             };
@@ -139,11 +140,11 @@ fn task_log(
     service: &str,
     who: &str,
     room: usize,
-    left: Duration,
+    deadline: Deadline,
     out: &mut impl Write,
 ) -> Result<Option<(usize, bool)>> {
     let path = format!("/containers/{id}/logs?stdout=1&stderr=1&timestamps=1");
-    match engine.get_capped(&path, room, left) {
+    match engine.get_capped(&path, room, deadline) {
         Ok((r, cut)) if r.is_success() => {
             let (written, full) = format_logs(&r.body, service, who, room, out)?;
             Ok(Some((written, cut || full)))
@@ -244,6 +245,7 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
 mod tests {
     use super::*;
     use crate::host::engine::tests::frame;
+    use std::time::Duration;
 
     #[test]
     fn log_lines_carry_time_task_node_and_stream_and_are_cut_at_the_cap() {

@@ -6,14 +6,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::host::engine::{Body, Engine, frames};
 use crate::swarm::collect::out::SERVICE_CAP;
-use crate::sys::deadline::time_left;
+use crate::sys::deadline::{Deadline, time_left};
 
 /// Who a task is, for its log lines: its name as Docker gives it, and its host.
 struct TaskName {
@@ -30,8 +30,8 @@ pub fn service_logs(
     out: &mut impl Write,
 ) -> Result<()> {
     let get = |path: &str| {
-        let left = time_left(until).context("the time budget ran out")?;
-        engine.get_json(path, left)
+        time_left(until).context("the time budget ran out")?;
+        engine.get_json(path, Deadline::phase(until))
     };
     let services = get("/services")?;
     let tasks = get("/tasks")?;
@@ -55,7 +55,7 @@ pub fn service_logs(
             )?;
             continue;
         };
-        let share = left / (services.len() - i) as u32;
+        let share = Deadline::phase(until).within(left / (services.len() - i) as u32);
         one_service(engine, id, service, &names, hosts, share, out)?;
     }
     Ok(())
@@ -68,7 +68,7 @@ fn one_service(
     service: &str,
     names: &HashMap<String, TaskName>,
     hosts: &BTreeSet<String>,
-    share: Duration,
+    share: Deadline,
     out: &mut impl Write,
 ) -> Result<()> {
     let path = format!("/services/{id}/logs?stdout=1&stderr=1&timestamps=1&details=1");
