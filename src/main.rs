@@ -14,14 +14,14 @@ mod sys;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::cmd::{cleanup, doctor, up};
 use crate::host::{guard, identity, oci_runtime};
 use crate::mpi::cluster;
 use crate::output::logging;
 use crate::plan::cli::{self, Cli, Command};
-use crate::plan::{config, mtu};
+use crate::plan::{config, mtu, site_env};
 use crate::sys::signals;
 
 fn main() -> ExitCode {
@@ -33,8 +33,8 @@ fn main() -> ExitCode {
     {
         return oci_runtime::main(std::env::args_os().skip(2).collect());
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, matches) = match parse() {
+        Ok(parsed) => parsed,
         Err(e) => {
             // Under a launcher every rank sees the same bad flags: let one of them say so.
             if launcher_rank() == 0 {
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.verbose, cli.log_format);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             if launcher_rank() == 0 {
@@ -59,9 +59,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<i32> {
+/// The command line, with the site's defaults from the environment (`MPISWARM_<FLAG>`).
+fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
+    let parser = site_env::add(Cli::command());
+    let matches = parser.try_get_matches()?;
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
+
+fn run(cli: Cli, matches: &ArgMatches) -> Result<i32> {
     match cli.command {
-        Command::Up(args) => {
+        Command::Up(mut args) => {
+            if let Some(("up", m)) = matches.subcommand() {
+                site_env::drop_overlay_defaults_for_host(&mut args, m);
+            }
             let cfg = config::UpConfig::from_args(&args)?;
             export_for_the_command(&cfg);
             cluster::prefer_yielding_progress();
@@ -72,6 +82,9 @@ fn run(cli: Cli) -> Result<i32> {
             up::run(&cfg, signals)
         }
         Command::Verify(mut args) => {
+            if let Some(("verify", m)) = matches.subcommand() {
+                site_env::drop_overlay_defaults_for_host(&mut args, m);
+            }
             args.verify = true;
             if !args.command.is_empty() {
                 anyhow::bail!(
