@@ -18,7 +18,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::cmd::{cleanup, doctor, up};
 use crate::host::{guard, identity, oci_runtime};
-use crate::mpi::cluster;
+use crate::mpi::{cluster, library};
 use crate::output::logging;
 use crate::plan::cli::{self, Cli, Command};
 use crate::plan::{config, mtu, site_env};
@@ -33,11 +33,13 @@ fn main() -> ExitCode {
     {
         return oci_runtime::main(std::env::args_os().skip(2).collect());
     }
+    // Read before MPI starts: an MPI that is not the launcher's may set its own rank variables.
+    let launcher_rank = launcher_rank();
     let (cli, matches) = match parse() {
         Ok(parsed) => parsed,
         Err(e) => {
             // Under a launcher every rank sees the same bad flags: let one of them say so.
-            if launcher_rank() == 0 {
+            if launcher_rank == 0 {
                 let _ = e.print();
             } else if e.exit_code() != 0 {
                 let_rank_0_speak_first();
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
     match run(cli, &matches) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            if launcher_rank() == 0 {
+            if launcher_rank == 0 {
                 eprintln!("mpiswarm: error on {}: {e:#}", identity::hostname());
             } else {
                 let_rank_0_speak_first();
@@ -61,7 +63,19 @@ fn main() -> ExitCode {
 
 /// The command line, with the site's defaults from the environment (`MPISWARM_<FLAG>`).
 fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
-    let parser = site_env::add(Cli::command());
+    let parser = site_env::add(Cli::command())
+        .version(format!(
+            "{} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            library::COMMIT
+        ))
+        .long_version(format!(
+            "{}\ncommit: {}\nMPI built with: {}\nMPI loaded: {}",
+            env!("CARGO_PKG_VERSION"),
+            library::COMMIT,
+            library::BUILT_WITH,
+            library::loaded()
+        ));
     let matches = parser.try_get_matches()?;
     Ok((Cli::from_arg_matches(&matches)?, matches))
 }

@@ -87,6 +87,11 @@ impl Cluster {
     pub fn init(host: String, signals: Signals, base: &Path, job: &str) -> Result<(Cluster, Role)> {
         let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was already initialized"))?;
         let world = universe.world();
+        crate::mpi::library::check_world(
+            crate::mpi::library::LauncherWorld::from_env().as_ref(),
+            world.size(),
+            &crate::mpi::library::loaded(),
+        )?;
         let node = world.split_shared(0);
         let is_leader = node.rank() == 0;
         // A host with one rank has nobody to tell.

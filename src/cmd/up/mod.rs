@@ -43,7 +43,12 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     } else {
         crate::mpi::cluster::launcher_rank() == Some(0)
     };
-    let early = early.then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
+    // Under another MPI's launcher MPI starts as a world of one and is refused: no daemon first.
+    let foreign = crate::mpi::library::launcher_is_foreign(
+        crate::mpi::library::LauncherWorld::from_env().as_ref(),
+        &crate::mpi::library::loaded(),
+    );
+    let early = (early && !foreign).then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
