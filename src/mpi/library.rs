@@ -14,7 +14,12 @@ pub const COMMIT: &str = env!("MPISWARM_BUILD_COMMIT");
 /// describes it: its first line, spaces collapsed.
 pub fn loaded() -> String {
     let text = mpi::environment::library_version().unwrap_or_default();
-    let first = text.lines().next().unwrap_or_default();
+    // Open MPI counts the string's terminating NUL in its length.
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\0');
     let words: Vec<&str> = first.split_whitespace().collect();
     if words.is_empty() {
         "an MPI library that does not say its version".to_owned()
