@@ -14,14 +14,14 @@ mod sys;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::cmd::{cleanup, doctor, generate, up};
 use crate::host::{guard, identity, oci_runtime};
-use crate::mpi::cluster;
+use crate::mpi::{cluster, library};
 use crate::output::logging;
 use crate::plan::cli::{self, Cli, Command};
-use crate::plan::{config, mtu};
+use crate::plan::{config, mtu, site_env};
 use crate::sys::{exit, signals};
 
 fn main() -> ExitCode {
@@ -33,11 +33,13 @@ fn main() -> ExitCode {
     {
         return oci_runtime::main(std::env::args_os().skip(2).collect());
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Read before MPI starts: an MPI that is not the launcher's may set its own rank variables.
+    let launcher_rank = launcher_rank();
+    let (cli, matches) = match parse() {
+        Ok(parsed) => parsed,
         Err(e) => {
             // Under a launcher every rank sees the same bad flags: let one of them say so.
-            if launcher_rank() == 0 {
+            if launcher_rank == 0 {
                 let _ = e.print();
             } else if e.exit_code() != 0 {
                 let_rank_0_speak_first();
@@ -46,12 +48,12 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.verbose, cli.log_format);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             // An error of this rank's own (MPI's start, a host-only problem) is said by every
             // rank that has it; one that every rank has (the flags) by rank 0 alone.
-            if launcher_rank() == 0 || e.downcast_ref::<SameOnEveryRank>().is_none() {
+            if launcher_rank == 0 || e.downcast_ref::<exit::SameOnEveryRank>().is_none() {
                 print_error(&e);
             } else {
                 let_rank_0_speak_first();
@@ -70,22 +72,6 @@ fn flag_error_code(e: &clap::Error) -> u8 {
     }
 }
 
-/// An error that comes from the command line alone: every rank has the same.
-#[derive(Debug)]
-struct SameOnEveryRank(anyhow::Error);
-
-impl std::fmt::Display for SameOnEveryRank {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for SameOnEveryRank {}
-
-fn same_on_every_rank(e: anyhow::Error) -> anyhow::Error {
-    anyhow::Error::new(SameOnEveryRank(e))
-}
-
 /// The error this process ends with, naming its host; one JSON line with `--log-format json`.
 fn print_error(e: &anyhow::Error) {
     let host = identity::hostname();
@@ -96,19 +82,50 @@ fn print_error(e: &anyhow::Error) {
     }
 }
 
-fn run(cli: Cli) -> Result<i32> {
+/// The command line, with the site's defaults from the environment (`MPISWARM_<FLAG>`).
+fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
+    let parser = site_env::add(Cli::command())
+        .version(format!(
+            "{} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            library::COMMIT
+        ))
+        .long_version(format!(
+            "{}\ncommit: {}\nMPI built with: {}\nMPI loaded: {}",
+            env!("CARGO_PKG_VERSION"),
+            library::COMMIT,
+            library::BUILT_WITH,
+            library::loaded()
+        ));
+    let matches = parser.try_get_matches()?;
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
+
+fn run(cli: Cli, matches: &ArgMatches) -> Result<i32> {
     match cli.command {
-        Command::Up(args) => run_up(&args),
+        Command::Up(mut args) => {
+            if let Some(("up", m)) = matches.subcommand() {
+                site_env::drop_overlay_defaults_for_host(&mut args, m);
+            }
+            run_up(&args)
+        }
         // `up --verify` without a command.
-        Command::Verify(args) => run_up(&cli::UpArgs {
-            options: args.options,
-            verify: true,
-            until_stack_jobs_complete: false,
-            allow_task_failures: false,
-            command: vec!["true".into()],
-        }),
+        Command::Verify(args) => {
+            let mut args = cli::UpArgs {
+                options: args.options,
+                verify: true,
+                until_stack_jobs_complete: false,
+                allow_task_failures: false,
+                command: vec!["true".into()],
+            };
+            if let Some(("verify", m)) = matches.subcommand() {
+                site_env::drop_overlay_defaults_for_host(&mut args, m);
+            }
+            run_up(&args)
+        }
         Command::Doctor(args) => {
-            let host = config::HostConfig::from_args(&args.common).map_err(same_on_every_rank)?;
+            let host =
+                config::HostConfig::from_args(&args.common).map_err(exit::same_on_every_rank)?;
             doctor::run(&host, config::Network::new(args.net, None), args.json)
         }
         Command::Cleanup(args) => {
@@ -117,7 +134,7 @@ fn run(cli: Cli) -> Result<i32> {
                 iface: None,
                 state_dir: args.state_dir.clone(),
             })
-            .map_err(same_on_every_rank)?
+            .map_err(exit::same_on_every_rank)?
             .state_base;
             cleanup::run(&base, args.dry_run)
         }
@@ -128,7 +145,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn run_up(args: &cli::UpArgs) -> Result<i32> {
-    let cfg = config::UpConfig::from_args(args).map_err(same_on_every_rank)?;
+    let cfg = config::UpConfig::from_args(args).map_err(exit::same_on_every_rank)?;
     export_for_the_command(&cfg);
     cluster::prefer_yielding_progress();
     if cfg.collect.is_some() {

@@ -82,6 +82,51 @@ fn command_exit_code_comes_back() {
 }
 
 #[test]
+fn state_dir_comes_from_the_environment() {
+    let Some(_c) = cluster() else { return };
+    // A site's module sets the default; the ranks get it from the launcher's environment.
+    let scratch = UserScratch::new("envbase");
+    let base = scratch.0.to_str().unwrap();
+    let root = format!("{base}/mpiswarm-{}", uid_of(USER));
+    // (Open MPI gives rank 0 a terminal: `ls` may put several names on a line.)
+    let list = format!("docker info >/dev/null && ls {root}");
+    let out = run_with_deadline(
+        mpirun_env(
+            2,
+            2,
+            &[("MPISWARM_STATE_DIR", base)],
+            &["up", "--", "sh", "-c", &list],
+        ),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Each host's state directory (the hosts share /tmp) was where the variable said.
+    for h in hosts(2) {
+        assert!(
+            stdout
+                .split_whitespace()
+                .any(|w| w.ends_with(&format!("-{h}"))),
+            "no state directory of {h} in {root}:\n{stdout}\n{stderr}"
+        );
+    }
+    // The teardown removes them there (and the per-user directory, once empty).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let left = loop {
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(left.is_empty(), "left in {root}: {left:?}");
+    drop(scratch);
+    assert_clean(Duration::from_secs(3));
+}
+
+#[test]
 fn two_ranks_per_host_start_one_daemon_per_host() {
     let Some(_c) = cluster() else { return };
     // Every host's first rank starts a daemon before MPI is up (the launcher's local rank 0);

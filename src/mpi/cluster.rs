@@ -90,6 +90,12 @@ impl Cluster {
             .ok_or_else(|| anyhow!("MPI was already initialized"))?;
         check_threading(provided)?;
         let world = universe.world();
+        crate::mpi::library::check_world(
+            crate::mpi::library::LauncherWorld::from_env().as_ref(),
+            world.size(),
+            &crate::mpi::library::loaded(),
+        )
+        .map_err(crate::sys::exit::same_on_every_rank)?;
         let node = world.split_shared(0);
         let is_leader = node.rank() == 0;
         // A host with one rank has nobody to tell.

@@ -1,4 +1,4 @@
-//! The ranks of the job: MPI's start and end, each rank's role (one leader per host), the host
+//! The ranks of the job: which MPI (built with, loaded, the launcher's), MPI's start and end, each rank's role (one leader per host), the host
 //! leaders' agreements, gathers and broadcasts with deadlines, the point-to-point messages,
 //! buffers lent to MPI, the job's key, and rank 0's progress line.
 //!
@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod collective;
 pub mod job;
+pub mod library;
 pub mod messages;
 pub mod mpi_buffer;
 pub mod progress;

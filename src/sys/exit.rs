@@ -52,6 +52,24 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
         .map_or(FAILED, |u| u.why.code())
 }
 
+/// An error that every rank has alike (from the command line, or the launcher's MPI): said by
+/// the launcher's rank 0 alone, not once per rank.
+#[derive(Debug)]
+pub struct SameOnEveryRank(anyhow::Error);
+
+impl fmt::Display for SameOnEveryRank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for SameOnEveryRank {}
+
+/// Marks `e` as one that every rank has alike.
+pub fn same_on_every_rank(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(SameOnEveryRank(e))
+}
+
 /// Checks that `program` can be executed, finding it as execvp would: a name with a slash is
 /// taken as it is; any other is looked for in each directory of `path` (an empty entry is the
 /// current directory), the first executable file winning. `host` names where it was checked.

@@ -151,6 +151,28 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// A new, empty directory under /tmp that the test user owns (e.g. a `--state-dir` whose
+/// contents a test looks at); removed when dropped, since the hosts' residue check counts the
+/// test user's files in /tmp.
+pub struct UserScratch(pub PathBuf);
+
+impl UserScratch {
+    pub fn new(name: &str) -> UserScratch {
+        let dir = PathBuf::from(format!("/tmp/mpiswarm-test-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch dir");
+        let uid = uid_of(USER);
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown a scratch dir");
+        UserScratch(dir)
+    }
+}
+
+impl Drop for UserScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn binary() -> PathBuf {
     shared_dir().join("mpiswarm")
 }

@@ -44,11 +44,17 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     } else {
         crate::mpi::cluster::launcher_rank() == Some(0)
     };
+    // Under another MPI's launcher MPI starts as a world of one and is refused: no daemon first.
+    let foreign = crate::mpi::library::launcher_is_foreign(
+        crate::mpi::library::LauncherWorld::from_env().as_ref(),
+        &crate::mpi::library::loaded(),
+    );
     // A command that cannot run costs a second, not a bring-up: rank 0 looks before anything
     // starts, and the hosts agree on its verdict first (`agree_hosts`).
     let refused = crate::mpi::cluster::launcher_rank().is_none_or(|r| r == 0)
         && check_command(cfg, &host).is_some();
-    let early = (early && !refused).then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
+    let early =
+        (early && !refused && !foreign).then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);

@@ -1,5 +1,5 @@
-//! What the kernel and the user's account must allow: not root, subordinate IDs, user
-//! namespaces, ptrace, UDP buffers, /dev/net/tun, overlayfs and modules, memory, other users.
+//! What the kernel and the user's account must allow: not root, user namespaces (and
+//! AppArmor's restriction of them), ptrace, UDP buffers, /dev/net/tun, overlayfs and modules, memory, other users.
 
 use std::path::Path;
 
@@ -16,40 +16,6 @@ pub(super) fn check_not_root() -> Check {
         )
     } else {
         ok("user", format!("uid {}", nix::unistd::getuid()))
-    }
-}
-
-/// Counts the ids /etc/subuid (or subgid) grants this user, by name or uid.
-pub fn subid_count(text: &str, user: &str, uid: u32) -> u64 {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.trim().split(':');
-            let who = parts.next()?;
-            let _start: u64 = parts.next()?.parse().ok()?;
-            let count: u64 = parts.next()?.parse().ok()?;
-            (who == user || who == uid.to_string()).then_some(count)
-        })
-        .sum()
-}
-
-pub(super) fn check_subids(file: &str, name: &str) -> Check {
-    let uid = nix::unistd::getuid();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let count = subid_count(&text, &user, uid.as_raw());
-    if count >= 65536 {
-        ok(name, format!("{count} ids for {user}"))
-    } else {
-        bad(
-            name,
-            Status::Fail,
-            format!("{file} grants {user} {count} ids; rootless Docker needs 65536"),
-            format!("ask your admin: usermod --add-{name}s 100000-165535 {user} (on every node)"),
-        )
     }
 }
 
@@ -83,6 +49,61 @@ pub(super) fn check_userns() -> Check {
             max.map_or("?".into(), |m| m.to_string())
         ),
     )
+}
+
+/// Ubuntu (23.10 and later) sets kernel.apparmor_restrict_unprivileged_userns: a program's user
+/// namespace then gets no capabilities unless an AppArmor profile allows it `userns`, and
+/// rootlesskit cannot set up the daemon's. `profiles` are the texts under /etc/apparmor.d.
+pub(super) fn apparmor_userns_check(
+    restricted: Option<u32>,
+    rootlesskit: Option<&Path>,
+    profiles: &[String],
+) -> Check {
+    const NAME: &str = "apparmor-userns";
+    if restricted.is_none_or(|r| r == 0) {
+        return ok(NAME, "AppArmor does not restrict user namespaces");
+    }
+    let path = rootlesskit.map_or("/usr/bin/rootlesskit".into(), |p| p.display().to_string());
+    let allowed = profiles
+        .iter()
+        .any(|text| text.contains(&path) && text.contains("userns"));
+    if allowed {
+        return ok(
+            NAME,
+            format!("user namespaces restricted; an AppArmor profile allows {path}"),
+        );
+    }
+    bad(
+        NAME,
+        Status::Fail,
+        format!(
+            "kernel.apparmor_restrict_unprivileged_userns = 1 and no AppArmor profile allows              {path} user namespaces: rootlesskit's namespace gets no capabilities"
+        ),
+        format!(
+            "ask your admin for a profile, /etc/apparmor.d/rootlesskit: `abi <abi/4.0>, include              <tunables/global> profile rootlesskit {path} flags=(unconfined) {{ userns, }}`,              loaded with apparmor_parser -r /etc/apparmor.d/rootlesskit (or, for the whole node:              sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
+        ),
+    )
+}
+
+/// The restriction's setting, and the profiles to look in when it is on.
+pub(super) fn apparmor_userns() -> Check {
+    let restricted =
+        std::fs::read_to_string("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+    let profiles: Vec<String> = if restricted.is_some_and(|r: u32| r != 0) {
+        std::fs::read_dir("/etc/apparmor.d")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rootlesskit = super::tools::which("rootlesskit");
+    apparmor_userns_check(restricted, rootlesskit.as_deref(), &profiles)
 }
 
 /// The guard deepens slirp4netns' accept queues through `pidfd_getfd`, which Yama allows an

@@ -2,8 +2,10 @@
 //! them before starting anything; `doctor` prints them for every host.
 
 pub mod check;
+mod distro;
 mod kernel;
 mod place;
+mod subids;
 pub mod tools;
 
 use std::net::Ipv4Addr;
@@ -13,12 +15,16 @@ use anyhow::{Result, bail};
 use crate::plan::config::{HostConfig, Network};
 
 use check::{Check, Status};
+use distro::Distro;
 use kernel::{
-    check_kernel_fs, check_memory, check_module, check_not_root, check_subids, check_tun,
+    apparmor_userns, check_kernel_fs, check_memory, check_module, check_not_root, check_tun,
     check_userns, ptrace_check, shared_node_check, udp_buffer_check,
 };
 use place::{check_ports, check_state_base};
-use tools::{check_nft, check_setid_tool, check_tool, host_network_check, tool_version, which};
+use subids::{Kind, check_subids};
+use tools::{
+    check_nft, check_setid_tool, check_tool, check_tool_or, host_network_check, tool_version, which,
+};
 
 /// Runs every check; `addr` is the resolved advertise address, if it could be resolved.
 pub fn run_checks(
@@ -27,6 +33,7 @@ pub fn run_checks(
     with_versions: bool,
     network: Network,
 ) -> Vec<Check> {
+    let distro = Distro::of_host();
     let mut checks = vec![check_not_root()];
     for tool in [
         "rootlesskit",
@@ -34,18 +41,28 @@ pub fn run_checks(
         "dockerd",
         "containerd",
         "runc",
+        // mpiswarm enters the daemon's namespaces with it (the swarm ports' firewall).
+        "nsenter",
     ] {
-        checks.push(check_tool(tool, with_versions));
+        checks.push(check_tool(tool, with_versions, &distro));
     }
+    checks.push(check_tool_or(
+        "ip",
+        with_versions,
+        &distro,
+        Status::Warn,
+        "not found on PATH (--vxlan-nolearning needs it)",
+    ));
     for tool in ["newuidmap", "newgidmap"] {
-        checks.push(check_setid_tool(tool));
+        checks.push(check_setid_tool(tool, &distro));
     }
-    checks.push(check_subids("/etc/subuid", "subuid"));
-    checks.push(check_subids("/etc/subgid", "subgid"));
+    checks.push(check_subids(Kind::Uid, &distro));
+    checks.push(check_subids(Kind::Gid, &distro));
     checks.push(check_userns());
+    checks.push(apparmor_userns());
     checks.push(check_tun());
     checks.push(check_kernel_fs("overlay"));
-    checks.extend(network_checks(network));
+    checks.extend(network_checks(network, &distro));
     checks.push(ptrace_check(
         std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
             .ok()
@@ -73,12 +90,12 @@ pub fn run_checks(
 
 /// What the chosen data path needs: for overlays nft (with the slirp4netns port driver), vxlan
 /// and ip_vs; for `--net host`, recent enough rootlesskit and dockerd.
-fn network_checks(network: Network) -> Vec<Check> {
+fn network_checks(network: Network, distro: &Distro) -> Vec<Check> {
     let mut found = Vec::new();
     match network {
         Network::Overlay { .. } => {
             if network.slirp4netns_forwards() {
-                found.push(check_nft());
+                found.push(check_nft(distro));
             }
             found.push(check_module(
                 "vxlan",
@@ -179,11 +196,31 @@ mod tests {
     }
 
     #[test]
-    fn subids_by_name_or_uid() {
-        let text = "alice:100000:65536\nbob:165536:65536\n1002:231072:1000\n";
-        assert_eq!(subid_count(text, "alice", 1000), 65536);
-        assert_eq!(subid_count(text, "carol", 1002), 1000);
-        assert_eq!(subid_count(text, "dave", 1003), 0);
-        assert_eq!(subid_count("garbage\n", "alice", 1000), 0);
+    fn apparmors_userns_restriction_is_a_failure_unless_a_profile_allows_rootlesskit() {
+        let rk = std::path::Path::new("/usr/bin/rootlesskit");
+        assert_eq!(
+            apparmor_userns_check(None, Some(rk), &[]).status,
+            Status::Ok
+        );
+        assert_eq!(
+            apparmor_userns_check(Some(0), Some(rk), &[]).status,
+            Status::Ok
+        );
+        let other = "profile man /usr/bin/man { }".to_owned();
+        let restricted = apparmor_userns_check(Some(1), Some(rk), &[other]);
+        assert_eq!(restricted.status, Status::Fail);
+        assert!(
+            restricted
+                .detail
+                .contains("apparmor_restrict_unprivileged_userns = 1")
+                && restricted
+                    .fix
+                    .contains("profile rootlesskit /usr/bin/rootlesskit")
+                && restricted.fix.contains("userns,"),
+            "{restricted:?}"
+        );
+        let profile = "abi <abi/4.0>,\nprofile rootlesskit /usr/bin/rootlesskit flags=(unconfined) {\n  userns,\n}\n";
+        let allowed = apparmor_userns_check(Some(1), Some(rk), &[profile.to_owned()]);
+        assert_eq!(allowed.status, Status::Ok, "{allowed:?}");
     }
 }

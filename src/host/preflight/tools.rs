@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::check::{Check, Status, bad, ok};
+use super::distro::Distro;
 
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -29,15 +30,32 @@ pub(super) fn find_in(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
         })
 }
 
-pub(super) fn check_tool(name: &str, with_version: bool) -> Check {
+pub(super) fn check_tool(name: &str, with_version: bool, distro: &Distro) -> Check {
+    check_tool_or(
+        name,
+        with_version,
+        distro,
+        Status::Fail,
+        "not found on PATH",
+    )
+}
+
+/// As `check_tool`, with what a missing tool means here.
+pub(super) fn check_tool_or(
+    name: &str,
+    with_version: bool,
+    distro: &Distro,
+    missing: Status,
+    why: &str,
+) -> Check {
     match which(name) {
         None => bad(
             name,
-            Status::Fail,
-            "not found on PATH",
+            missing,
+            why,
             format!(
-                "install {name} (Debian/Ubuntu: apt install {}) or add it to PATH",
-                debian_package(name)
+                "ask your admin to install it ({}), or add it to PATH",
+                distro.install(name)
             ),
         ),
         Some(path) => {
@@ -55,14 +73,17 @@ pub(super) fn check_tool(name: &str, with_version: bool) -> Check {
 }
 
 /// The firewall of the swarm ports (firewall.rs) is one nftables table in the daemon's namespace.
-pub(super) fn check_nft() -> Check {
+pub(super) fn check_nft(distro: &Distro) -> Check {
     match which_for_daemon("nft") {
         Some(path) => ok("nft", path.display().to_string()),
         None => bad(
             "nft",
             Status::Fail,
             "not found (it closes the swarm ports to hosts outside the job)",
-            "ask your admin to install nftables (Debian/Ubuntu: apt install nftables)",
+            format!(
+                "ask your admin to install nftables ({})",
+                distro.install("nft")
+            ),
         ),
     }
 }
@@ -110,46 +131,37 @@ pub(super) fn host_network_check(rootlesskit: Option<String>, dockerd: Option<St
     }
 }
 
-pub(super) fn debian_package(tool: &str) -> &'static str {
-    match tool {
-        "rootlesskit" => "rootlesskit",
-        "slirp4netns" => "slirp4netns",
-        "newuidmap" | "newgidmap" => "uidmap",
-        "containerd" => "containerd",
-        "runc" => "runc",
-        _ => "docker.io",
+/// The first line `TOOL --version` prints, within a few seconds (a check must never hang).
+pub(super) fn tool_version(path: &Path) -> String {
+    match output_within(path, &["--version"]) {
+        Some(text) => text.lines().next().unwrap_or_default().to_owned(),
+        None => "(no answer to --version)".into(),
     }
 }
 
-/// The first line `TOOL --version` prints, within a few seconds (a check must never hang).
-pub(super) fn tool_version(path: &Path) -> String {
-    let Ok(child) = std::process::Command::new(path)
-        .arg("--version")
+/// What `TOOL ARGS` prints on stdout, if it ends within a few seconds (a check must never hang,
+/// not even on a pipe that a grandchild keeps open).
+pub(super) fn output_within(path: &Path, args: &[&str]) -> Option<String> {
+    let child = std::process::Command::new(path)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-    else {
-        return String::new();
-    };
+        .ok()?;
     match crate::sys::child_output::output_within(child, std::time::Duration::from_secs(5)) {
-        Ok(out) if out.status.is_some() => out
-            .stdout_text()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        _ => "(no answer to --version)".into(),
+        Ok(out) if out.status.is_some() => Some(out.stdout_text()),
+        _ => None,
     }
 }
 
-pub(super) fn check_setid_tool(name: &str) -> Check {
+pub(super) fn check_setid_tool(name: &str, distro: &Distro) -> Check {
     let Some(path) = which(name) else {
         return bad(
             name,
             Status::Fail,
             "not found on PATH",
-            "ask your admin to install the uidmap package",
+            format!("ask your admin to install it ({})", distro.install(name)),
         );
     };
     let meta = std::fs::metadata(&path);
