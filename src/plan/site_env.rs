@@ -127,7 +127,11 @@ mod tests {
         assert_eq!(up.options.managers, 3);
         assert_eq!(up.command, ["true"]);
         let (cli, _) = parse(
-            &[("MPISWARM_VXLAN_NOLEARNING", "false")],
+            &[
+                ("MPISWARM_VXLAN_NOLEARNING", "false"),
+                // verify needs a probe image: a site default satisfies it too.
+                ("MPISWARM_PROBE_IMAGE", "probe:1"),
+            ],
             &["mpiswarm", "verify"],
         );
         assert!(!up_args(cli).options.vxlan_nolearning);
