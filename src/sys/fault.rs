@@ -1,5 +1,6 @@
 //! Faults the multi-host tests inject to reach paths a real cluster takes only by accident (a
-//! host leader that cannot listen for its host's ranks, rank 0 away from MPI after a signal). Only debug builds read the variable: a
+//! host leader that cannot listen for its host's ranks, rank 0 away from MPI after a signal, a slow
+//! `dockerd --version`). Only debug builds read the variable: a
 //! release build, the one README tells users to make, has no way in.
 
 /// The variable naming the faults to inject, comma-separated.
