@@ -333,3 +333,48 @@ fn ranks_whose_leader_could_not_listen_leave_when_it_is_killed() {
     eprintln!("host 2's waiting ranks gone {lived:?} after their leader's death");
     assert_clean(Duration::from_secs(3));
 }
+
+/// Rank 0 starts its daemon while MPI starts, but MPI_Init does not wait for the host's Docker
+/// release: the guard reads it. With many ranks per host every other rank waits inside MPI_Init
+/// for rank 0, yielding its core but always runnable, and rank 0's `dockerd --version` there
+/// took 0.7 s at 32 ranks per host (once 19 s, with the rest of the start). The debug build's
+/// fault hook holds the probe 4 s: MPI is up on every host well before, and the daemon waits.
+#[test]
+fn mpi_starts_without_waiting_for_the_docker_release() {
+    let Some(_c) = cluster() else { return };
+    let report = user_dir()
+        .join(format!("report-slow-version.{}.json", std::process::id()))
+        .display()
+        .to_string();
+    let _ = std::fs::remove_file(&report);
+    let cmd = mpirun_env(
+        2,
+        2,
+        &[("MPISWARM_TEST_FAULT", "slow-docker-version")],
+        &["up", "--report", &report, "--", "true"],
+    );
+    let out = run_with_deadline(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let written = std::fs::read_to_string(&report).expect("report written");
+    let _ = std::fs::remove_file(&report);
+    let parsed: serde_json::Value = serde_json::from_str(&written).expect("report is JSON");
+    let phase = |host: &serde_json::Value, name: &str| {
+        host["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .find(|p| p[0] == name)
+            .and_then(|p| p[1].as_f64())
+            .unwrap_or_else(|| panic!("no {name} in {host}"))
+    };
+    for host in parsed["per_host"].as_array().expect("per_host") {
+        assert!(
+            phase(host, "mpi-start") < 3.0,
+            "MPI waited for the probe on {}: {written}",
+            host["host"]
+        );
+        // The fault was injected: the daemon (and only it) waited for the probe.
+        assert!(phase(host, "daemon") >= 4.0, "{written}");
+    }
+    assert_clean(Duration::from_secs(3));
+}

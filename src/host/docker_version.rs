@@ -1,6 +1,6 @@
-//! The host's Docker release, read from `dockerd --version` while the host's checks run: what
-//! daemon.json may say depends on it (Docker 20.10 refuses to start on a key it does not know,
-//! and `default-network-opts` came with 24.0).
+//! The host's Docker release, read from `dockerd --version` by the guard just before it writes
+//! daemon.json: what daemon.json may say depends on it (Docker 20.10 refuses to start on a key
+//! it does not know, and `default-network-opts` came with 24.0).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,6 +41,22 @@ impl Probe {
         version
     }
 }
+
+/// `overlay_mtu` if this host's dockerd takes it as daemon.json's `default-network-opts`. Asked
+/// by the guard, in its own session, not by the rank before MPI starts: under 32 ranks per host
+/// `dockerd --version` took 0.7 s there, and every rank of the job waited in `MPI_Init` for
+/// rank 0.
+pub fn if_network_defaults(overlay_mtu: Option<u32>) -> Option<u32> {
+    let mtu = overlay_mtu?;
+    if crate::sys::fault::injected("slow-docker-version") {
+        // As when the probe is starved of CPU by the host's many ranks.
+        std::thread::sleep(SLOW_FAULT);
+    }
+    has_network_defaults(Probe::start().finish()).then_some(mtu)
+}
+
+/// How long the fault "slow-docker-version" holds up the probe.
+pub const SLOW_FAULT: Duration = Duration::from_secs(4);
 
 /// Whether this release's daemon.json takes `default-network-opts`.
 pub fn has_network_defaults(version: Option<(u32, u32)>) -> bool {

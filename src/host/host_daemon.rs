@@ -60,19 +60,15 @@ pub struct Launched {
 /// MPI is still starting up.
 pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
     let t = Instant::now();
-    // Overlays only: the host path has none. Asked first, answered after the checks.
-    let version = (!cfg.network.is_host()).then(crate::host::docker_version::Probe::start);
     let addr = crate::host::identity::advertise_addr(&cfg.host.addr)?;
     let warnings = if cfg.preflight {
         crate::host::preflight::require(&cfg.host, addr, cfg.network)?
     } else {
         Vec::new()
     };
-    // Overlays the user creates get mpiswarm's MTU where daemon.json can say so.
-    let overlay_default_mtu = version
-        .map(crate::host::docker_version::Probe::finish)
-        .filter(|v| crate::host::docker_version::has_network_defaults(*v))
-        .map(|_| cfg.overlay_mtu);
+    // Overlays the user creates get mpiswarm's MTU where daemon.json can say so: the guard
+    // reads the Docker release (overlays only: the host path has none).
+    let overlay_default_mtu = (!cfg.network.is_host()).then_some(cfg.overlay_mtu);
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;

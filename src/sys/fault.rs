@@ -1,7 +1,7 @@
 //! Faults the multi-host tests inject to reach paths a real cluster takes only by accident (a
 //! host leader that cannot listen for its host's ranks, rank 0 away from MPI after a signal, a
-//! manager whose API stops answering). Only debug builds read the variable: a release build, the
-//! one README tells users to make, has no way in.
+//! manager whose API stops answering, a slow `dockerd --version`). Only debug builds read the
+//! variable: a release build, the one the install guide tells users to make, has no way in.
 
 use std::time::{Duration, Instant};
 

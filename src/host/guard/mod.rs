@@ -131,17 +131,18 @@ fn start_daemon(
     network: Network,
     out: &mut impl Write,
 ) -> Option<Child> {
-    let daemon =
-        match daemon::command(dir, addr, network, args.overlay_default_mtu).and_then(|mut c| {
-            c.spawn()
-                .context("failed to start rootlesskit (is it installed and on PATH?)")
-        }) {
-            Ok(child) => Some(child),
-            Err(e) => {
-                emit(out, &GuardEvent::Exited(format!("{e:#}")));
-                None
-            }
-        };
+    let overlay_default_mtu =
+        crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
+    let daemon = match daemon::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
+        c.spawn()
+            .context("failed to start rootlesskit (is it installed and on PATH?)")
+    }) {
+        Ok(child) => Some(child),
+        Err(e) => {
+            emit(out, &GuardEvent::Exited(format!("{e:#}")));
+            None
+        }
+    };
     if let Some(child) = &daemon {
         emit(out, &GuardEvent::Started(child.id()));
     }
