@@ -109,6 +109,31 @@ impl Drop for Installed {
     }
 }
 
+/// A two-host job with the mpiswarm at `bin`, run where it is installed: both nodes join, the
+/// hosts are clean afterwards.
+fn two_host_job(bin: &str) {
+    let mut cmd = mpirun_launcher(2, 2, &[]);
+    cmd.args([
+        bin,
+        "up",
+        "--",
+        "docker",
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}} {{.Status}}",
+    ]);
+    let out = run_with_deadline(cmd, Duration::from_secs(90));
+    let stdout = succeeded(&format!("the job with {bin}"), &out);
+    for h in hosts(2) {
+        assert!(
+            stdout.contains(&format!("{h} Ready")),
+            "{h} missing:\n{stdout}"
+        );
+    }
+    assert_clean(Duration::from_secs(3));
+}
+
 #[test]
 fn deb_installs_runs_a_two_host_job_and_removes_cleanly() {
     let Some(_c) = cluster() else { return };
@@ -150,26 +175,7 @@ fn deb_installs_runs_a_two_host_job_and_removes_cleanly() {
 
     let installed = Installed::new(&deb);
     assert_eq!(dpkg_state().as_deref(), Some("installed"), "dpkg's state");
-    let mut cmd = mpirun_launcher(2, 2, &[]);
-    cmd.args([
-        INSTALLED,
-        "up",
-        "--",
-        "docker",
-        "node",
-        "ls",
-        "--format",
-        "{{.Hostname}} {{.Status}}",
-    ]);
-    let out = run_with_deadline(cmd, Duration::from_secs(90));
-    let stdout = succeeded("the job with the installed mpiswarm", &out);
-    for h in hosts(2) {
-        assert!(
-            stdout.contains(&format!("{h} Ready")),
-            "{h} missing:\n{stdout}"
-        );
-    }
-    assert_clean(Duration::from_secs(3));
+    two_host_job(INSTALLED);
 
     drop(installed);
     assert!(
@@ -178,4 +184,21 @@ fn deb_installs_runs_a_two_host_job_and_removes_cleanly() {
         installed_path().display()
     );
     assert_eq!(dpkg_state(), None, "dpkg's state after --purge");
+}
+
+/// An mpiswarm installed by another package manager (Spack, EasyBuild: their builds take longer
+/// than a test may, so packaging/spack/check builds first), named by MPISWARM_INSTALLED_BINARY.
+#[test]
+fn installed_binary_runs_a_two_host_job() {
+    let Some(bin) = std::env::var_os("MPISWARM_INSTALLED_BINARY") else {
+        eprintln!(
+            "skipped: MPISWARM_INSTALLED_BINARY names no installed mpiswarm (packaging/spack/check)"
+        );
+        return;
+    };
+    let Some(_c) = cluster() else { return };
+    let bin = bin.to_string_lossy().into_owned();
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    succeeded(&format!("{bin} --version"), &version);
+    two_host_job(&bin);
 }
