@@ -168,10 +168,28 @@ fn deb_installs_runs_a_two_host_job_and_removes_cleanly() {
         .arg(&deb)
         .output()
         .unwrap();
-    assert!(
-        succeeded("dpkg-deb -c", &listing).contains("./usr/bin/mpiswarm"),
-        "the package has no /usr/bin/mpiswarm"
-    );
+    let listing = succeeded("dpkg-deb -c", &listing);
+    let mut expected = vec!["./usr/bin/mpiswarm"];
+    // A binary that can generate them brings its man pages and completions.
+    let built = target_dir().join("debug/mpiswarm");
+    let generates = in_userland(built.to_str().unwrap())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    if generates.status.success() {
+        expected.extend([
+            "./usr/share/man/man1/mpiswarm.1.gz",
+            "./usr/share/man/man1/mpiswarm-up.1.gz",
+            "./usr/share/bash-completion/completions/mpiswarm",
+            "./usr/share/zsh/vendor-completions/_mpiswarm",
+        ]);
+    }
+    for path in expected {
+        assert!(
+            listing.contains(path),
+            "the package has no {path}:\n{listing}"
+        );
+    }
 
     let installed = Installed::new(&deb);
     assert_eq!(dpkg_state().as_deref(), Some("installed"), "dpkg's state");
