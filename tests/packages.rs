@@ -20,7 +20,7 @@ fn in_userland(program: &str) -> Command {
         Some(name) => {
             let mut cmd = Command::new(script("userland"));
             cmd.args(["run", &name, "env"])
-                .arg("PATH=/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin")
+                .arg("PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 .arg("HOME=/root")
                 .arg(program);
             cmd
