@@ -22,6 +22,8 @@ const MIN_KEY: usize = 12;
 const INTERNAL: &[&str] = &[
     // A fault the tests inject into debug builds; a release build has no way to it.
     "failed to listen for this host's ranks: fault injected",
+    "fault injected by the tests: the teardown left something",
+    "failed to install signal handlers: fault injected by the tests",
 ];
 
 const TROUBLESHOOTING: &str = "docs/troubleshooting.md";

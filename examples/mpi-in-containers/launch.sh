@@ -9,7 +9,7 @@
 #   launch.sh [PROGRAM [ARGS...]]     default: /usr/local/bin/ring (the image also has pingpong)
 #
 # The overlay's MTU is the one mpiswarm chose for this swarm (MPISWARM_OVERLAY_MTU, see
-# docs/networking.md: the overlay path and its MTU); without it Docker's default (1450)
+# docs/networking.md: MTU of the overlay path); without it Docker's default (1450)
 # applies. MPI_ORTERUN_ARGS: more arguments for orterun (e.g. "--mca mpi_yield_when_idle 1"
 # where ranks share cores).
 # MPI_IMAGE: the image (loaded by mpiswarm up --load); MPI_SERVICE_ARGS: more arguments for each

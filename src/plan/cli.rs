@@ -139,19 +139,19 @@ pub struct UpOptions {
     /// The containers' network: `overlay` (each daemon in its own network namespace behind
     /// slirp4netns; overlay networks, names across hosts) or `host` (containers use the node's
     /// own interfaces at the network's speed; no overlay networks; needs rootlesskit >= 2.0 and
-    /// Docker >= 26.0). See docs/networking.md, "Overlay or host network".
+    /// Docker >= 26.0). See docs/networking.md: Overlay or host network.
     #[arg(long, value_enum, default_value_t = Net::Overlay, help_heading = NETWORK)]
     pub net: Net,
 
     /// How rootlesskit forwards the swarm ports with --net overlay [default: slirp4netns; see
-    /// docs/networking.md, "Port drivers"].
+    /// docs/networking.md: Port drivers].
     #[arg(long, value_enum, help_heading = NETWORK)]
     pub port_driver: Option<PortDriver>,
 
     /// MTU option of the overlay networks mpiswarm creates (Docker's meaning: the link under
     /// VXLAN; containers get 50 bytes less), exported to the command, the ready file and `docker
     /// stack deploy` as MPISWARM_OVERLAY_MTU [default: 65520, slirp4netns' MTU; see
-    /// docs/networking.md, "MTU"]. Lower it (e.g. 1500) if a host's network drops IP fragments.
+    /// docs/networking.md: MTU]. Lower it (e.g. 1500) if a host's network drops IP fragments.
     #[arg(long, value_name = "BYTES", help_heading = NETWORK)]
     pub overlay_mtu: Option<u32>,
 
@@ -215,7 +215,7 @@ pub struct UpOptions {
     pub joins_per_manager: u16,
 
     /// Turn learning off on the overlay's vxlan devices (needed for cross-host overlay traffic
-    /// with --port-driver builtin; see docs/networking.md, "Port drivers").
+    /// with --port-driver builtin; see docs/networking.md: Port drivers).
     #[arg(long, help_heading = EXPERT)]
     pub vxlan_nolearning: bool,
 
