@@ -141,7 +141,7 @@ pub enum TaskFailures {
 pub enum Workload {
     /// `-- COMMAND...`: its exit code becomes mpiswarm's.
     Command(Vec<String>),
-    /// `--until-jobs-complete`: the work services of the stack of this name (`--stack`);
+    /// `--until-stack-jobs-complete`: the work services of the stack of this name (`--stack`);
     /// their status becomes mpiswarm's.
     StackWork(String),
     /// Nothing: the swarm stays up until a signal.

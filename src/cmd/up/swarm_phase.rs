@@ -99,7 +99,7 @@ impl Run<'_> {
 
     /// The swarm in use: rank 0 runs the command or waits (then tells every host to stop), the
     /// other hosts wait to be told; returns the exit code. Rank 0 watches the stack meanwhile
-    /// (`--until-jobs-complete` watches it its own way).
+    /// (`--until-stack-jobs-complete` watches it its own way).
     pub(super) fn use_swarm(
         &mut self,
         daemon: &HostDaemon,

@@ -77,10 +77,14 @@ pub(super) fn apparmor_userns_check(
         NAME,
         Status::Fail,
         format!(
-            "kernel.apparmor_restrict_unprivileged_userns = 1 and no AppArmor profile allows              {path} user namespaces: rootlesskit's namespace gets no capabilities"
+            "kernel.apparmor_restrict_unprivileged_userns = 1 and no AppArmor profile allows \
+             {path} user namespaces: rootlesskit's namespace gets no capabilities"
         ),
         format!(
-            "ask your admin for a profile, /etc/apparmor.d/rootlesskit: `abi <abi/4.0>, include              <tunables/global> profile rootlesskit {path} flags=(unconfined) {{ userns, }}`,              loaded with apparmor_parser -r /etc/apparmor.d/rootlesskit (or, for the whole node:              sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
+            "ask your admin for a profile, /etc/apparmor.d/rootlesskit: `abi <abi/4.0>, include \
+             <tunables/global> profile rootlesskit {path} flags=(unconfined) {{ userns, }}`, \
+             loaded with apparmor_parser -r /etc/apparmor.d/rootlesskit (or, for the whole node: \
+             sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
         ),
     )
 }
