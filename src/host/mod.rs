@@ -13,8 +13,6 @@ pub mod end_notice;
 pub mod engine;
 pub mod firewall;
 pub mod guard;
-pub mod guard_protocol;
-pub mod host_daemon;
 pub mod identity;
 pub mod leftovers;
 pub mod oci_runtime;

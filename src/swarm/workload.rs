@@ -228,7 +228,7 @@ fn spawn(command: &[String], socket: &Path, guard: &GuardHandle) -> Result<Child
     if let Some(var) = crate::mpi::cluster::own_mpi_settings() {
         cmd.env_remove(var);
     }
-    crate::host::daemon::die_with_parent(&mut cmd);
+    crate::host::daemon::config::die_with_parent(&mut cmd);
     // Checked before the bring-up; what changed since (or a bad interpreter line) still gets
     // the code a shell would give.
     let mut child = cmd.spawn().map_err(|e| {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use crate::host::guard_protocol::{GuardCommand, GuardEvent};
+use crate::host::guard::protocol::{GuardCommand, GuardEvent};
 use crate::plan::config::Network;
 use crate::sys::signals::OnSignal;
 use crate::sys::statedir::StateDir;

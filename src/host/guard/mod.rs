@@ -3,14 +3,15 @@
 //! rank dies (its lifeline pipe closes), so that even `kill -9` of the rank leaves nothing behind.
 //!
 //! The rank holds the write end of the guard's stdin (the lifeline) and reads the guard's events
-//! from its stdout (`guard_protocol`). `teardown` on the lifeline, or its end, starts the
+//! from its stdout (`protocol`). `teardown` on the lifeline, or its end, starts the
 //! teardown. The daemon's tree dies with the guard (a parent death signal); if the guard dies
 //! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
 //! would, and the run tears down reporting the host. This file is the guard process; `handle`
-//! is the rank's side.
+//! is the rank's side; `protocol` is what the two say to each other.
 
 pub mod handle;
 mod inherit;
+pub mod protocol;
 
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
@@ -27,8 +28,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::host::guard_protocol::{GuardCommand, GuardEvent};
-use crate::host::{daemon, teardown};
+use crate::host::daemon::config;
+use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::teardown;
 use crate::plan::cli::GuardArgs;
 use crate::plan::config::Network;
 use crate::sys::statedir::{GuardRecord, StateDir};
@@ -133,7 +135,7 @@ fn start_daemon(
 ) -> Option<Child> {
     let overlay_default_mtu =
         crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
-    let daemon = match daemon::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
+    let daemon = match config::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
         c.spawn()
             .context("failed to start rootlesskit (is it installed and on PATH?)")
     }) {

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use crate::host::engine::Engine;
 use crate::host::guard::handle::GuardHandle;
-use crate::host::guard_protocol::GuardEvent;
+use crate::host::guard::protocol::GuardEvent;
 use crate::host::preflight::check::Check;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
