@@ -19,5 +19,6 @@ pub mod oci_runtime;
 pub mod offer;
 pub mod preflight;
 pub mod squatters;
+pub mod statedir;
 pub mod teardown;
 pub mod vxlan;

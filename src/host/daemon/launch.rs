@@ -13,11 +13,11 @@ use crate::host::engine::Engine;
 use crate::host::guard::handle::GuardHandle;
 use crate::host::guard::protocol::GuardEvent;
 use crate::host::preflight::check::Check;
+use crate::host::statedir::StateDir;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
 use crate::sys::deadline::Deadline;
 use crate::sys::signals::{self, Signals};
-use crate::sys::statedir::StateDir;
 
 /// How long a host, its daemon up, waits for the guard's word on the swarm ports' accept queues.
 const QUEUES_WAIT: Duration = Duration::from_secs(5);
@@ -72,7 +72,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
-    let run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
+    let run_lock = crate::host::statedir::hold_run_lock(&dir.path)?;
     let guard = GuardHandle::spawn(
         dir,
         addr,

@@ -15,9 +15,9 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
 use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::statedir::StateDir;
 use crate::plan::config::Network;
 use crate::sys::signals::OnSignal;
-use crate::sys::statedir::StateDir;
 
 use super::TEARDOWN_BUDGET;
 

@@ -30,10 +30,10 @@ use nix::unistd::Pid;
 
 use crate::host::daemon::config;
 use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::statedir::{GuardRecord, StateDir};
 use crate::host::teardown;
 use crate::plan::cli::GuardArgs;
 use crate::plan::config::Network;
-use crate::sys::statedir::{GuardRecord, StateDir};
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
@@ -61,8 +61,8 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         .with_context(|| format!("invalid advertise address {:?}", args.advertise_addr))?;
     let record = own_record(args)?;
     // Held for the guard's life: `cleanup` leaves a run alone while anyone holds it.
-    let _run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
-    StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
+    let _run_lock = crate::host::statedir::hold_run_lock(&dir.path)?;
+    crate::sys::private_file::write(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
     let network = Network::from_guard_net(args.net);
