@@ -229,8 +229,8 @@ impl Run<'_> {
     /// news and the step's own error its consequence.
     fn blame_signal(&self, e: anyhow::Error) -> anyhow::Error {
         match self.signals.received() {
-            Some(sig) if !format!("{e:#}").starts_with(INTERRUPTED) => {
-                e.context(format!("{INTERRUPTED} {}", crate::sys::signals::name(sig)))
+            Some(cause) if !format!("{e:#}").starts_with(INTERRUPTED) => {
+                e.context(format!("{INTERRUPTED} {cause}"))
             }
             _ => e,
         }

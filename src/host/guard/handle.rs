@@ -197,7 +197,7 @@ impl GuardHandle {
     }
 
     /// Set as soon as the guard died without a verdict (and this rank cleaned the host): what
-    /// happened. The signal side learns it too (`signals::GUARD_LOST`), so every wait ends.
+    /// happened. The signal side learns it too (`signals::Cause::GuardLost`), so every wait ends.
     pub fn gone(&self) -> Option<&str> {
         self.lost.get().map(String::as_str)
     }
