@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use crate::host::leftovers::{Report, clean_dir};
-use crate::sys::statedir::{self, GuardRecord};
+use crate::host::statedir::{self, GuardRecord};
 use crate::sys::user_root::UserRoot;
 
 /// How young a directory without a lock or record must be to count as a run still starting.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::sys::statedir;
+use crate::host::statedir;
 use crate::sys::user_root::{self, UserRoot};
 
 /// The greeting's size on the wire: the leader's pid, the path's length, the path.

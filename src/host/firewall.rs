@@ -104,7 +104,7 @@ fn namespaced_child(guard_pid: u32) -> Option<i32> {
         .into_iter()
         .find(|p| p.ppid == guard_pid as i32 && p.cmdline.starts_with("rootlesskit"))?
         .pid;
-    crate::sys::procfs::rootlesskit_child(rootlesskit).map(|(pid, _)| pid)
+    crate::host::daemon::rootlesskit::rootlesskit_child(rootlesskit).map(|(pid, _)| pid)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-/// The word after the executable that selects this entry point (daemon.rs names it in daemon.json).
+/// The word after the executable that selects this entry point (daemon/config.rs names it in daemon.json).
 pub const SUBCOMMAND: &str = "oci-runtime";
 
 /// The runtime this one hands over to.

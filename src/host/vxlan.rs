@@ -23,7 +23,7 @@ pub fn keep_learning_off(rootlesskit: i32, state_dir: String, stop: Arc<AtomicBo
     let mut child = None;
     while !stop.load(Ordering::SeqCst) {
         if !child.is_some_and(|(pid, start)| crate::sys::procfs::still_running(pid, start)) {
-            child = crate::sys::procfs::rootlesskit_child(rootlesskit);
+            child = crate::host::daemon::rootlesskit::rootlesskit_child(rootlesskit);
         }
         match child {
             Some((pid, _)) => {

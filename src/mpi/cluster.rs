@@ -326,11 +326,11 @@ impl Follower {
                 }
                 Heard::Nothing => {}
             }
-            if !signal_passed_on && let Some(signal) = self.signals.received() {
+            if !signal_passed_on && let Some(cause) = self.signals.received() {
                 let deadline = std::time::Instant::now() + PASS_ON_DEADLINE;
                 // Not delivered yet: rank 0 is busy (it got the launcher's signal too), gone or
                 // hung; the end tells which.
-                self.passed_on = Message::StopRequest { signal }
+                self.passed_on = Message::StopRequest { cause }
                     .send_by(&self.world, 0, deadline)
                     .err();
                 signal_passed_on = true;

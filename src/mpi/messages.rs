@@ -14,13 +14,13 @@ use mpi::traits::*;
 use crate::host::end_notice::{End, MpiEnd};
 use crate::mpi::mpi_buffer::Lent;
 use crate::sys::deadline::Backoff;
-use crate::sys::signals::Signals;
+use crate::sys::signals::{Cause, Signals};
 
 /// A message between ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// To rank 0: this rank received a teardown signal.
-    StopRequest { signal: i32 },
+    StopRequest { cause: Cause },
     /// Rank 0 to every host leader: tear down now (the command's exit code so far).
     Stop { code: i32 },
     /// A host leader to rank 0: it finished its part of progress phase `phase`.
@@ -81,7 +81,7 @@ impl Message {
 
     fn payload(self) -> i32 {
         match self {
-            Message::StopRequest { signal } => signal,
+            Message::StopRequest { cause } => cause.code(),
             Message::Stop { code } => code,
             Message::Progress { phase } => phase,
             Message::Heartbeat | Message::JoinTurn => 0,
@@ -92,7 +92,9 @@ impl Message {
 
     fn from_parts(kind: Kind, value: i32) -> Message {
         match kind {
-            Kind::StopRequest => Message::StopRequest { signal: value },
+            Kind::StopRequest => Message::StopRequest {
+                cause: Cause::from_code(value),
+            },
             Kind::Stop => Message::Stop { code: value },
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
@@ -319,7 +321,15 @@ mod tests {
     #[test]
     fn every_message_survives_its_wire_form() {
         let all = [
-            Message::StopRequest { signal: 15 },
+            Message::StopRequest {
+                cause: Cause::Signal(15),
+            },
+            Message::StopRequest {
+                cause: Cause::GuardLost,
+            },
+            Message::StopRequest {
+                cause: Cause::Intruder,
+            },
             Message::Stop { code: 3 },
             Message::Progress { phase: 2 },
             Message::Heartbeat,

@@ -8,7 +8,6 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{Context, Result, bail};
 
 use crate::plan::config::UpConfig;
-use crate::sys::statedir::StateDir;
 
 /// The files rank 0 writes later must be writable now (failing after the swarm is up would
 /// waste it), and in a directory no other user can write: another user could otherwise replace
@@ -121,7 +120,7 @@ impl ReadyFile {
             cfg.overlay_mtu,
             cfg.network.as_str()
         );
-        StateDir::write_private(path, text.as_bytes())
+        crate::sys::private_file::write(path, text.as_bytes())
             .with_context(|| format!("failed to write the ready file {}", path.display()))?;
         Ok(ReadyFile(Some(path.clone())))
     }
@@ -163,7 +162,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &target).unwrap();
         let planted = dir.path().join("swarm.tmp");
         std::fs::write(&planted, "user's own").unwrap();
-        StateDir::write_private(&target, b"DOCKER_HOST=x\n").unwrap();
+        crate::sys::private_file::write(&target, b"DOCKER_HOST=x\n").unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         assert_eq!(std::fs::read_to_string(&planted).unwrap(), "user's own");
         assert!(

@@ -236,7 +236,7 @@ impl RunReport {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
-        crate::sys::statedir::StateDir::write_private(path, &text)
+        crate::sys::private_file::write(path, &text)
             .with_context(|| format!("failed to write the report {}", path.display()))
     }
 }

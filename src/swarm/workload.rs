@@ -18,7 +18,7 @@ use crate::mpi::collective::Leaders;
 use crate::swarm::stack::{Health, Watch, Work};
 use crate::swarm::stack_state::verdict::Counts;
 use crate::sys::exit::{CommandUnusable, Unusable};
-use crate::sys::signals::{self, Signals};
+use crate::sys::signals::Signals;
 
 /// How often rank 0 tells the others it is alive while the swarm is up.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -192,11 +192,11 @@ pub fn run_or_wait(
         }
         let stop = signals
             .received()
-            .map(|sig| format!("{} received", signals::name(sig)))
+            .map(|cause| format!("{cause} received"))
             .or_else(|| {
                 leaders
                     .poll_stop_request()
-                    .map(|sig| format!("{} received by another rank", signals::name(sig)))
+                    .map(|cause| format!("{cause} received by another rank"))
             });
         if let Some(why) = stop {
             info!("{why}: tearing down");
@@ -228,7 +228,7 @@ fn spawn(command: &[String], socket: &Path, guard: &GuardHandle) -> Result<Child
     if let Some(var) = crate::mpi::cluster::own_mpi_settings() {
         cmd.env_remove(var);
     }
-    crate::host::daemon::die_with_parent(&mut cmd);
+    crate::host::daemon::config::die_with_parent(&mut cmd);
     // Checked before the bring-up; what changed since (or a bad interpreter line) still gets
     // the code a shell would give.
     let mut child = cmd.spawn().map_err(|e| {
@@ -276,8 +276,8 @@ pub fn wait_for_stop(leaders: &mut Leaders, signals: &Signals) -> Result<()> {
         if leaders.poll_stop() {
             return Ok(());
         }
-        if let Some(sig) = signals.received() {
-            leaders.request_stop(sig);
+        if let Some(cause) = signals.received() {
+            leaders.request_stop(cause);
             return Ok(());
         }
         if leaders.poll_heartbeats() {

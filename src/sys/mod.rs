@@ -1,7 +1,7 @@
 //! Operating-system helpers that know nothing of Docker, MPI or a swarm: processes as /proc
 //! shows them (and pinned before a signal), waits with deadlines (a child's output too), signals
-//! turned into events, the per-host state directory's layout and permissions, the per-user root
-//! held open, exit codes, and the tests' fault hooks.
+//! turned into events, small private files written in one step, the per-user root held open,
+//! exit codes, and the tests' fault hooks.
 //!
 //! Layer rule (ARCHITECTURE.md, checked by `layering.rs`): `sys` is the bottom layer; it uses
 //! no other folder of mpiswarm.
@@ -11,7 +11,7 @@ pub mod deadline;
 pub mod exit;
 pub mod fault;
 pub mod pinned;
+pub mod private_file;
 pub mod procfs;
 pub mod signals;
-pub mod statedir;
 pub mod user_root;

@@ -20,23 +20,47 @@ pub struct ProcInfo {
     pub cmdline: String,
 }
 
-/// Reads one process's entry; `None` when it is gone.
-pub fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+/// The fields of /proc/PID/stat that mpiswarm reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Zombie or dead: its pid is not yet free, but it runs no more.
+    zombie: bool,
+    ppid: i32,
+    start_time: u64,
+    cpu_ticks: u64,
+    rss_pages: u64,
+}
+
+/// Reads a process's /proc/PID/stat; `None` when it is gone.
+fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses a /proc/PID/stat line (proc_pid_stat(5)), the only place that does. The command name
+/// (field 2) may hold spaces and ')': the other fields resume after the last ')'. The state, the
+/// parent and the start time must be there; CPU time and resident memory count as 0 if not.
+fn parse_stat(line: &str) -> Option<Stat> {
+    let rest = line.get(line.rfind(')')? + 2..)?;
+    // Numbered from field 3 (the state) on, as the man page numbers them from 1.
     let fields: Vec<&str> = rest.split(' ').collect();
-    let state = fields.first()?;
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start_time = fields.get(19)?.parse().ok()?;
     let number = |i: usize| {
         fields
             .get(i)
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let cpu_ticks = number(11) + number(12);
-    let rss_pages = number(21);
+    Some(Stat {
+        zombie: matches!(*fields.first()?, "Z" | "X"),
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+        cpu_ticks: number(11) + number(12),
+        rss_pages: number(21),
+    })
+}
+
+/// Reads one process's entry; `None` when it is gone.
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = stat(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let uid = status
         .lines()
@@ -53,12 +77,12 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
         .unwrap_or_default();
     Some(ProcInfo {
         pid,
-        ppid,
+        ppid: stat.ppid,
         uid,
-        zombie: *state == "Z" || *state == "X",
-        start_time,
-        cpu_ticks,
-        rss_pages,
+        zombie: stat.zombie,
+        start_time: stat.start_time,
+        cpu_ticks: stat.cpu_ticks,
+        rss_pages: stat.rss_pages,
         cmdline,
     })
 }
@@ -194,25 +218,10 @@ pub fn descendant_pids(root: i32) -> Vec<(i32, u64)> {
     descendant_pids_by_scan(root)
 }
 
-/// The fields of /proc/PID/stat after the command name (which may hold spaces and ')').
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    Some(rest.split(' ').map(str::to_owned).collect())
-}
-
-/// Whether stat's fields say zombie (or dead), and the start time.
-fn state_and_start(fields: &[String]) -> Option<(bool, u64)> {
-    let zombie = matches!(fields.first()?.as_str(), "Z" | "X");
-    Some((zombie, fields.get(19)?.parse().ok()?))
-}
-
 /// `pid` and its start time, unless it is a zombie or gone.
 fn live_start_time(pid: i32) -> Option<(i32, u64)> {
-    match state_and_start(&stat_fields(pid)?)? {
-        (false, start) => Some((pid, start)),
-        (true, _) => None,
-    }
+    let stat = stat(pid)?;
+    (!stat.zombie).then_some((pid, stat.start_time))
 }
 
 fn descendant_pids_by_scan(root: i32) -> Vec<(i32, u64)> {
@@ -221,16 +230,13 @@ fn descendant_pids_by_scan(root: i32) -> Vec<(i32, u64)> {
     };
     let mut children: HashMap<i32, Vec<(i32, bool, u64)>> = HashMap::new();
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        let Some(fields) = stat_fields(pid) else {
+        let Some(stat) = stat(pid) else {
             continue;
         };
-        let (Some((zombie, start)), Some(ppid)) = (
-            state_and_start(&fields),
-            fields.get(1).and_then(|p| p.parse().ok()),
-        ) else {
-            continue;
-        };
-        children.entry(ppid).or_default().push((pid, zombie, start));
+        children
+            .entry(stat.ppid)
+            .or_default()
+            .push((pid, stat.zombie, stat.start_time));
     }
     let mut found = Vec::new();
     let mut stack = vec![root];
@@ -249,74 +255,6 @@ fn descendant_pids_by_scan(root: i32) -> Vec<(i32, u64)> {
 /// One read of /proc/PID/stat: the teardown's kill loop asks this of every process it pins.
 pub fn still_running(pid: i32, start_time: u64) -> bool {
     live_start_time(pid) == Some((pid, start_time))
-}
-
-/// rootlesskit's child inside the daemon's namespaces (the init of its PID namespace), with its
-/// start time.
-pub fn rootlesskit_child(rootlesskit: i32) -> Option<(i32, u64)> {
-    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
-    let exe = |pid: &str| {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-        Some((m.dev(), m.ino()))
-    };
-    let own = Namespaces {
-        user: ns("self", "user"),
-        net: ns("self", "net"),
-    };
-    let candidates: Vec<Candidate> = descendants(rootlesskit)
-        .into_iter()
-        .filter(|p| p.ppid == rootlesskit)
-        .map(|p| {
-            let pid = p.pid.to_string();
-            Candidate {
-                namespaces: Namespaces {
-                    user: ns(&pid, "user"),
-                    net: ns(&pid, "net"),
-                },
-                exe: exe(&pid),
-                process: p,
-            }
-        })
-        .collect();
-    pick_rootlesskit_child(&candidates, exe(&rootlesskit.to_string()), &own)
-        .map(|p| (p.pid, p.start_time))
-}
-
-/// A process's user and network namespaces.
-#[derive(Debug)]
-struct Namespaces {
-    user: Option<std::path::PathBuf>,
-    net: Option<std::path::PathBuf>,
-}
-
-/// One of rootlesskit's children: its namespaces and its executable (device, inode).
-struct Candidate {
-    process: ProcInfo,
-    namespaces: Namespaces,
-    exe: Option<(u64, u64)>,
-}
-
-/// Among rootlesskit's children, its own child: rootlesskit's executable, in another user and
-/// another network namespace than ours. rootlesskit's helpers are no match: slirp4netns is in
-/// our network namespace, and `ip tuntap add`, run briefly in the child's namespaces, is another
-/// executable (a guard that took it swept a process that was gone: learning stayed on).
-fn pick_rootlesskit_child<'a>(
-    candidates: &'a [Candidate],
-    rootlesskit_exe: Option<(u64, u64)>,
-    own: &Namespaces,
-) -> Option<&'a ProcInfo> {
-    let rootlesskit_exe = rootlesskit_exe?;
-    candidates
-        .iter()
-        .find(|c| {
-            c.exe == Some(rootlesskit_exe)
-                && c.namespaces.user.is_some()
-                && c.namespaces.user != own.user
-                && c.namespaces.net.is_some()
-                && c.namespaces.net != own.net
-        })
-        .map(|c| &c.process)
 }
 
 /// Whether a Unix socket in this network namespace listens at `path` (from /proc/net/unix, so
@@ -353,6 +291,48 @@ fn columns(line: &str, n: usize) -> Option<(Vec<&str>, &str)> {
 #[cfg(test)]
 mod walk_tests {
     use super::*;
+
+    /// A stat line as the kernel prints it, with `comm` as the command name.
+    fn stat_line(comm: &str, state: &str) -> String {
+        format!(
+            "4242 ({comm}) {state} 7 4242 4242 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 1 0 \
+             123456 1000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+        )
+    }
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_is_read_past() {
+        let want = Stat {
+            zombie: false,
+            ppid: 7,
+            start_time: 123456,
+            cpu_ticks: 200,
+            rss_pages: 300,
+        };
+        for comm in ["sleep", "a b", "x) S 1 2", "((", ") )", "my (odd) name", ""] {
+            assert_eq!(parse_stat(&stat_line(comm, "S")), Some(want), "{comm:?}");
+        }
+        for dead in ["Z", "X"] {
+            assert!(parse_stat(&stat_line("a) Z (b", dead)).is_some_and(|s| s.zombie));
+        }
+    }
+
+    #[test]
+    fn a_short_or_foreign_stat_line_is_no_process() {
+        assert_eq!(parse_stat("4242 (sleep) S 7 4242\n"), None);
+        assert_eq!(parse_stat("4242 sleep S 7"), None);
+        assert_eq!(parse_stat("4242 (sleep)"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn this_process_reads_as_itself() {
+        let me = proc_info(std::process::id() as i32).unwrap();
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert!(!me.zombie && me.start_time > 0);
+        assert!(still_running(me.pid, me.start_time));
+        assert!(!still_running(me.pid, me.start_time + 1));
+    }
 
     #[test]
     fn the_walk_finds_what_the_scan_finds() {
@@ -407,48 +387,6 @@ mod walk_tests {
         assert!(
             !listens_at(table, Path::new("/r/k-h.end")),
             "connected, not listening"
-        );
-    }
-
-    /// The process table a guard saw on Debian 13 (rootlesskit 2) while it set up the network:
-    /// `ip tuntap add` ran in the child's namespaces and was listed before the child.
-    #[test]
-    fn rootlesskits_child_is_told_from_a_helper_in_its_namespaces() {
-        let ns = |user: &str, net: &str| Namespaces {
-            user: Some(user.into()),
-            net: Some(net.into()),
-        };
-        let candidate = |pid: i32, namespaces, exe| Candidate {
-            process: ProcInfo {
-                pid,
-                ppid: 10,
-                uid: 1001,
-                zombie: false,
-                start_time: pid as u64,
-                cpu_ticks: 0,
-                rss_pages: 0,
-                cmdline: String::new(),
-            },
-            namespaces,
-            exe: Some(exe),
-        };
-        let (rootlesskit, ip, slirp) = ((1, 100), (1, 200), (1, 300));
-        let own = ns("user:[1]", "net:[1]");
-        let helpers = [
-            candidate(13, ns("user:[1]", "net:[1]"), (1, 400)), // newgidmap
-            candidate(14, ns("user:[2]", "net:[2]"), ip),       // ip tuntap add
-            candidate(15, ns("user:[2]", "net:[1]"), slirp),
-        ];
-        let child = candidate(12, ns("user:[2]", "net:[2]"), rootlesskit);
-        let mut all: Vec<Candidate> = helpers.into_iter().collect();
-        all.push(child);
-        let picked = pick_rootlesskit_child(&all, Some(rootlesskit), &own).map(|p| p.pid);
-        assert_eq!(picked, Some(12));
-        // Before its network namespace exists, the child is not taken either.
-        let early = [candidate(12, ns("user:[2]", "net:[1]"), rootlesskit)];
-        assert_eq!(
-            pick_rootlesskit_child(&early, Some(rootlesskit), &own).map(|p| p.pid),
-            None
         );
     }
 }

@@ -13,13 +13,57 @@ use signal_hook::iterator::Signals as SignalIter;
 /// The signals that mean "tear down": what mpirun, Hydra and Slurm send or forward.
 pub const TEARDOWN_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGUSR1, SIGHUP];
 
-/// Not a signal: this host's guard died while the daemon was up (recorded like a signal, so that
-/// every wait loop ends and the run tears down; the teardown then reports the host).
-pub const GUARD_LOST: i32 = -1;
+/// Why this process tears down: a teardown signal, or an event recorded like one, so that every
+/// wait loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// One of `TEARDOWN_SIGNALS`.
+    Signal(i32),
+    /// This host's guard died while the daemon was up (the teardown then reports the host).
+    GuardLost,
+    /// Another user bound a swarm port on this host (the whole job stops at once; the guard's
+    /// verdict names the user).
+    Intruder,
+}
 
-/// Not a signal: another user bound a swarm port on this host (recorded like a signal, so that
-/// the whole job stops at once; the guard's verdict names the user).
-pub const INTRUDER: i32 = -2;
+impl Cause {
+    /// The number that stands for it where one number must do (an atomic, an MPI message): the
+    /// signal's own, or a negative one for the events. Never 0.
+    pub fn code(self) -> i32 {
+        match self {
+            Cause::Signal(sig) => sig,
+            Cause::GuardLost => -1,
+            Cause::Intruder => -2,
+        }
+    }
+
+    /// The cause `code` stands for.
+    pub fn from_code(code: i32) -> Cause {
+        match code {
+            -1 => Cause::GuardLost,
+            -2 => Cause::Intruder,
+            sig => Cause::Signal(sig),
+        }
+    }
+
+    /// Whether it is a signal by which the launcher ends the job (see `launcher_ends_job`).
+    pub fn launcher_ends_job(self) -> bool {
+        matches!(self, Cause::Signal(sig) if launcher_ends_job(sig))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Cause::Signal(sig) => match nix::sys::signal::Signal::try_from(sig) {
+                Ok(s) => f.write_str(s.as_str()),
+                Err(_) => write!(f, "signal {sig}"),
+            },
+            Cause::GuardLost => f.write_str("the death of a host's guard"),
+            Cause::Intruder => f.write_str("another user's socket on a swarm port"),
+        }
+    }
+}
 
 /// Something the signal thread tells at once when a teardown signal arrives.
 pub trait OnSignal: Send + Sync {
@@ -63,7 +107,7 @@ impl Signals {
             .name("signals".into())
             .spawn(move || {
                 for sig in iter.forever() {
-                    recorder.record(sig);
+                    recorder.record(Cause::Signal(sig));
                     // With --collect the main thread collects first, and decides.
                     if launcher_ends_job(sig) && !FIRST_WAITS.load(Ordering::SeqCst) {
                         stuck_watchdog::start(sig);
@@ -80,10 +124,10 @@ impl Signals {
         Ok(INSTALLED.get_or_init(|| signals).clone())
     }
 
-    fn record(&self, sig: i32) {
+    fn record(&self, cause: Cause) {
         let _ = self
             .first
-            .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(0, cause.code(), Ordering::SeqCst, Ordering::SeqCst);
         // Under the lock, so that a sleeper between its check and its wait cannot miss it.
         let _held = WAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         WAKE.notify_all();
@@ -99,11 +143,11 @@ impl Signals {
         let _ = WAKE.wait_timeout(held, pause);
     }
 
-    /// The first teardown signal received (or `GUARD_LOST`), if any.
-    pub fn received(&self) -> Option<i32> {
+    /// The first teardown signal received (or event recorded like one), if any.
+    pub fn received(&self) -> Option<Cause> {
         match self.first.load(Ordering::SeqCst) {
             0 => None,
-            sig => Some(sig),
+            code => Some(Cause::from_code(code)),
         }
     }
 
@@ -137,17 +181,17 @@ fn tell_listeners(sig: i32) {
 
 /// Records that this host's guard died: every wait loop sees it as a teardown request.
 pub fn guard_lost() {
-    record_event(GUARD_LOST);
+    record_event(Cause::GuardLost);
 }
 
 /// Records that another user took a swarm port on this host.
 pub fn intruder() {
-    record_event(INTRUDER);
+    record_event(Cause::Intruder);
 }
 
-fn record_event(code: i32) {
+fn record_event(cause: Cause) {
     if let Some(signals) = INSTALLED.get() {
-        signals.record(code);
+        signals.record(cause);
     }
 }
 
@@ -277,7 +321,7 @@ pub mod stuck_watchdog {
         }
         tracing::debug!(
             "the main thread is stuck (inside MPI, towards a dead rank?) after {}: leaving",
-            super::name(sig)
+            super::Cause::Signal(sig)
         );
         leave(code);
     }
@@ -372,13 +416,28 @@ pub mod stuck_watchdog {
     }
 }
 
-pub fn name(sig: i32) -> String {
-    match sig {
-        GUARD_LOST => return "the death of a host's guard".to_owned(),
-        INTRUDER => return "another user's socket on a swarm port".to_owned(),
-        _ => {}
+#[cfg(test)]
+mod cause_tests {
+    use super::*;
+
+    /// The codes are what an older rank of the same job would send: signals as themselves, the
+    /// events as -1 and -2; each reads back as itself.
+    #[test]
+    fn a_cause_survives_its_code_and_reads_well() {
+        let all = [
+            (Cause::Signal(SIGTERM), 15, "SIGTERM"),
+            (Cause::Signal(SIGUSR1), 10, "SIGUSR1"),
+            (Cause::Signal(99), 99, "signal 99"),
+            (Cause::GuardLost, -1, "the death of a host's guard"),
+            (Cause::Intruder, -2, "another user's socket on a swarm port"),
+        ];
+        for (cause, code, text) in all {
+            assert_eq!(cause.code(), code);
+            assert_eq!(Cause::from_code(code), cause);
+            assert_eq!(cause.to_string(), text);
+        }
+        assert!(Cause::Signal(SIGTERM).launcher_ends_job());
+        assert!(!Cause::Signal(SIGUSR1).launcher_ends_job());
+        assert!(!Cause::GuardLost.launcher_ends_job() && !Cause::Intruder.launcher_ends_job());
     }
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_else(|_| format!("signal {sig}"))
 }

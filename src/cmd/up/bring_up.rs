@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::host::host_daemon::{self, HostDaemon, Launched};
+use crate::host::daemon::launch::{self, HostDaemon, Launched};
 use crate::mpi::collective::Interrupt;
 use crate::plan::cli::PortDriver;
 use crate::plan::config::Network;
@@ -77,7 +77,7 @@ impl Run<'_> {
             |run| {
                 let launched = match early {
                     Some(launched) => launched,
-                    None => host_daemon::launch(run.cfg, run.job, &run.leaders.host, &mut run.tl),
+                    None => launch::launch(run.cfg, run.job, &run.leaders.host, &mut run.tl),
                 };
                 let speak = run.is_root();
                 let daemon = outputs

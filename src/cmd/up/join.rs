@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::host::host_daemon::HostDaemon;
+use crate::host::daemon::launch::HostDaemon;
 use crate::swarm::formation;
 use crate::swarm::formation::JoinRole;
 

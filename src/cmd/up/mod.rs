@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::host::host_daemon::{self, Launched};
+use crate::host::daemon::launch::{self, Launched};
 use crate::host::identity;
 use crate::mpi::cluster::{Cluster, Role};
 use crate::mpi::collective::{Leaders, PhaseFailed};
@@ -53,8 +53,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     // starts, and the hosts agree on its verdict first (`agree_hosts`).
     let refused = crate::mpi::cluster::launcher_rank().is_none_or(|r| r == 0)
         && check_command(cfg, &host).is_some();
-    let early =
-        (early && !refused && !foreign).then(|| host_daemon::launch(cfg, &job, &host, &mut tl));
+    let early = (early && !refused && !foreign).then(|| launch::launch(cfg, &job, &host, &mut tl));
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
@@ -230,8 +229,8 @@ impl Run<'_> {
     /// news and the step's own error its consequence.
     fn blame_signal(&self, e: anyhow::Error) -> anyhow::Error {
         match self.signals.received() {
-            Some(sig) if !format!("{e:#}").starts_with(INTERRUPTED) => {
-                e.context(format!("{INTERRUPTED} {}", crate::sys::signals::name(sig)))
+            Some(cause) if !format!("{e:#}").starts_with(INTERRUPTED) => {
+                e.context(format!("{INTERRUPTED} {cause}"))
             }
             _ => e,
         }

@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use tracing::info;
 
+use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::Engine;
-use crate::host::host_daemon::HostDaemon;
 use crate::mpi::collective::Interrupt;
 use crate::plan::config::Workload;
 use crate::swarm::formation;

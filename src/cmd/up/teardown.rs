@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tracing::info;
 
-use crate::host::host_daemon::HostDaemon;
+use crate::host::daemon::launch::HostDaemon;
 use crate::mpi::collective::Interrupt;
 use crate::output::report::{HostTimes, RunReport, phase_stats};
 

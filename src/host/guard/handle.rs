@@ -14,10 +14,10 @@ use anyhow::{Context, Result, anyhow};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use crate::host::guard_protocol::{GuardCommand, GuardEvent};
+use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::statedir::StateDir;
 use crate::plan::config::Network;
 use crate::sys::signals::OnSignal;
-use crate::sys::statedir::StateDir;
 
 use super::TEARDOWN_BUDGET;
 
@@ -197,7 +197,7 @@ impl GuardHandle {
     }
 
     /// Set as soon as the guard died without a verdict (and this rank cleaned the host): what
-    /// happened. The signal side learns it too (`signals::GUARD_LOST`), so every wait ends.
+    /// happened. The signal side learns it too (`signals::Cause::GuardLost`), so every wait ends.
     pub fn gone(&self) -> Option<&str> {
         self.lost.get().map(String::as_str)
     }

@@ -3,14 +3,15 @@
 //! rank dies (its lifeline pipe closes), so that even `kill -9` of the rank leaves nothing behind.
 //!
 //! The rank holds the write end of the guard's stdin (the lifeline) and reads the guard's events
-//! from its stdout (`guard_protocol`). `teardown` on the lifeline, or its end, starts the
+//! from its stdout (`protocol`). `teardown` on the lifeline, or its end, starts the
 //! teardown. The daemon's tree dies with the guard (a parent death signal); if the guard dies
 //! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
 //! would, and the run tears down reporting the host. This file is the guard process; `handle`
-//! is the rank's side.
+//! is the rank's side; `protocol` is what the two say to each other.
 
 pub mod handle;
 mod inherit;
+pub mod protocol;
 
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
@@ -27,11 +28,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::host::guard_protocol::{GuardCommand, GuardEvent};
-use crate::host::{daemon, teardown};
+use crate::host::daemon::config;
+use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::statedir::{GuardRecord, StateDir};
+use crate::host::teardown;
 use crate::plan::cli::GuardArgs;
 use crate::plan::config::Network;
-use crate::sys::statedir::{GuardRecord, StateDir};
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
@@ -59,8 +61,8 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
         .with_context(|| format!("invalid advertise address {:?}", args.advertise_addr))?;
     let record = own_record(args)?;
     // Held for the guard's life: `cleanup` leaves a run alone while anyone holds it.
-    let _run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
-    StateDir::write_private(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
+    let _run_lock = crate::host::statedir::hold_run_lock(&dir.path)?;
+    crate::sys::private_file::write(&dir.guard_record(), &serde_json::to_vec(&record)?)?;
 
     let mut out = std::io::stdout();
     let network = Network::from_guard_net(args.net);
@@ -133,7 +135,7 @@ fn start_daemon(
 ) -> Option<Child> {
     let overlay_default_mtu =
         crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
-    let daemon = match daemon::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
+    let daemon = match config::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
         c.spawn()
             .context("failed to start rootlesskit (is it installed and on PATH?)")
     }) {

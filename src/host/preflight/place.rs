@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::Path;
 
 use crate::host::firewall::SWARM_PORTS;
-use crate::sys::statedir::{self, StateDir};
+use crate::host::statedir::{self, StateDir};
 
 use super::check::{Check, Status, bad, ok};
 

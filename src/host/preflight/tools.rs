@@ -16,7 +16,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 /// Finds an executable on the PATH the daemon gets (the user's, and the system directories).
 pub(super) fn which_for_daemon(name: &str) -> Option<PathBuf> {
     find_in(
-        &crate::host::daemon::daemon_path(std::env::var_os("PATH")),
+        &crate::host::daemon::config::daemon_path(std::env::var_os("PATH")),
         name,
     )
 }

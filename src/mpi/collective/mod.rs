@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mpi::mpi_buffer::Lent;
 use crate::mpi::progress::Progress;
-use crate::sys::signals::{self, Signals};
+use crate::sys::signals::{Cause, Signals};
 
 /// How long an interrupted collective may still complete (it takes milliseconds once every host
 /// is in it).
@@ -176,7 +176,7 @@ impl Leaders {
     pub fn launcher_ends_job(&self) -> bool {
         self.signals
             .received()
-            .is_some_and(signals::launcher_ends_job)
+            .is_some_and(Cause::launcher_ends_job)
     }
 
     /// Why a collective was abandoned, if one was.
@@ -289,7 +289,7 @@ impl Leaders {
             let abandon = if let Some(sig) = signal {
                 Some(format!(
                     "interrupted by {} while waiting for all hosts to {what}",
-                    signals::name(sig)
+                    sig
                 ))
             } else if Instant::now() >= deadline {
                 Some(format!(

@@ -9,7 +9,7 @@ use mpi::traits::Communicator;
 
 use crate::host::end_notice::End;
 use crate::mpi::messages::{Kind, ManagerInvitation, Message};
-use crate::sys::signals::{self};
+use crate::sys::signals::Cause;
 
 use super::{Leaders, State};
 
@@ -53,7 +53,7 @@ impl Leaders {
             if let Some(sig) = self.signals.received() {
                 bail!(
                     "interrupted by {} while waiting for the manager join invitation from rank 0",
-                    signals::name(sig)
+                    sig
                 );
             }
             if Instant::now() >= deadline {
@@ -86,7 +86,7 @@ impl Leaders {
                 bail!(
                     "interrupted by {} while waiting for {name} to finish joining the swarm \
                      (joins go a window at a time)",
-                    signals::name(sig)
+                    sig
                 );
             }
             if Instant::now() >= deadline {
@@ -114,16 +114,16 @@ impl Leaders {
     }
 
     /// Rank 0: a stop requested by any rank of the job (the signal it received).
-    pub fn poll_stop_request(&self) -> Option<i32> {
+    pub fn poll_stop_request(&self) -> Option<Cause> {
         match Message::poll(&self.world, None, Kind::StopRequest)? {
-            (_, Message::StopRequest { signal }) => Some(signal),
+            (_, Message::StopRequest { cause }) => Some(cause),
             _ => None,
         }
     }
 
-    /// This rank asks rank 0 to stop the job (it received `signal`); rank 0 may be gone.
-    pub fn request_stop(&mut self, signal: i32) {
-        let sent = Message::StopRequest { signal }.send_to_each(
+    /// This rank asks rank 0 to stop the job (for `cause`); rank 0 may be gone.
+    pub fn request_stop(&mut self, cause: Cause) {
+        let sent = Message::StopRequest { cause }.send_to_each(
             &self.world,
             0..1,
             Instant::now() + STOP_NOTICE_AFTER_A_SIGNAL,

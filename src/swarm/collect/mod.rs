@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::Engine;
-use crate::host::host_daemon::HostDaemon;
 use crate::mpi::collective::{Gathered, Leaders};
 use crate::plan::config::Collect;
 use crate::swarm::collect::out::Output;

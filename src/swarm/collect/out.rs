@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use crate::host::engine::Engine;
 use crate::sys::deadline::{Deadline, time_left};
-use crate::sys::statedir::StateDir;
 
 /// The most kept of one service's logs on one host; beyond it they are cut, saying so.
 pub const SERVICE_CAP: usize = 4 << 20;
@@ -83,7 +82,7 @@ impl Output {
     }
 
     fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
-        StateDir::write_private(&self.root.join(name), contents)
+        crate::sys::private_file::write(&self.root.join(name), contents)
     }
 
     /// `tasks.json` and `nodes.json` from the manager, as far as time allows.

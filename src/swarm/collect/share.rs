@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::{Engine, frames};
-use crate::host::host_daemon::HostDaemon;
 use crate::swarm::collect::out::SERVICE_CAP;
 use crate::sys::deadline::{Deadline, time_left};
 

@@ -15,7 +15,7 @@
 //!   <job>-<host>.end                 the leader's socket: its host's other ranks hear the end there
 //! ```
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -194,32 +194,6 @@ impl StateDir {
 
     pub fn guard_record(&self) -> PathBuf {
         self.path.join("guard.json")
-    }
-
-    /// Writes a small private file in one step (no reader sees half of it): a new file with a
-    /// unique name (O_EXCL, mode 0600) in the same directory, renamed over `path`. A file or
-    /// symlink already at a temporary name is never opened, and a symlink at `path` is replaced,
-    /// not followed.
-    pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
-        tmp.write_all(contents)
-            .with_context(|| format!("failed to write {}", tmp.path().display()))?;
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        Ok(())
     }
 
     /// What the daemon log says about a failure: its fatal and error lines (the cause is

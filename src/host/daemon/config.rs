@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::host::firewall::SWARM_PORTS;
+use crate::host::statedir::StateDir;
 use crate::plan::config::Network;
-use crate::sys::statedir::StateDir;
 
 /// Inside the namespaces: drop the symlinks copy-up left to the host's runtime files (so the
 /// daemon makes its own), then become dockerd. The same steps as Docker's dockerd-rootless.sh.
@@ -39,7 +39,7 @@ pub fn command(
         // MTU): a user's `docker network create -d overlay` or compose file needs no edit.
         config["default-network-opts"] = json!({ "overlay": crate::plan::mtu::options(mtu) });
     }
-    StateDir::write_private(&config_path, &serde_json::to_vec_pretty(&config)?)?;
+    crate::sys::private_file::write(&config_path, &serde_json::to_vec_pretty(&config)?)?;
 
     // The daemon's temporary files (e.g. containerd's stack dumps) go with the state directory.
     let tmp = p.join("tmp");

@@ -11,13 +11,13 @@ use tracing::debug;
 
 use crate::host::engine::Engine;
 use crate::host::guard::handle::GuardHandle;
-use crate::host::guard_protocol::GuardEvent;
+use crate::host::guard::protocol::GuardEvent;
 use crate::host::preflight::check::Check;
+use crate::host::statedir::StateDir;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
 use crate::sys::deadline::Deadline;
-use crate::sys::signals::{self, Signals};
-use crate::sys::statedir::StateDir;
+use crate::sys::signals::Signals;
 
 /// How long a host, its daemon up, waits for the guard's word on the swarm ports' accept queues.
 const QUEUES_WAIT: Duration = Duration::from_secs(5);
@@ -72,7 +72,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
     tl.done("checks", t);
     let started = Instant::now();
     let dir = StateDir::create(&cfg.host.state_base, job, host)?;
-    let run_lock = crate::sys::statedir::hold_run_lock(&dir.path)?;
+    let run_lock = crate::host::statedir::hold_run_lock(&dir.path)?;
     let guard = GuardHandle::spawn(
         dir,
         addr,
@@ -119,11 +119,8 @@ impl Launched {
         let ping = || Deadline::phase(deadline).within(Duration::from_millis(500));
         while !(engine.socket().exists() && engine.ping(ping())) {
             queues_told |= self.take_guard_news(backoff.next())?;
-            if let Some(sig) = signals.received() {
-                bail!(
-                    "interrupted by {} while the daemon was starting",
-                    signals::name(sig)
-                );
+            if let Some(cause) = signals.received() {
+                bail!("interrupted by {cause} while the daemon was starting");
             }
             if Instant::now() >= deadline {
                 return Err(self.failed(&format!(

@@ -1,0 +1,7 @@
+//! One host's rootless daemon: how it is configured (`config`: rootlesskit's command line and
+//! daemon.json, used inside the guard), how a rank launches it and waits for it (`launch`), and
+//! where its namespaces are entered (`rootlesskit`: rootlesskit's own child).
+
+pub mod config;
+pub mod launch;
+pub mod rootlesskit;
