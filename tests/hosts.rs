@@ -117,3 +117,30 @@ fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave
         "the bridge's MAC changed with the hosts"
     );
 }
+
+/// An error that every one of 8 hosts has is printed once, with the hosts in hostlist notation
+/// (the unit tests of output/hostlist.rs cover gaps, padding and larger lists).
+#[test]
+fn a_refusal_on_eight_hosts_is_said_once_with_a_hostlist() {
+    let Some(_c) = cluster() else { return };
+    let _grown = Grown::to(8);
+    let args = [
+        "up",
+        "--timeout",
+        "60s",
+        "--state-dir",
+        "/proc/nope",
+        "--",
+        "true",
+    ];
+    let out = run_with_deadline(mpirun(8, 8, &args), Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stderr.matches("/proc/nope is not usable").count(),
+        1,
+        "said more than once:\n{stderr}"
+    );
+    assert!(stderr.contains("msh[1-8]"), "no hostlist:\n{stderr}");
+    assert_clean(Duration::from_secs(5));
+}
