@@ -3,10 +3,8 @@
 //! at once, named with its node, exit code and last log lines.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -25,7 +23,7 @@ const KEEP_OUTPUT: usize = 16 << 10;
 /// `docker stack deploy`: compose files are parsed by the Docker CLI, which has no Engine API
 /// equivalent, so this one step runs the CLI against the manager's socket.
 pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Result<()> {
-    let mut child = Command::new("docker")
+    let child = Command::new("docker")
         .args([
             "stack",
             "deploy",
@@ -46,27 +44,23 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         .context(
             "failed to run `docker stack deploy` (is the docker CLI installed on rank 0's node?)",
         )?;
-    // Both pipes are read while the CLI runs: a deploy that prints more than a pipe holds
-    // (many services, long warnings) would otherwise block until the deadline.
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
-    let Some(status) = crate::sys::deadline::wait_or_kill(&mut child, left)? else {
+    // Both pipes are read while the CLI runs: a deploy that prints more than a pipe holds
+    // (many services, long warnings) would otherwise block until the deadline.
+    let out = crate::sys::child_output::output_within(child, left)?;
+    let Some(status) = out.status else {
         bail!(
             "`docker stack deploy` of {} did not finish before the deadline: raise --timeout if \
              the manager is only slow",
             file.display()
         );
     };
-    // The pipes end with the CLI (unless something it started keeps them): a short wait at most.
-    let _ = stdout.recv_timeout(Duration::from_secs(1));
-    let err = stderr
-        .recv_timeout(Duration::from_secs(1))
-        .unwrap_or_default();
     if !status.success() {
-        let err = String::from_utf8_lossy(&err);
+        // The end of an error message is what matters.
+        let err =
+            String::from_utf8_lossy(&out.stderr[out.stderr.len().saturating_sub(KEEP_OUTPUT)..]);
         // Docker's CLI learnt the job modes in compose files in 23.0 (its engine API in 20.10).
         let hint = if err.contains("Unknown mode: replicated-job")
             || err.contains("Unknown mode: global-job")
@@ -84,31 +78,6 @@ pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Re
         );
     }
     Ok(())
-}
-
-/// Reads a child's pipe to its end on a thread; the bytes are kept only up to a bound (the end
-/// of an error message is what matters, and the CLI ends on a deadline anyway).
-fn drain(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let Some(mut pipe) = pipe else {
-            let _ = tx.send(kept);
-            return;
-        };
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > KEEP_OUTPUT {
-                kept.drain(..kept.len() - KEEP_OUTPUT);
-            }
-        }
-        let _ = tx.send(kept);
-    });
-    rx
 }
 
 /// How long Swarm may take to give a global service its tasks; none after that means that no
