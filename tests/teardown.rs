@@ -584,6 +584,120 @@ fn sigusr1_during_bring_up_ends_the_job_naming_the_signal() {
     }
 }
 
+/// rootlesskit's child makes two directories in /tmp while it sets up the daemon's namespaces
+/// (`rootlesskit-b*` for the copy-up, `rksys*` for /sys; /tmp is fixed in its code) and removes
+/// them before it starts dockerd. A fresh-clone run left one behind when SIGUSR1 came during the
+/// bring-up. Here the child is held (SIGSTOP) while such a directory exists, the job is signalled,
+/// and the child is let go a second later: the host must still end clean.
+#[test]
+fn sigusr1_while_rootlesskit_sets_up_leaves_nothing_in_tmp() {
+    let Some(_c) = cluster() else { return };
+    let uid = uid_of(USER);
+    for attempt in 1..=10 {
+        let mut cmd = mpirun(1, 1, &["up", "--", "sleep", "60"]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let held = hold_rootlesskit_in_setup(uid, Duration::from_secs(60));
+        let Some(dir) = held else {
+            // The setup went by between two looks at /tmp (it takes milliseconds): try anew.
+            let _ = Command::new("kill")
+                .args(["-USR1", &child.id().to_string()])
+                .status();
+            let _ = wait_output(child, Duration::from_secs(60));
+            assert_clean(Duration::from_secs(5));
+            eprintln!("attempt {attempt}: the setup was not caught");
+            continue;
+        };
+        let status = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_secs(1));
+        for pid in exact_process("rootlesskit")
+            .into_iter()
+            .chain(pids_matching("^/proc/self/exe "))
+        {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+        let out = wait_output(child, Duration::from_secs(60));
+        assert!(!out.status.success(), "{}", text(&out).1);
+        eprintln!("attempt {attempt}: held rootlesskit while {dir} existed");
+        assert_clean(Duration::from_secs(5));
+        return;
+    }
+    panic!("rootlesskit's setup was not caught in 10 bring-ups");
+}
+
+/// Waits for a directory rootlesskit's child makes in /tmp during its setup (it lives about a
+/// millisecond: watched with inotify, not by listing /tmp), then stops (SIGSTOP) the test user's
+/// rootlesskit processes. The directory's name, if it was still there once they stopped; `None`
+/// (and the processes let go) if the setup ended first.
+fn hold_rootlesskit_in_setup(uid: u32, limit: Duration) -> Option<String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    watch.add_watch("/tmp", AddWatchFlags::IN_CREATE).unwrap();
+    let start = Instant::now();
+    // rootlesskit and its child exist tens of milliseconds before the child's setup: their pids
+    // are at hand when the directory appears (a pgrep then would come too late).
+    let mut rootlesskits: Vec<u32> = Vec::new();
+    while start.elapsed() < limit {
+        if rootlesskits.len() < 2 {
+            rootlesskits = exact_process("rootlesskit");
+            rootlesskits.extend(pids_matching("^/proc/self/exe "));
+        } else if !exact_process("dockerd").is_empty() {
+            return None; // the setup is over
+        }
+        let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(5u8)).unwrap() == 0 {
+            continue;
+        }
+        let Ok(events) = watch.read_events() else {
+            continue;
+        };
+        let Some(name) = events.iter().find_map(|e| {
+            let name = e.name.as_ref()?.to_string_lossy().into_owned();
+            (name.starts_with("rootlesskit-b") || name.starts_with("rksys")).then_some(name)
+        }) else {
+            continue;
+        };
+        for &pid in &rootlesskits {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+        }
+        let dir = format!("/tmp/{name}");
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.uid() == uid => return Some(dir),
+            _ => {
+                for &pid in &rootlesskits {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+                }
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Pids of the test user's processes named exactly `name`.
+fn exact_process(name: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-u", USER, "-x", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// A fresh-clone run's stderr (Debian 13): prterun's MPI_ABORT message, its NUL, then rank 0's
 /// error. Read as plain lines, the error was not found ("no error"), failing the SIGUSR1 test.
 #[test]

@@ -19,6 +19,23 @@ pub fn reap_children() {
     }
 }
 
+/// How long a teardown lets rootlesskit's child finish setting up the namespaces (it takes
+/// milliseconds once rootlesskit has the network ready).
+const SETUP_GRACE: Duration = Duration::from_secs(3);
+
+/// Lets a rootlesskit child of this process's tree that is setting up the daemon's namespaces
+/// finish first, up to `SETUP_GRACE` or `deadline`: SIGKILL during the setup leaves its
+/// directories in /tmp behind (see `rootlesskit::setting_up`), and nothing else would remove them.
+pub fn let_namespace_setup_finish(deadline: Instant) {
+    let until = deadline.min(Instant::now() + SETUP_GRACE);
+    let me = std::process::id() as i32;
+    while Instant::now() < until
+        && crate::host::daemon::rootlesskit::setting_up(&crate::sys::procfs::descendants(me))
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Kills every descendant of this process (which should be a child subreaper, so that orphans
 /// stay in its tree) until none is left, or fails at the deadline naming every survivor and
 /// every kill that failed. A failed kill does not stop the sweep: the others are still killed.

@@ -20,6 +20,14 @@ pub struct ProcInfo {
     pub cmdline: String,
 }
 
+impl ProcInfo {
+    /// The base name of argv[0].
+    pub fn program(&self) -> &str {
+        let argv0 = self.cmdline.split_whitespace().next().unwrap_or("");
+        argv0.rsplit('/').next().unwrap_or(argv0)
+    }
+}
+
 /// The fields of /proc/PID/stat that mpiswarm reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
@@ -101,9 +109,7 @@ pub fn usage_by_program(procs: &[ProcInfo]) -> Vec<(String, f64, u64)> {
         / 1024;
     let mut by: HashMap<String, (f64, u64)> = HashMap::new();
     for p in procs {
-        let argv0 = p.cmdline.split_whitespace().next().unwrap_or("");
-        let name = argv0.rsplit('/').next().unwrap_or(argv0).to_owned();
-        let entry = by.entry(name).or_default();
+        let entry = by.entry(p.program().to_owned()).or_default();
         entry.0 += p.cpu_ticks as f64 / ticks;
         entry.1 += p.rss_pages * page_kib;
     }

@@ -35,6 +35,25 @@ pub fn rootlesskit_child(rootlesskit: i32) -> Option<(i32, u64)> {
         .map(|p| (p.pid, p.start_time))
 }
 
+/// Whether a rootlesskit child in `tree` is still setting up the daemon's namespaces: it has not
+/// yet started the daemon's command (the only child of its that names dockerd). Meanwhile it has
+/// directories of its own in /tmp (`rootlesskit-b*` for --copy-up, `rksys*` for /sys; /tmp is fixed
+/// in its code, TMPDIR does not move them), which it removes just before it starts the command.
+/// The child is rootlesskit run again as `/proc/self/exe` (its name in the process table is `exe`).
+pub fn setting_up(tree: &[ProcInfo]) -> bool {
+    let is_rootlesskit = |pid: i32| {
+        tree.iter()
+            .any(|p| p.pid == pid && p.program() == "rootlesskit")
+    };
+    let started_the_daemon = |child: &ProcInfo| {
+        tree.iter()
+            .any(|p| p.ppid == child.pid && matches!(p.program(), "sh" | "dockerd"))
+    };
+    tree.iter()
+        .filter(|p| p.cmdline.starts_with("/proc/self/exe ") && is_rootlesskit(p.ppid))
+        .any(|child| !started_the_daemon(child))
+}
+
 /// A process's user and network namespaces.
 #[derive(Debug)]
 struct Namespaces {
@@ -74,6 +93,43 @@ fn pick_rootlesskit_child<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(pid: i32, ppid: i32, cmdline: &str) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            uid: 1001,
+            zombie: false,
+            start_time: pid as u64,
+            cpu_ticks: 0,
+            rss_pages: 0,
+            cmdline: cmdline.into(),
+        }
+    }
+
+    /// The child counts as set up once it runs the daemon's command (`sh`, then `dockerd`);
+    /// `ip`, run during the setup, does not count.
+    #[test]
+    fn a_child_is_setting_up_until_it_starts_the_daemon() {
+        let rootlesskit = "/usr/bin/rootlesskit --net=slirp4netns sh -c exec dockerd";
+        let mut tree = vec![
+            process(10, 1, rootlesskit),
+            process(
+                11,
+                10,
+                "/proc/self/exe --net=slirp4netns sh -c exec dockerd",
+            ),
+            process(12, 10, "slirp4netns --mtu 65520 11 tap0"),
+            process(13, 11, "ip tuntap add name tap0 mode tap"),
+        ];
+        assert!(setting_up(&tree));
+        tree.push(process(14, 11, "sh -c rm -f /run/docker && exec dockerd"));
+        assert!(!setting_up(&tree));
+        tree[4] = process(14, 11, "dockerd --config-file /tmp/s/daemon.json");
+        assert!(!setting_up(&tree));
+        // Before the child exists, nothing is being set up.
+        assert!(!setting_up(&tree[..1]));
+    }
 
     /// The process table a guard saw on Debian 13 (rootlesskit 2) while it set up the network:
     /// `ip tuntap add` ran in the child's namespaces and was listed before the child.

@@ -263,6 +263,7 @@ fn kill_command(group: Option<u32>) -> Result<()> {
 
 fn teardown_host(dir: &StateDir) -> Result<()> {
     let deadline = Instant::now() + TEARDOWN_BUDGET;
+    teardown::let_namespace_setup_finish(deadline);
     let killed = teardown::kill_own_tree(deadline);
     let removed = teardown::remove_state_dir(
         &dir.path,
