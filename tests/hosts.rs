@@ -48,7 +48,7 @@ fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave
     let extra = ["--timeout", "300s", "--load", &image, "--stack", &stack];
     let bg = Background::start_within(HOSTS, HOSTS, &extra, Duration::from_secs(300));
 
-    // Every host's own node is there, Ready, with its index label.
+    // Every host's own node is there, Ready, with its index label (the daemon's own).
     let ids = bg.docker("node ls -q");
     let ids = String::from_utf8_lossy(&ids.stdout)
         .split_whitespace()
@@ -56,7 +56,7 @@ fn thirty_two_hosts_form_a_labelled_swarm_run_a_global_service_on_each_and_leave
         .join(" ");
     let out = bg.docker(&format!(
         "node inspect --format '{{{{.Description.Hostname}}}} {{{{.Status.State}}}} \
-         {{{{index .Spec.Labels \"mpiswarm.index\"}}}}' {ids}"
+         {{{{index .Description.Engine.Labels \"mpiswarm.index\"}}}}' {ids}"
     ));
     let text = String::from_utf8_lossy(&out.stdout);
     let nodes: BTreeMap<String, (String, String)> = text

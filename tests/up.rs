@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -111,12 +111,12 @@ fn state_dir_comes_from_the_environment() {
         );
     }
     // The teardown removes them there (and the per-user directory, once empty).
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(3);
     let left = loop {
         let left: Vec<_> = std::fs::read_dir(&root)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        if left.is_empty() || std::time::Instant::now() > deadline {
+        if left.is_empty() || Instant::now() > deadline {
             break left;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -349,7 +349,7 @@ fn three_managers_keep_scheduling_after_a_manager_host_dies() {
         created.status.success(),
         "service create on msh3 failed: {created:?}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let ps = docker_on(
             "msh3",
@@ -364,10 +364,7 @@ fn three_managers_keep_scheduling_after_a_manager_host_dies() {
         {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "survivor never ran:\n{text}"
-        );
+        assert!(Instant::now() < deadline, "survivor never ran:\n{text}");
         std::thread::sleep(Duration::from_millis(500));
     }
     bg.signal("TERM");
@@ -456,6 +453,52 @@ fn nodes_carry_labels_that_stacks_place_by() {
             .count();
         assert_eq!(running, usize::from(i == 2), "containers on {h}");
     }
+    bg.signal("TERM");
+    let _ = bg.wait(Duration::from_secs(30));
+    assert_clean(Duration::from_secs(5));
+}
+
+/// Without a stack that places by node labels, the labels are the daemons' own (engine labels,
+/// set before the nodes join): services place by them, and no node label was written.
+#[test]
+fn engine_labels_place_services_and_no_node_label_is_written() {
+    let Some(_c) = cluster() else { return };
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let bg = Background::start(6, 3, &["--load", &image]);
+    for (i, h) in hosts(3).iter().enumerate() {
+        let node = bg.docker(&format!(
+            "node inspect {h} --format '{{{{json .Description.Engine.Labels}}}} {{{{json .Spec.Labels}}}}'"
+        ));
+        let node = String::from_utf8_lossy(&node.stdout).into_owned();
+        let (engine, spec) = node.trim().split_once(' ').expect("two JSON values");
+        let engine: serde_json::Value = serde_json::from_str(engine).expect("engine labels");
+        assert_eq!(engine["mpiswarm.index"], i.to_string(), "{h}: {node}");
+        assert_eq!(engine["mpiswarm.ranks"], "2", "{h}: {node}");
+        assert!(
+            !spec.contains("mpiswarm."),
+            "{h}: a node label was written: {node}"
+        );
+    }
+    let created = bg.docker(
+        "service create --detach --name placed --constraint 'engine.labels.mpiswarm.index == 2' \
+         mpiswarm/busybox:latest sleep 600",
+    );
+    assert!(created.status.success(), "{}", text(&created).1);
+    let start = Instant::now();
+    let running = |h: &str| {
+        String::from_utf8_lossy(&docker_on(h, "ps -q").stdout)
+            .lines()
+            .count()
+    };
+    while running(&host(3)) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the service placed by engine label did not start on {}",
+            host(3)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!((running(&host(1)), running(&host(2))), (0, 0));
     bg.signal("TERM");
     let _ = bg.wait(Duration::from_secs(30));
     assert_clean(Duration::from_secs(5));

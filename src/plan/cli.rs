@@ -132,6 +132,12 @@ pub struct UpOptions {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), help_heading = PLACEMENT)]
     pub managers: u16,
 
+    /// Also set the hosts' labels as node labels (`node.labels.mpiswarm.*`: one write to the
+    /// managers' Raft log per host) beside the engine labels (`engine.labels.mpiswarm.*`), which
+    /// are always set. On by itself when the --stack file names `node.labels.mpiswarm.`.
+    #[arg(long, help_heading = PLACEMENT)]
+    pub node_labels: bool,
+
     /// Address pool for overlay networks; must not overlap slirp4netns' 10.0.2.0/24.
     #[arg(long, value_name = "CIDR", default_value = "10.128.0.0/12", help_heading = NETWORK)]
     pub address_pool: String,

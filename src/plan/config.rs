@@ -111,6 +111,8 @@ pub struct UpConfig {
     pub probe_image: Option<String>,
     pub report: Option<PathBuf>,
     pub managers: usize,
+    /// `--node-labels`: the hosts' labels as node labels too (else only when the stack uses them).
+    pub node_labels: bool,
     /// Workers joining through one manager at once.
     pub joins_per_manager: usize,
     /// Every host leader starts its daemon before MPI is up (else only rank 0 does).
@@ -220,6 +222,7 @@ impl UpConfig {
             probe_image: probe_image(args)?,
             report: args.options.report.clone(),
             managers: usize::from(args.options.managers),
+            node_labels: args.options.node_labels,
             joins_per_manager: usize::from(args.options.joins_per_manager),
             early_start_all: match args.options.early_start {
                 EarlyStart::All => true,

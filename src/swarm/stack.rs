@@ -20,6 +20,13 @@ use crate::sys::deadline::Deadline;
 /// How much of the CLI's output is kept for an error message (its end).
 const KEEP_OUTPUT: usize = 16 << 10;
 
+/// Whether the compose file places anything by mpiswarm's node labels (a plain text search: a
+/// mention in a comment only costs the labels' writes). An unreadable file says no here; the
+/// deploy then names the problem.
+pub fn uses_node_labels(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|text| text.contains("node.labels.mpiswarm."))
+}
+
 /// `docker stack deploy`: compose files are parsed by the Docker CLI, which has no Engine API
 /// equivalent, so this one step runs the CLI against the manager's socket.
 pub fn deploy(engine: &Engine, file: &Path, name: &str, deadline: Instant) -> Result<()> {

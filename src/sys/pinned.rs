@@ -43,15 +43,19 @@ impl Pinned {
 
     /// Sends SIGKILL; a process already gone counts as killed.
     pub fn kill(&self) -> Result<()> {
-        let sent = match &self.pidfd {
-            Some(fd) => rustix::process::pidfd_send_signal(fd, Signal::KILL),
-            None => Pid::from_raw(self.pid).map_or(Err(Errno::SRCH), |p| {
-                rustix::process::kill_process(p, Signal::KILL)
-            }),
-        };
-        match sent {
+        match self.send(Signal::KILL) {
             Ok(()) | Err(Errno::SRCH) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("failed to kill pid {}", self.pid)),
+        }
+    }
+
+    /// Sends `signal` to the pinned process (ESRCH once it is gone).
+    pub fn send(&self, signal: Signal) -> std::result::Result<(), Errno> {
+        match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, signal),
+            None => Pid::from_raw(self.pid).map_or(Err(Errno::SRCH), |p| {
+                rustix::process::kill_process(p, signal)
+            }),
         }
     }
 }

@@ -83,6 +83,7 @@ impl Run<'_> {
                 let daemon = outputs
                     .and(launched)
                     .and_then(|l| l.wait(run.signals, run.deadline, &mut run.tl, speak))?;
+                run.label_daemon(&daemon)?;
                 run.leaders.progress_done();
                 let join = if run.is_root() {
                     let t = Instant::now();
@@ -109,6 +110,27 @@ impl Run<'_> {
             );
         }
         started
+    }
+
+    /// The host's labels on its daemon, before its node inits or joins the swarm (so that no
+    /// manager writes them to Raft for each node).
+    fn label_daemon(&mut self, daemon: &HostDaemon) -> Result<()> {
+        let t = Instant::now();
+        let labels = super::host_labels(
+            self.leaders.index(),
+            self.leaders.ranks_here(),
+            &crate::host::offer::here(),
+        );
+        crate::host::daemon::labels::apply(
+            &self.leaders.host,
+            &daemon.guard.dir,
+            daemon.guard.pid() as i32,
+            &daemon.engine,
+            &labels,
+            self.own_deadline(),
+        )?;
+        self.tl.done("engine-labels", t);
+        Ok(())
     }
 
     /// What rank 0 needs of every host (addresses, labels) goes to it once; every host's address

@@ -131,6 +131,23 @@ struct HostFacts {
     offer: crate::host::offer::Offer,
 }
 
+/// A host's labels (`mpiswarm.*`): on its daemon (engine labels) always, on its swarm node
+/// (node labels) when asked for.
+fn host_labels(
+    index: usize,
+    ranks: usize,
+    offer: &crate::host::offer::Offer,
+) -> Vec<(String, String)> {
+    [
+        ("mpiswarm.index", index.to_string()),
+        ("mpiswarm.ranks", ranks.to_string()),
+        ("mpiswarm.cpus", offer.cpus.to_string()),
+        ("mpiswarm.memory", offer.memory_mib.to_string()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec()
+}
+
 /// How far bring-up got, for the report.
 #[derive(Default)]
 struct Milestones {

@@ -171,9 +171,11 @@ impl Run<'_> {
         crate::swarm::seal::rotate_tokens(engine, until)?;
         crate::swarm::seal::remove_strangers(engine, node_ids, until)?;
         self.tl.done("seal", t);
-        let t = Instant::now();
-        formation::label_nodes(engine, &self.node_labels(hosts, node_ids), until)?;
-        self.tl.done("labels", t);
+        if self.wants_node_labels() {
+            let t = Instant::now();
+            formation::label_nodes(engine, &self.node_labels(hosts, node_ids), until)?;
+            self.tl.done("labels", t);
+        }
         Ok(())
     }
 
@@ -202,6 +204,17 @@ impl Run<'_> {
     }
 
     /// The labels stacks can place by, for each host's node (rank 0; `ids` in host order).
+    /// Node labels cost the managers a Raft write per host: written when asked for, or when the
+    /// stack places by them (the engine labels are always there).
+    fn wants_node_labels(&self) -> bool {
+        self.cfg.node_labels
+            || self
+                .cfg
+                .stack
+                .as_ref()
+                .is_some_and(|(file, _)| crate::swarm::stack::uses_node_labels(file))
+    }
+
     pub(super) fn node_labels(
         &self,
         hosts: &[String],
@@ -212,18 +225,10 @@ impl Run<'_> {
             .zip(ids)
             .zip(&self.facts)
             .enumerate()
-            .map(|(index, ((host, id), f))| {
-                let labels = [
-                    ("mpiswarm.index", index.to_string()),
-                    ("mpiswarm.ranks", f.ranks.to_string()),
-                    ("mpiswarm.cpus", f.offer.cpus.to_string()),
-                    ("mpiswarm.memory", f.offer.memory_mib.to_string()),
-                ];
-                formation::NodeLabels {
-                    host: host.clone(),
-                    id: id.clone(),
-                    labels: labels.map(|(k, v)| (k.to_owned(), v)).to_vec(),
-                }
+            .map(|(index, ((host, id), f))| formation::NodeLabels {
+                host: host.clone(),
+                id: id.clone(),
+                labels: super::host_labels(index, f.ranks, &f.offer),
             })
             .collect()
     }
