@@ -45,6 +45,46 @@ fn swarm_forms_across_three_hosts_with_rank0_as_manager() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// Workers wait for their turn when the join window is smaller than the job: with one join per
+/// manager at a time, each worker starts when the one a window before it has joined, and every
+/// host still ends up a node (two managers: the turns alternate between them).
+#[test]
+fn joins_a_window_at_a_time_pass_the_turn_until_every_host_is_a_node() {
+    let Some(_c) = cluster() else { return };
+    let cmd = mpirun(
+        4,
+        4,
+        &[
+            "up",
+            "--managers",
+            "2",
+            "--joins-per-manager",
+            "1",
+            "--",
+            "docker",
+            "node",
+            "ls",
+            "--format",
+            "{{.Hostname}} {{.Status}} {{.ManagerStatus}}",
+        ],
+    );
+    let out = run_with_deadline(cmd, RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "mpiswarm failed:\n{stderr}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 4, "{stdout}\n{stderr}");
+    for (line, h) in lines.iter().zip(hosts(4)) {
+        assert!(line.starts_with(&format!("{h} Ready")), "{stdout}");
+    }
+    let managers = lines
+        .iter()
+        .filter(|l| l.split_whitespace().count() == 3)
+        .count();
+    assert_eq!(managers, 2, "{stdout}");
+    assert_clean(Duration::from_secs(3));
+}
+
 #[test]
 fn command_exit_code_comes_back() {
     let Some(_c) = cluster() else { return };

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use nix::sys::socket::{Backlog, listen};
@@ -41,6 +41,9 @@ pub fn deepen(
 ) -> Result<Vec<u16>> {
     let give_up = || stop.load(Ordering::SeqCst) || Instant::now() >= deadline;
     let (mut slirp, mut slirp_start) = (0, 0);
+    // Each look scans slirp4netns' descriptors: at the pace of the work awaited (a daemon's
+    // start takes from 0.3 s on a quiet node to seconds on a busy one), not every 10 ms.
+    let mut backoff = crate::sys::deadline::Backoff::default();
     loop {
         // Found again whenever the one found is gone: rootlesskit first runs slirp4netns briefly
         // to learn its features, and a guard that found that one waited in vain (seen on rank 0's
@@ -76,7 +79,7 @@ pub fn deepen(
                 "slirp4netns (pid {slirp}) did not listen on {addr} at port(s) {ports:?} in time"
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(backoff.next());
     }
 }
 

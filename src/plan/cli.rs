@@ -215,9 +215,10 @@ pub struct UpOptions {
     pub collect_timeout: String,
 
     /// How many workers join through each manager at once; the next joins as one finishes, so a
-    /// manager is never hit by every host of a large job at the same instant (measured: a join
-    /// costs its manager about 16 ms of CPU).
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..), help_heading = EXPERT)]
+    /// manager of a very large job is never hit by every host at the same instant (a join costs
+    /// its manager about 16 ms of CPU). Waves are slower than one burst up to this size: later
+    /// joins compete with the sessions of the earlier ones.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..), help_heading = EXPERT)]
     pub joins_per_manager: u16,
 
     /// Turn learning off on the overlay's vxlan devices (needed for cross-host overlay traffic

@@ -74,10 +74,7 @@ pub fn run_checks(
             .and_then(|s| s.trim().parse().ok()),
     ));
     checks.push(shared_node_check(
-        &crate::sys::procfs::all_processes()
-            .iter()
-            .map(|p| p.uid)
-            .collect::<Vec<_>>(),
+        &crate::sys::procfs::process_owners(),
         nix::unistd::getuid().as_raw(),
     ));
     checks.push(check_state_base(&host.state_base));
