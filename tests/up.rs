@@ -199,6 +199,17 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
         "{:?}",
         nodes
     );
+    // Launched before the hosts' labels were known, every daemon took its own by a reload.
+    for (i, h) in hosts(3).iter().enumerate() {
+        let index = bg.docker(&format!(
+            "node inspect {h} --format '{{{{index .Description.Engine.Labels \"mpiswarm.index\"}}}}'"
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&index.stdout).trim(),
+            i.to_string(),
+            "{h}"
+        );
+    }
     // SIGUSR1: every launcher passes it on at once, so rank 0 reports (see graceful_signal).
     bg.signal("USR1");
     let out = bg.wait(Duration::from_secs(30));

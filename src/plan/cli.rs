@@ -291,6 +291,9 @@ pub struct GuardArgs {
     /// `default-network-opts`, Docker >= 24).
     #[arg(long)]
     pub overlay_default_mtu: Option<u32>,
+    /// The daemon's labels (`KEY=VALUE`), when the rank knew them at launch.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

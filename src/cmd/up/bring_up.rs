@@ -77,7 +77,10 @@ impl Run<'_> {
             |run| {
                 let launched = match early {
                     Some(launched) => launched,
-                    None => launch::launch(run.cfg, run.job, &run.leaders.host, &mut run.tl),
+                    None => {
+                        let labels = run.own_labels();
+                        launch::launch(run.cfg, run.job, &run.leaders.host, &labels, &mut run.tl)
+                    }
                 };
                 let speak = run.is_root();
                 let daemon = outputs
@@ -112,15 +115,23 @@ impl Run<'_> {
         started
     }
 
-    /// The host's labels on its daemon, before its node inits or joins the swarm (so that no
-    /// manager writes them to Raft for each node).
-    fn label_daemon(&mut self, daemon: &HostDaemon) -> Result<()> {
-        let t = Instant::now();
-        let labels = super::host_labels(
+    /// This host's labels, as daemon.json lists them.
+    fn own_labels(&self) -> Vec<String> {
+        crate::host::daemon::labels::encode(&super::host_labels(
             self.leaders.index(),
             self.leaders.ranks_here(),
             &crate::host::offer::here(),
-        );
+        ))
+    }
+
+    /// The host's labels on a daemon launched before they were known, before its node inits or
+    /// joins the swarm (so that no manager writes them to Raft for each node).
+    fn label_daemon(&mut self, daemon: &HostDaemon) -> Result<()> {
+        if daemon.labelled {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let labels = self.own_labels();
         crate::host::daemon::labels::apply(
             &self.leaders.host,
             &daemon.guard.dir,

@@ -53,7 +53,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     // starts, and the hosts agree on its verdict first (`agree_hosts`).
     let refused = crate::mpi::cluster::launcher_rank().is_none_or(|r| r == 0)
         && check_command(cfg, &host).is_some();
-    let early = (early && !refused && !foreign).then(|| launch::launch(cfg, &job, &host, &mut tl));
+    let early =
+        (early && !refused && !foreign).then(|| launch::launch(cfg, &job, &host, &[], &mut tl));
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);

@@ -30,10 +30,15 @@ pub fn command(
     addr: Ipv4Addr,
     network: Network,
     overlay_default_mtu: Option<u32>,
+    labels: &[String],
 ) -> Result<Command> {
     let p = &dir.path;
     let config_path = p.join("daemon.json");
     let mut config = daemon_config(dir, network)?;
+    if !labels.is_empty() {
+        // The host's labels from the start (labels.rs sets them by a reload otherwise).
+        config["labels"] = json!(labels);
+    }
     if let Some(mtu) = overlay_default_mtu {
         // Each node applies it as it instantiates a swarm overlay (unless its creator gave an
         // MTU): a user's `docker network create -d overlay` or compose file needs no edit.
@@ -200,7 +205,7 @@ mod tests {
         let network = Network::Overlay {
             port_driver: crate::plan::cli::PortDriver::Slirp4netns,
         };
-        command(&dir, Ipv4Addr::LOCALHOST, network, overlay_default_mtu).unwrap();
+        command(&dir, Ipv4Addr::LOCALHOST, network, overlay_default_mtu, &[]).unwrap();
         serde_json::from_slice(&std::fs::read(tmp.path().join("daemon.json")).unwrap()).unwrap()
     }
 

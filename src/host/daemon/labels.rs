@@ -1,6 +1,8 @@
 //! The host's labels as the daemon's own (engine labels), set before the host's node joins or
 //! inits the swarm: the node then carries them from its first description, and the managers
-//! write nothing to their Raft log for them. The daemon takes them on a configuration reload.
+//! write nothing to their Raft log for them. A daemon launched once they were known has them in
+//! its daemon.json from the start; one launched earlier (rank 0's, before MPI was up) takes them
+//! on a configuration reload.
 
 use std::time::Duration;
 
@@ -11,23 +13,27 @@ use crate::host::engine::Engine;
 use crate::host::statedir::StateDir;
 use crate::sys::deadline::{Backoff, Deadline};
 
-/// Adds `labels` (key, value) to the daemon's configuration, has dockerd reload it (SIGHUP) and
+/// Labels as daemon.json lists them (`key=value`).
+pub fn encode(labels: &[(String, String)]) -> Vec<String> {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Adds `labels` (`key=value`) to the daemon's configuration, has dockerd reload it (SIGHUP) and
 /// waits until its Engine API reports them.
 pub fn apply(
     host: &str,
     dir: &StateDir,
     guard_pid: i32,
     engine: &Engine,
-    labels: &[(String, String)],
+    wanted: &[String],
     deadline: Deadline,
 ) -> Result<()> {
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    write_config(&dir.path.join("daemon.json"), &wanted)?;
+    write_config(&dir.path.join("daemon.json"), wanted)?;
     reload(guard_pid)?;
     let mut backoff = Backoff::default();
     loop {
         let info = engine.get_json("/info", deadline)?;
-        if has_labels(&info, &wanted) {
+        if has_labels(&info, wanted) {
             return Ok(());
         }
         let pause = backoff.next();

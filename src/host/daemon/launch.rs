@@ -30,6 +30,8 @@ pub struct HostDaemon {
     pub engine: Engine,
     pub addr: Ipv4Addr,
     pub network: Network,
+    /// The host's labels were in daemon.json from the start (else they still need a reload).
+    pub labelled: bool,
 }
 
 impl HostDaemon {
@@ -54,11 +56,18 @@ pub struct Launched {
     network: Network,
     warnings: Vec<Check>,
     started: Instant,
+    labelled: bool,
 }
 
 /// Checks the host and starts its guard and daemon without waiting for it: this can run while
-/// MPI is still starting up.
-pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Result<Launched> {
+/// MPI is still starting up. `labels` (`key=value`): the host's labels, if already known.
+pub fn launch(
+    cfg: &UpConfig,
+    job: &str,
+    host: &str,
+    labels: &[String],
+    tl: &mut Timeline,
+) -> Result<Launched> {
     let t = Instant::now();
     let addr = crate::host::identity::advertise_addr(&cfg.host.addr)?;
     let warnings = if cfg.preflight {
@@ -79,6 +88,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
         cfg.network,
         cfg.vxlan_nolearning,
         overlay_default_mtu,
+        labels,
     )?;
     Ok(Launched {
         host: host.to_owned(),
@@ -88,6 +98,7 @@ pub fn launch(cfg: &UpConfig, job: &str, host: &str, tl: &mut Timeline) -> Resul
         network: cfg.network,
         warnings,
         started,
+        labelled: !labels.is_empty(),
     })
 }
 
@@ -148,6 +159,7 @@ impl Launched {
             engine,
             addr: self.addr,
             network: self.network,
+            labelled: self.labelled,
         })
     }
 

@@ -101,6 +101,7 @@ impl GuardHandle {
         network: Network,
         vxlan_nolearning: bool,
         overlay_default_mtu: Option<u32>,
+        labels: &[String],
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
         let mut guard = Command::new(&exe);
@@ -114,6 +115,9 @@ impl GuardHandle {
         }
         if let Some(mtu) = overlay_default_mtu {
             guard.arg("--overlay-default-mtu").arg(mtu.to_string());
+        }
+        for label in labels {
+            guard.arg("--label").arg(label);
         }
         guard
             .arg("--dir")

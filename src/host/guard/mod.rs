@@ -135,7 +135,8 @@ fn start_daemon(
 ) -> Option<Child> {
     let overlay_default_mtu =
         crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
-    let daemon = match config::command(dir, addr, network, overlay_default_mtu).and_then(|mut c| {
+    let command = config::command(dir, addr, network, overlay_default_mtu, &args.labels);
+    let daemon = match command.and_then(|mut c| {
         c.spawn()
             .context("failed to start rootlesskit (is it installed and on PATH?)")
     }) {
