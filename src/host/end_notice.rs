@@ -9,7 +9,7 @@
 //! leader is killed later; its guard removes it otherwise). At the end the leader writes the exit
 //! code to every connection (and to any that comes later). A host with one rank has no socket.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,9 +18,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::{Deserialize, Serialize};
 
 use crate::host::statedir;
+use crate::sys::frame::{self, Next, Peer};
 use crate::sys::user_root::{self, UserRoot};
+
+/// How long a waiting rank reads its leader's frame once it began to arrive.
+const FRAME_WAIT: Duration = Duration::from_secs(2);
 
 /// The greeting's size on the wire: the leader's pid, the path's length, the path.
 pub const GREETING_BYTES: usize = 4 + 2 + statedir::SUN_PATH_MAX;
@@ -125,9 +130,10 @@ impl Announcer {
 fn tell(listeners: &Mutex<Audience>, end: End) {
     let mut audience = listeners.lock().unwrap_or_else(PoisonError::into_inner);
     audience.end = Some(end);
+    let wire = end.frame();
     for mut stream in audience.waiting.drain(..) {
         // A rank already gone cannot be told; the others must still be.
-        let _ = stream.write_all(&end.encode());
+        let _ = stream.write_all(&wire);
     }
 }
 
@@ -189,22 +195,24 @@ fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: us
         let mut audience = audience.lock().unwrap_or_else(PoisonError::into_inner);
         match audience.end {
             Some(end) => {
-                let _ = stream.write_all(&end.encode());
+                let _ = stream.write_all(&end.frame());
             }
             None => audience.waiting.push(stream),
         }
     }
 }
 
-/// How the job ended, as a leader tells its host's other ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the job ended, as a leader tells its host's other ranks: on the end socket, or over MPI
+/// when it has none, as the same frame (`frame`, `from_frame`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
     pub code: i32,
     pub mpi: MpiEnd,
 }
 
 /// How a rank leaves MPI at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MpiEnd {
     /// Every host agreed: MPI is finalized, as usual.
     Finalize,
@@ -213,48 +221,42 @@ pub enum MpiEnd {
     Leave,
 }
 
-/// The end's size on the wire: the code, then whether MPI is finalized.
-const END_BYTES: usize = 5;
+/// Who tells the end, for the errors of a bad frame.
+const FROM_LEADER: Peer = Peer {
+    name: "this host's leader",
+    expected: "the job's end (an exit code, and whether MPI is finalized)",
+    secret: false,
+};
 
 impl End {
-    fn encode(self) -> [u8; END_BYTES] {
-        let mut wire = [0u8; END_BYTES];
-        wire[..4].copy_from_slice(&self.code.to_le_bytes());
-        wire[4] = match self.mpi {
-            MpiEnd::Finalize => 0,
-            MpiEnd::Leave => 1,
-        };
-        wire
+    /// The end on the wire, the socket's and MPI's alike. A number and a unit variant always
+    /// serialize; were it not so, the ranks would hear an empty frame: their leader gone.
+    pub fn frame(self) -> Vec<u8> {
+        frame::encode(&self).unwrap_or_default()
     }
 
-    fn decode(wire: [u8; END_BYTES]) -> End {
-        let mut code = [0u8; 4];
-        code.copy_from_slice(&wire[..4]);
-        End {
-            code: i32::from_le_bytes(code),
-            mpi: if wire[4] == 0 {
-                MpiEnd::Finalize
-            } else {
-                MpiEnd::Leave
-            },
-        }
+    /// An end received over MPI (a whole message: the socket's are read with `frame::read`).
+    pub fn from_frame(bytes: &[u8]) -> Result<End> {
+        frame::decode(bytes, &FROM_LEADER)
     }
 }
 
 /// What a waiting rank heard.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Heard {
     /// The job ended.
     End(End),
     /// The leader's end of the connection closed without a word: it died.
     LeaderGone,
+    /// The leader said something that is not an end (what, and from whom).
+    Unreadable(anyhow::Error),
     /// Nothing yet.
     Nothing,
 }
 
 /// A rank's side: connected to its leader, waiting to hear the end.
 pub struct EndWatch {
-    stream: UnixStream,
+    stream: BufReader<UnixStream>,
 }
 
 impl EndWatch {
@@ -271,23 +273,31 @@ impl EndWatch {
                 path.display()
             );
         }
-        Ok(EndWatch { stream })
+        // The leader writes its one frame at once: a part of one, then silence, is not waited on.
+        stream
+            .set_read_timeout(Some(FRAME_WAIT))
+            .with_context(|| format!("failed to set a read timeout on {}", path.display()))?;
+        Ok(EndWatch {
+            stream: BufReader::new(stream),
+        })
     }
 
     /// Waits up to `timeout` for the end.
     pub fn wait(&mut self, timeout: Duration) -> Heard {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            self.stream.get_ref().as_fd(),
+            PollFlags::POLLIN,
+        )];
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => return Heard::Nothing,
             Ok(_) => {}
             Err(_) => return Heard::LeaderGone,
         }
-        let mut wire = [0u8; END_BYTES];
-        match self.stream.read_exact(&mut wire) {
-            Ok(()) => Heard::End(End::decode(wire)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Heard::Nothing,
-            Err(_) => Heard::LeaderGone,
+        match frame::read(&mut self.stream, &FROM_LEADER) {
+            Ok(Next::Message(end)) => Heard::End(end),
+            Ok(Next::Bad(e)) => Heard::Unreadable(e),
+            Ok(Next::End) | Err(_) => Heard::LeaderGone,
         }
     }
 }
@@ -338,17 +348,20 @@ mod tests {
             announcer.path().exists(),
             "removed before every rank connected"
         );
-        assert_eq!(early[0].wait(Duration::from_millis(20)), Heard::Nothing);
+        assert!(matches!(
+            early[0].wait(Duration::from_millis(20)),
+            Heard::Nothing
+        ));
         let end = End {
             code: 7,
             mpi: MpiEnd::Leave,
         };
         announcer.announce(end);
         for w in &mut early {
-            assert_eq!(w.wait(Duration::from_secs(5)), Heard::End(end));
+            assert!(matches!(w.wait(Duration::from_secs(5)), Heard::End(e) if e == end));
         }
         let mut late = EndWatch::connect(announcer.path(), me).unwrap();
-        assert_eq!(late.wait(Duration::from_secs(5)), Heard::End(end));
+        assert!(matches!(late.wait(Duration::from_secs(5)), Heard::End(e) if e == end));
         let _last = EndWatch::connect(announcer.path(), me).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while announcer.path().exists() && std::time::Instant::now() < deadline {
@@ -364,11 +377,17 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(watch.wait(Duration::from_millis(20)), Heard::Nothing);
+        assert!(matches!(
+            watch.wait(Duration::from_millis(20)),
+            Heard::Nothing
+        ));
         // What the kernel does to a killed leader's sockets.
         drop(accepted);
         drop(listener);
-        assert_eq!(watch.wait(Duration::from_secs(5)), Heard::LeaderGone);
+        assert!(matches!(
+            watch.wait(Duration::from_secs(5)),
+            Heard::LeaderGone
+        ));
     }
 
     #[test]
@@ -377,5 +396,66 @@ mod tests {
         let announcer = Announcer::listen(base.path(), "j2", "h", 1).unwrap();
         let err = EndWatch::connect(announcer.path(), 1).err().unwrap();
         assert!(format!("{err:#}").contains("not by this host's leader (pid 1)"));
+    }
+
+    #[test]
+    fn an_end_survives_its_frame() {
+        for end in [
+            End {
+                code: 137,
+                mpi: MpiEnd::Leave,
+            },
+            End {
+                code: 0,
+                mpi: MpiEnd::Finalize,
+            },
+            End {
+                code: i32::MIN,
+                mpi: MpiEnd::Finalize,
+            },
+        ] {
+            let wire = end.frame();
+            assert!(wire.ends_with(b"\n"), "{wire:?}");
+            assert_eq!(End::from_frame(&wire).unwrap(), end);
+        }
+        let err = End::from_frame(b"{\"code\":1,\"mpi\":\"abort\"}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown message from this host's leader: "),
+            "{err}"
+        );
+    }
+
+    /// A leader that writes a bad frame, or part of one, then stays: the rank hears that, from
+    /// whom, at once or after `FRAME_WAIT`, never waits on.
+    #[test]
+    fn a_bad_or_truncated_end_is_named_not_waited_on() {
+        for (wire, said) in [
+            (
+                &b"{\"code\":7}\n"[..],
+                "unknown message from this host's leader: ",
+            ),
+            (
+                &b"{\"code\":7,"[..],
+                "truncated message from this host's leader: ",
+            ),
+        ] {
+            let base = tempfile::tempdir().unwrap();
+            let path = base.path().join("leader.end");
+            let listener = UnixListener::bind(&path).unwrap();
+            let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
+            let (mut accepted, _) = listener.accept().unwrap();
+            accepted.write_all(wire).unwrap();
+            let start = std::time::Instant::now();
+            // The leader is still there: a part of a frame is followed by its silence.
+            match watch.wait(Duration::from_secs(5)) {
+                Heard::Unreadable(e) => {
+                    assert!(e.to_string().starts_with(said), "{e}");
+                    assert!(e.to_string().contains("the job's end (an exit code"), "{e}");
+                }
+                other => panic!("{wire:?} gave {other:?}"),
+            }
+            assert!(start.elapsed() < FRAME_WAIT * 2, "{:?}", start.elapsed());
+        }
     }
 }

@@ -74,7 +74,12 @@ pub fn read<T: DeserializeOwned>(
 ) -> std::io::Result<Next<T>> {
     let mut line = Vec::new();
     let limit = MAX_FRAME as u64 + 1;
-    std::io::Read::take(&mut *reader, limit).read_until(b'\n', &mut line)?;
+    match std::io::Read::take(&mut *reader, limit).read_until(b'\n', &mut line) {
+        // A part arrived, then the stream failed (or its read timeout passed).
+        Err(e) if !line.is_empty() => return Ok(Next::Bad(truncated(&line, from, &e))),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     Ok(match line.last() {
         None => Next::End,
         Some(b'\n') => match decode(&line, from) {
@@ -87,14 +92,19 @@ pub fn read<T: DeserializeOwned>(
             from.name,
             from.expected
         )),
-        Some(_) => Next::Bad(anyhow!(
-            "truncated message from {}: its output ended after {} of {} ({} bytes, no newline)",
-            from.name,
-            quote(&line, from),
-            from.expected,
-            line.len()
-        )),
+        Some(_) => Next::Bad(truncated(&line, from, &"the end of its output")),
     })
+}
+
+/// A frame cut short, by the end of the stream or by an error.
+fn truncated(part: &[u8], from: &Peer, then: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "truncated message from {}: {} ({} bytes, no newline) of {}, then {then}",
+        from.name,
+        quote(part, from),
+        part.len(),
+        from.expected
+    )
 }
 
 /// What JSON found wrong: its words quote the frame's values, so a secret frame gets only where.
@@ -168,8 +178,8 @@ mod tests {
         let cut = &frame[..frame.len() - 3];
         let err = bad(cut, &FROM);
         assert!(
-            err.starts_with("truncated message from the tester: its output ended after")
-                && err.contains("a greeting (hi or bye)"),
+            err.starts_with("truncated message from the tester: ")
+                && err.ends_with("of a greeting (hi or bye), then the end of its output"),
             "{err}"
         );
     }
