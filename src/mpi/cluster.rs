@@ -11,7 +11,8 @@ use mpi::Threading;
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::host::end_notice::{Announcer, End, EndWatch, Greeting, Heard, MpiEnd};
+use crate::host::end_notice::protocol::{End, Greeting, MpiEnd};
+use crate::host::end_notice::{Announcer, EndWatch, Heard};
 use crate::mpi::collective::Leaders;
 use crate::mpi::messages::{EndNotice, InFlight, Message};
 use crate::sys::deadline::Backoff;

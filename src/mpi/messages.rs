@@ -12,7 +12,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use crate::host::end_notice::End;
+use crate::host::end_notice::protocol::End;
 use crate::mpi::mpi_buffer::Lent;
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::{Cause, Signals};

@@ -13,8 +13,8 @@
 use std::io::BufRead;
 
 use anyhow::{Result, anyhow};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The longest frame read: far above any message sent (a `--collect` line of 64 KiB, escaped),
 /// so that a peer gone astray cannot make the reader hold its whole output.
@@ -54,6 +54,37 @@ pub fn decode<T: DeserializeOwned>(line: &[u8], from: &Peer) -> Result<T> {
             why(&e, from)
         )
     })
+}
+
+/// Bytes kept as they are (a log line, a path): a JSON string when they are UTF-8, else an array
+/// of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bytes {
+    Utf8(String),
+    Raw(Vec<u8>),
+}
+
+impl Bytes {
+    pub fn new(bytes: Vec<u8>) -> Bytes {
+        match String::from_utf8(bytes) {
+            Ok(text) => Bytes::Utf8(text),
+            Err(e) => Bytes::Raw(e.into_bytes()),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Bytes::Utf8(text) => text.as_bytes(),
+            Bytes::Raw(bytes) => bytes,
+        }
+    }
+}
+
+impl From<String> for Bytes {
+    fn from(text: String) -> Bytes {
+        Bytes::Utf8(text)
+    }
 }
 
 /// What a reader found next.
@@ -128,7 +159,6 @@ fn quote(line: &[u8], from: &Peer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
     /// The error of a bad frame read from `bytes`.
     fn bad(bytes: &[u8], from: &Peer) -> String {

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use mpi::traits::Communicator;
 
-use crate::host::end_notice::End;
+use crate::host::end_notice::protocol::End;
 use crate::mpi::messages::{EndNotice, Kind, ManagerInvitation, Message};
 use crate::sys::signals::Cause;
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::frame::{self, Peer};
+use crate::sys::frame::{self, Bytes, Peer};
 
 /// Who sends shares, for the errors of a bad line (rank 0 names the host).
 const FROM_HOST: Peer = Peer {
@@ -22,9 +22,9 @@ const FROM_HOST: Peer = Peer {
 pub enum ShareLine {
     /// A line of a service's log, for `services/<service>.log`:
     /// `<time> <task>@<host> <stream> <text>`.
-    Service { service: String, line: Text },
+    Service { service: String, line: Bytes },
     /// A line of the host's daemon log, for `hosts/<host>/daemon.log`.
-    Daemon(Text),
+    Daemon(Bytes),
     /// Something that will not be in the output, for INCOMPLETE (one line).
     Missing(String),
     /// The share ends here: it arrived whole.
@@ -46,37 +46,6 @@ impl ShareLine {
     /// One line of a share (with or without its newline).
     pub fn decode(line: &[u8]) -> Result<ShareLine> {
         frame::decode(line, &FROM_HOST)
-    }
-}
-
-/// A log line's bytes, kept as they are: text as a JSON string, anything else (a log may hold any
-/// bytes) as an array of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Text {
-    Utf8(String),
-    Bytes(Vec<u8>),
-}
-
-impl Text {
-    pub fn new(bytes: Vec<u8>) -> Text {
-        match String::from_utf8(bytes) {
-            Ok(text) => Text::Utf8(text),
-            Err(e) => Text::Bytes(e.into_bytes()),
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Text::Utf8(text) => text.as_bytes(),
-            Text::Bytes(bytes) => bytes,
-        }
-    }
-}
-
-impl From<String> for Text {
-    fn from(text: String) -> Text {
-        Text::Utf8(text)
     }
 }
 
@@ -105,10 +74,10 @@ pub mod tests {
             service("web", "T1 web.1@h1 stdout a \"quoted\"\ttab"),
             ShareLine::Service {
                 service: "bin".into(),
-                line: Text::new(vec![b'T', b' ', 0xff, 0xfe, 0, b'\r']),
+                line: Bytes::new(vec![b'T', b' ', 0xff, 0xfe, 0, b'\r']),
             },
             ShareLine::Daemon("level=info msg=\"hi\"".to_owned().into()),
-            ShareLine::Daemon(Text::new(vec![0x80])),
+            ShareLine::Daemon(Bytes::new(vec![0x80])),
             ShareLine::missing("services/web.log: cut\nthere"),
             ShareLine::End,
         ];
@@ -123,7 +92,7 @@ pub mod tests {
             all[1],
             ShareLine::Service {
                 service: "bin".into(),
-                line: Text::Bytes(vec![b'T', b' ', 0xff, 0xfe, 0, b'\r'])
+                line: Bytes::Raw(vec![b'T', b' ', 0xff, 0xfe, 0, b'\r'])
             }
         );
         assert_eq!(

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::{Engine, frames};
 use crate::swarm::collect::out::SERVICE_CAP;
-use crate::swarm::collect::protocol::{ShareLine, Text};
+use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
+use crate::sys::frame::Bytes;
 
 /// The most kept of one host's daemon log: its end.
 const DAEMON_LOG_CAP: u64 = 4 << 20;
@@ -191,7 +192,7 @@ fn format_logs(
                 let line = [time, prefix.as_bytes(), text].concat();
                 ShareLine::Service {
                     service: service.to_owned(),
-                    line: Text::new(line),
+                    line: Bytes::new(line),
                 }
                 .write_to(out)?;
                 written += size;
@@ -239,7 +240,7 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
     for line in lines.by_ref() {
         let line = line.with_context(|| format!("failed to read {} on {host}", path.display()))?;
         for piece in line.chunks(MAX_LINE) {
-            ShareLine::Daemon(Text::new(piece.to_vec())).write_to(out)?;
+            ShareLine::Daemon(Bytes::new(piece.to_vec())).write_to(out)?;
         }
     }
     Ok(())
@@ -285,8 +286,8 @@ mod tests {
         assert_eq!(
             lines(&out),
             [
-                Ok(ShareLine::Daemon(Text::Utf8("one".into()))),
-                Ok(ShareLine::Daemon(Text::Bytes(b"tw\xffo".to_vec()))),
+                Ok(ShareLine::Daemon(Bytes::Utf8("one".into()))),
+                Ok(ShareLine::Daemon(Bytes::Raw(b"tw\xffo".to_vec()))),
             ]
         );
         let mut out = Vec::new();

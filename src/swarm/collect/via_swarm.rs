@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use crate::host::engine::{Body, Engine, frames};
 use crate::swarm::collect::out::SERVICE_CAP;
-use crate::swarm::collect::protocol::{ShareLine, Text};
+use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
+use crate::sys::frame::Bytes;
 
 /// Who a task is, for its log lines: its name as Docker gives it, and its host.
 struct TaskName {
@@ -195,7 +196,7 @@ fn write_lines(
             let who = format!(" {}@{} {stream} ", task.name, task.host);
             ShareLine::Service {
                 service: service.to_owned(),
-                line: Text::new([time, who.as_bytes(), text].concat()),
+                line: Bytes::new([time, who.as_bytes(), text].concat()),
             }
             .write_to(out)?;
         }

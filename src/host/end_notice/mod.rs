@@ -8,6 +8,9 @@
 //! removes the path once every rank of the host is connected (nothing is left on the disk if the
 //! leader is killed later; its guard removes it otherwise). At the end the leader writes the exit
 //! code to every connection (and to any that comes later). A host with one rank has no socket.
+//! What the leader says, here and over MPI, is `protocol`.
+
+pub mod protocol;
 
 use std::io::{BufReader, ErrorKind, Write};
 use std::os::fd::AsFd;
@@ -18,54 +21,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde::{Deserialize, Serialize};
 
+use crate::host::end_notice::protocol::End;
 use crate::host::statedir;
-use crate::sys::frame::{self, Next, Peer};
+use crate::sys::frame::Next;
 use crate::sys::user_root::{self, UserRoot};
 
 /// How long a waiting rank reads its leader's frame once it began to arrive.
 const FRAME_WAIT: Duration = Duration::from_secs(2);
-
-/// The greeting's size on the wire: the leader's pid, the path's length, the path.
-pub const GREETING_BYTES: usize = 4 + 2 + statedir::SUN_PATH_MAX;
-
-/// What a host's leader tells the host's other ranks at the start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Greeting {
-    pub leader_pid: i32,
-    /// Where to hear of the end; `None` when the leader could not listen.
-    pub end_path: Option<PathBuf>,
-}
-
-impl Greeting {
-    pub fn encode(&self) -> [u8; GREETING_BYTES] {
-        use std::os::unix::ffi::OsStrExt;
-        let mut out = [0u8; GREETING_BYTES];
-        out[..4].copy_from_slice(&self.leader_pid.to_le_bytes());
-        if let Some(path) = &self.end_path {
-            let bytes = path.as_os_str().as_bytes();
-            // A longer path cannot have been bound (`sun_path`), so it is never sent.
-            if bytes.len() <= statedir::SUN_PATH_MAX {
-                out[4..6].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
-                out[6..6 + bytes.len()].copy_from_slice(bytes);
-            }
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8; GREETING_BYTES]) -> Greeting {
-        use std::os::unix::ffi::OsStrExt;
-        let leader_pid = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let len = (u16::from_le_bytes([bytes[4], bytes[5]]) as usize).min(statedir::SUN_PATH_MAX);
-        let end_path =
-            (len > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[6..6 + len])));
-        Greeting {
-            leader_pid,
-            end_path,
-        }
-    }
-}
 
 /// Where a run's end socket lives: beside its state directory, named after it (so that the guard
 /// and `cleanup`, which know the directory, remove it with it).
@@ -202,45 +165,6 @@ fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: us
     }
 }
 
-/// How the job ended, as a leader tells its host's other ranks: on the end socket, or over MPI
-/// when it has none, as the same frame (`frame`, `from_frame`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct End {
-    pub code: i32,
-    pub mpi: MpiEnd,
-}
-
-/// How a rank leaves MPI at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MpiEnd {
-    /// Every host agreed: MPI is finalized, as usual.
-    Finalize,
-    /// The launcher is ending the job and the hosts could not all agree (one is dead or hung):
-    /// a finalize would wait for them, so the ranks leave without it.
-    Leave,
-}
-
-/// Who tells the end, for the errors of a bad frame.
-const FROM_LEADER: Peer = Peer {
-    name: "this host's leader",
-    expected: "the job's end (an exit code, and whether MPI is finalized)",
-    secret: false,
-};
-
-impl End {
-    /// The end on the wire, the socket's and MPI's alike. A number and a unit variant always
-    /// serialize; were it not so, the ranks would hear an empty frame: their leader gone.
-    pub fn frame(self) -> Vec<u8> {
-        frame::encode(&self).unwrap_or_default()
-    }
-
-    /// An end received over MPI (a whole message: the socket's are read with `frame::read`).
-    pub fn from_frame(bytes: &[u8]) -> Result<End> {
-        frame::decode(bytes, &FROM_LEADER)
-    }
-}
-
 /// What a waiting rank heard.
 #[derive(Debug)]
 pub enum Heard {
@@ -294,7 +218,7 @@ impl EndWatch {
             Ok(_) => {}
             Err(_) => return Heard::LeaderGone,
         }
-        match frame::read(&mut self.stream, &FROM_LEADER) {
+        match End::read_from(&mut self.stream) {
             Ok(Next::Message(end)) => Heard::End(end),
             Ok(Next::Bad(e)) => Heard::Unreadable(e),
             Ok(Next::End) | Err(_) => Heard::LeaderGone,
@@ -305,22 +229,7 @@ impl EndWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_greeting_survives_its_wire_form() {
-        for g in [
-            Greeting {
-                leader_pid: 4242,
-                end_path: Some("/tmp/mpiswarm-1000/j12ab-node-7.end".into()),
-            },
-            Greeting {
-                leader_pid: 1,
-                end_path: None,
-            },
-        ] {
-            assert_eq!(Greeting::decode(&g.encode()), g);
-        }
-    }
+    use crate::host::end_notice::protocol::MpiEnd;
 
     #[test]
     fn the_end_socket_sits_beside_its_state_directory() {
@@ -396,34 +305,6 @@ mod tests {
         let announcer = Announcer::listen(base.path(), "j2", "h", 1).unwrap();
         let err = EndWatch::connect(announcer.path(), 1).err().unwrap();
         assert!(format!("{err:#}").contains("not by this host's leader (pid 1)"));
-    }
-
-    #[test]
-    fn an_end_survives_its_frame() {
-        for end in [
-            End {
-                code: 137,
-                mpi: MpiEnd::Leave,
-            },
-            End {
-                code: 0,
-                mpi: MpiEnd::Finalize,
-            },
-            End {
-                code: i32::MIN,
-                mpi: MpiEnd::Finalize,
-            },
-        ] {
-            let wire = end.frame();
-            assert!(wire.ends_with(b"\n"), "{wire:?}");
-            assert_eq!(End::from_frame(&wire).unwrap(), end);
-        }
-        let err = End::from_frame(b"{\"code\":1,\"mpi\":\"abort\"}\n").unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("unknown message from this host's leader: "),
-            "{err}"
-        );
     }
 
     /// A leader that writes a bad frame, or part of one, then stays: the rank hears that, from
