@@ -139,7 +139,8 @@ fn clean_end_sockets(root: &Path, host: &str, dry_run: bool, report: &mut Report
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::end_notice::{Announcer, End, MpiEnd};
+    use crate::host::end_notice::Announcer;
+    use crate::host::end_notice::protocol::{End, MpiEnd};
 
     /// Host `n1` cleans its own runs only, never those of host `a-n1` beside it.
     #[test]

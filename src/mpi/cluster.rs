@@ -11,9 +11,10 @@ use mpi::Threading;
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::host::end_notice::{Announcer, End, EndWatch, Greeting, Heard, MpiEnd};
+use crate::host::end_notice::protocol::{End, Greeting, MpiEnd};
+use crate::host::end_notice::{Announcer, EndWatch, Heard};
 use crate::mpi::collective::Leaders;
-use crate::mpi::messages::{InFlight, Kind, Message};
+use crate::mpi::messages::{EndNotice, InFlight, Message};
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::Signals;
 
@@ -324,6 +325,14 @@ impl Follower {
                         mpi: MpiEnd::Leave,
                     };
                 }
+                Heard::Unreadable(e) => {
+                    // The leader's own code is the job's (as when nothing can be heard).
+                    tracing::error!("{e:#}: this rank waits inside MPI_Finalize");
+                    break End {
+                        code: 0,
+                        mpi: MpiEnd::Finalize,
+                    };
+                }
                 Heard::Nothing => {}
             }
             if !signal_passed_on && let Some(cause) = self.signals.received() {
@@ -381,9 +390,10 @@ impl Follower {
                 if !alive {
                     return Heard::LeaderGone;
                 }
-                if let Some((_, Message::End(end))) = Message::poll(&self.node, Some(0), Kind::End)
-                {
-                    return Heard::End(end);
+                match EndNotice::poll(&self.node, Some(0)) {
+                    Some(Ok(end)) => return Heard::End(end),
+                    Some(Err(e)) => return Heard::Unreadable(e),
+                    None => {}
                 }
                 self.signals.sleep(backoff.next().min(SIGNAL_CHECK));
                 Heard::Nothing

@@ -1,6 +1,7 @@
 //! The point-to-point messages ranks send each other outside the agreements, as one enum: each
-//! kind has its own MPI tag and one integer of payload, mapped here and nowhere else. One message
-//! carries bytes instead: a manager's join invitation, which only its recipient may hold. Every
+//! kind has its own MPI tag and one integer of payload, mapped here and nowhere else. Two carry
+//! bytes instead: a manager's join invitation, which only its recipient may hold, and the end a
+//! host's leader tells its other ranks (the frame its end socket carries). Every
 //! send has a deadline: a first message to a rank waits for that rank's handshake, which a gone or
 //! hung rank never makes.
 
@@ -11,7 +12,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use crate::host::end_notice::{End, MpiEnd};
+use crate::host::end_notice::protocol::End;
 use crate::mpi::mpi_buffer::Lent;
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::{Cause, Signals};
@@ -29,9 +30,6 @@ pub enum Message {
     Heartbeat,
     /// A worker host to the one a join window after it: its join ended, the next may start.
     JoinTurn,
-    /// A host's leader to its host's other ranks, when it could not give them its end socket:
-    /// how the job ended.
-    End(End),
 }
 
 /// What a receiver asks for (messages of other kinds stay queued).
@@ -42,17 +40,15 @@ pub enum Kind {
     Progress,
     Heartbeat,
     JoinTurn,
-    End,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 5] = [
         Kind::StopRequest,
         Kind::Stop,
         Kind::Progress,
         Kind::Heartbeat,
         Kind::JoinTurn,
-        Kind::End,
     ];
 
     fn tag(self) -> Tag {
@@ -62,7 +58,6 @@ impl Kind {
             Kind::Progress => 103,
             Kind::Heartbeat => 104,
             Kind::JoinTurn => 105,
-            Kind::End => 106,
         }
     }
 }
@@ -75,7 +70,6 @@ impl Message {
             Message::Progress { .. } => Kind::Progress,
             Message::Heartbeat => Kind::Heartbeat,
             Message::JoinTurn => Kind::JoinTurn,
-            Message::End(_) => Kind::End,
         }
     }
 
@@ -85,8 +79,6 @@ impl Message {
             Message::Stop { code } => code,
             Message::Progress { phase } => phase,
             Message::Heartbeat | Message::JoinTurn => 0,
-            // The code shifted left, the lowest bit saying whether to leave MPI unfinalized.
-            Message::End(End { code, mpi }) => code << 1 | i32::from(mpi == MpiEnd::Leave),
         }
     }
 
@@ -99,14 +91,6 @@ impl Message {
             Kind::Progress => Message::Progress { phase: value },
             Kind::Heartbeat => Message::Heartbeat,
             Kind::JoinTurn => Message::JoinTurn,
-            Kind::End => Message::End(End {
-                code: value >> 1,
-                mpi: if value & 1 == 1 {
-                    MpiEnd::Leave
-                } else {
-                    MpiEnd::Finalize
-                },
-            }),
         }
     }
 
@@ -164,6 +148,7 @@ impl Message {
             .iter()
             .any(|&kind| Message::poll(comm, None, kind).is_some())
             || ManagerInvitation::poll(comm, None).is_some()
+            || EndNotice::poll(comm, None).is_some()
         {}
     }
 }
@@ -314,6 +299,39 @@ impl ManagerInvitation {
     }
 }
 
+/// A host's leader to its host's other ranks, when it could not give them its end socket: how
+/// the job ended, as `End::frame` (the socket's bytes).
+pub struct EndNotice;
+
+impl EndNotice {
+    const TAG: Tag = 106;
+
+    /// Sends `end` to each of `ranks` of `comm`, as `Message::send_to_each` does.
+    pub fn send_to_each(
+        comm: &SimpleCommunicator,
+        ranks: std::ops::Range<i32>,
+        end: End,
+        deadline: Instant,
+    ) -> Result<(), Vec<i32>> {
+        let payload: Box<[u8]> = end.frame().into();
+        send_each_within(comm, ranks, payload, Self::TAG, deadline, None)
+    }
+
+    /// A queued end from `from` (any rank if `None`), or why it is not one; never blocks.
+    pub fn poll(comm: &SimpleCommunicator, from: Option<i32>) -> Option<anyhow::Result<End>> {
+        let status = match from {
+            Some(rank) => comm
+                .process_at_rank(rank)
+                .immediate_probe_with_tag(Self::TAG),
+            None => comm.any_process().immediate_probe_with_tag(Self::TAG),
+        }?;
+        let (bytes, _) = comm
+            .process_at_rank(status.source_rank())
+            .receive_vec_with_tag::<u8>(Self::TAG);
+        Some(End::from_frame(&bytes))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,18 +352,6 @@ mod tests {
             Message::Progress { phase: 2 },
             Message::Heartbeat,
             Message::JoinTurn,
-            Message::End(End {
-                code: 137,
-                mpi: MpiEnd::Leave,
-            }),
-            Message::End(End {
-                code: 0,
-                mpi: MpiEnd::Finalize,
-            }),
-            Message::End(End {
-                code: 1,
-                mpi: MpiEnd::Finalize,
-            }),
         ];
         for m in all {
             assert_eq!(Message::from_parts(m.kind(), m.payload()), m);
@@ -355,10 +361,10 @@ mod tests {
     #[test]
     fn tags_are_distinct() {
         let mut tags: Vec<Tag> = Kind::ALL.iter().map(|k| k.tag()).collect();
-        tags.push(ManagerInvitation::TAG);
+        tags.extend([ManagerInvitation::TAG, EndNotice::TAG]);
         tags.sort_unstable();
         tags.dedup();
-        assert_eq!(tags.len(), Kind::ALL.len() + 1);
+        assert_eq!(tags.len(), Kind::ALL.len() + 2);
     }
 
     /// The send deadline, against the real MPI. A peer that takes no data is this process

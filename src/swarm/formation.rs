@@ -11,7 +11,8 @@ use crate::host::engine::Engine;
 use crate::sys::deadline::Deadline;
 
 /// The role a host joins in; each has its own join token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JoinRole {
     Worker,
     Manager,
@@ -28,7 +29,9 @@ impl JoinRole {
 
 /// What a host needs to join in one role: a manager's address and that role's token, and no
 /// other. Rank 0 broadcasts the worker's invitation to every host and sends the manager's to the
-/// hosts that become managers only, so a worker never holds the manager token.
+/// hosts that become managers only, so a worker never holds the manager token. No `Debug`: it
+/// holds a token.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Invitation {
     pub manager: String,
     role: JoinRole,
@@ -41,34 +44,36 @@ pub struct Invitations {
     pub manager: Invitation,
 }
 
+/// Who sends invitations, for the errors of a bad one (never quoted: it holds a token).
+const FROM_RANK_0: crate::sys::frame::Peer = crate::sys::frame::Peer {
+    name: "rank 0",
+    expected: "a join invitation (role, manager, token)",
+    secret: true,
+};
+
 impl Invitation {
-    /// One line each, for MPI; the token never leaves memory otherwise.
+    /// One frame (`sys::frame`), for MPI; the token never leaves memory otherwise. Strings
+    /// always serialize: were it not so, the empty frame would be refused as malformed.
     pub fn encode(&self) -> Vec<u8> {
-        format!("{}\n{}\n{}", self.role.as_str(), self.manager, self.token).into_bytes()
+        crate::sys::frame::encode(self).unwrap_or_default()
     }
 
     /// An invitation received from rank 0, which must be for `role`.
     pub fn decode(bytes: &[u8], role: JoinRole) -> Result<Self> {
-        let text = std::str::from_utf8(bytes).context("the join invitation is not text")?;
-        let mut lines = text.split('\n');
-        match (lines.next(), lines.next(), lines.next(), lines.next()) {
-            (Some(r), Some(m), Some(t), None) if !m.is_empty() && !t.is_empty() => {
-                if r != role.as_str() {
-                    bail!(
-                        "rank 0 sent a {r} join invitation where a {} one was due: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)",
-                        role.as_str()
-                    );
-                }
-                Ok(Invitation {
-                    manager: m.to_owned(),
-                    role,
-                    token: t.to_owned(),
-                })
-            }
-            _ => bail!(
-                "malformed join invitation from rank 0: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)"
-            ),
+        let malformed = "malformed join invitation from rank 0: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)";
+        let invitation: Invitation =
+            crate::sys::frame::decode(bytes, &FROM_RANK_0).context(malformed)?;
+        if invitation.role != role {
+            bail!(
+                "rank 0 sent a {} join invitation where a {} one was due: a bug in mpiswarm; please report it with this run's output (rerun with -v for more)",
+                invitation.role.as_str(),
+                role.as_str()
+            );
         }
+        if invitation.manager.is_empty() || invitation.token.is_empty() {
+            bail!(malformed);
+        }
+        Ok(invitation)
     }
 }
 
@@ -378,9 +383,30 @@ mod tests {
         );
         // A worker's invitation is never taken for a manager's, nor garbage for either.
         assert!(Invitation::decode(&worker.encode(), JoinRole::Manager).is_err());
-        assert!(Invitation::decode(b"only-one-line", JoinRole::Worker).is_err());
-        assert!(Invitation::decode(b"worker\n\n", JoinRole::Worker).is_err());
-        assert!(Invitation::decode(b"worker\na\nb\nc", JoinRole::Worker).is_err());
+        let empty = Invitation {
+            token: String::new(),
+            ..back
+        };
+        let cut = worker.encode();
+        let cut = &cut[..cut.len() - 5];
+        for bad in [
+            &b"worker\n10.0.0.1:2377\nSWMTKN-1-w"[..],
+            b"{\"manager\":\"10.0.0.1:2377\",\"role\":\"worker\"}",
+            &empty.encode(),
+            cut,
+            b"",
+        ] {
+            let err = format!(
+                "{:#}",
+                Invitation::decode(bad, JoinRole::Worker).err().unwrap()
+            );
+            assert!(
+                err.starts_with("malformed join invitation from rank 0: a bug in mpiswarm"),
+                "{err}"
+            );
+            // Never quoted: it may hold a token.
+            assert!(!err.contains("SWMTKN"), "{err}");
+        }
     }
 
     #[test]

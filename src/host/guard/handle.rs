@@ -1,7 +1,7 @@
 //! The guard as its rank sees it: started in a session of its own, tied to the rank by a
 //! lifeline (its stdin), its events read on a thread, and its death noticed and cleaned up after.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 use crate::host::guard::protocol::{GuardCommand, GuardEvent};
 use crate::host::statedir::StateDir;
 use crate::plan::config::Network;
+use crate::sys::frame::Next;
 use crate::sys::signals::OnSignal;
 
 use super::TEARDOWN_BUDGET;
@@ -36,7 +37,7 @@ impl Lifeline {
     fn teardown(&self) {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut pipe) = taken {
-            let _ = pipe.write_all(GuardCommand::Teardown.encode().as_bytes());
+            let _ = GuardCommand::Teardown.write_to(&mut pipe);
         }
     }
 
@@ -44,9 +45,7 @@ impl Lifeline {
     fn send(&self, command: GuardCommand) -> Result<()> {
         let mut pipe = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match pipe.as_mut() {
-            Some(pipe) => pipe
-                .write_all(command.encode().as_bytes())
-                .context("failed to write to the guard's lifeline"),
+            Some(pipe) => command.write_to(pipe),
             None => Ok(()),
         }
     }
@@ -313,10 +312,10 @@ fn pass_on_log(log: std::process::ChildStderr) {
 
 fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
     let mut verdict = false;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        match GuardEvent::decode(&line) {
-            Ok(event) => {
+    let mut stdout = BufReader::new(stdout);
+    loop {
+        match GuardEvent::read_from(&mut stdout) {
+            Ok(Next::Message(event)) => {
                 if event.is_verdict() {
                     verdict = true;
                     crate::sys::signals::stuck_watchdog::torn_down();
@@ -329,7 +328,8 @@ fn read_events(stdout: ChildStdout, tx: &Sender<GuardEvent>, watch: &Watch) {
                 // The handle may be gone already; keep reading until the guard's end anyway.
                 let _ = tx.send(event);
             }
-            Err(e) => tracing::warn!("{e:#}"),
+            Ok(Next::Bad(e)) => tracing::warn!("{e:#}"),
+            Ok(Next::End) | Err(_) => break,
         }
     }
     if verdict {

@@ -13,7 +13,7 @@ pub mod handle;
 mod inherit;
 pub mod protocol;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -34,6 +34,7 @@ use crate::host::statedir::{GuardRecord, StateDir};
 use crate::host::teardown;
 use crate::plan::cli::GuardArgs;
 use crate::plan::config::Network;
+use crate::sys::frame::Next;
 
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
@@ -152,9 +153,9 @@ fn start_daemon(
     daemon
 }
 
-/// One event to the rank, as one line.
+/// One event to the rank (a rank already gone cannot be told).
 fn emit(out: &mut impl Write, event: &GuardEvent) {
-    let _ = writeln!(out, "{}", event.encode());
+    let _ = event.write_to(out);
 }
 
 /// Remedy (b): keeps vxlan learning off in the daemon's sandboxes, entered through rootlesskit's
@@ -226,14 +227,11 @@ fn wait_for_teardown(
                 return None;
             }
             if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-                let mut line = String::new();
-                match lifeline.read_line(&mut line) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => match GuardCommand::decode(&line) {
-                        Ok(GuardCommand::Teardown) => return None,
-                        Ok(GuardCommand::Command { group }) => *command = Some(group),
-                        Err(e) => tracing::warn!("{e:#}"),
-                    },
+                match GuardCommand::read_from(&mut lifeline) {
+                    Ok(Next::End) | Err(_) => return None,
+                    Ok(Next::Message(GuardCommand::Teardown)) => return None,
+                    Ok(Next::Message(GuardCommand::Command { group })) => *command = Some(group),
+                    Ok(Next::Bad(e)) => tracing::warn!("{e:#}"),
                 }
             }
         }

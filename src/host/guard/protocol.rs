@@ -1,18 +1,38 @@
-//! The rank<->guard protocol, printed and parsed only here: one line per message, events from the
-//! guard on its stdout, commands from the rank on the guard's stdin (the lifeline).
+//! The rank<->guard protocol, framed and parsed only here (`sys::frame`: one JSON line per
+//! message): events from the guard on its stdout, commands from the rank on the guard's stdin
+//! (the lifeline).
 //!
-//! Events: `started PID`, `exited STATUS` (the daemon ended early), `backlog deepened PORT,...` or
-//! `backlog failed MSG` (slirp4netns' accept queues), `intruder UID PORT` (another user bound a
-//! swarm port here), then one verdict: `clean` or `dirty MSG`.
-//! Commands: `command PGID` (the user's command runs in that process group: the teardown kills
-//! it, whatever killed the rank), `teardown`; the lifeline's end (the rank died) means the same.
+//! Events: `Started` (rootlesskit's pid), `Exited` (the daemon ended early), `Backlog`
+//! (slirp4netns' accept queues deepened, or why not), `Intruder` (another user bound a swarm port
+//! here), then one verdict: `Clean` or `Dirty`. Commands: `Command` (the user's command runs in
+//! that process group: the teardown kills it, whatever killed the rank), `Teardown`; the
+//! lifeline's end (the rank died) means the same.
 
 use std::fmt;
+use std::io::{BufRead, Write};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::frame::{self, Next, Peer};
+
+/// Who sends events, for the errors of a bad one.
+const FROM_GUARD: Peer = Peer {
+    name: "the guard",
+    expected: "an event (started, exited, backlog, intruder, clean or dirty)",
+    secret: false,
+};
+
+/// Who sends commands, for the errors of a bad one.
+const FROM_RANK: Peer = Peer {
+    name: "the rank on the lifeline",
+    expected: "a command (teardown, or command with a process group above 1)",
+    secret: false,
+};
 
 /// One message from the guard to its rank.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GuardEvent {
     /// rootlesskit started with this pid.
     Started(u32),
@@ -29,49 +49,16 @@ pub enum GuardEvent {
 }
 
 impl GuardEvent {
-    /// The line on the wire, without its newline (messages are kept on one line).
-    pub fn encode(&self) -> String {
-        match self {
-            GuardEvent::Started(pid) => format!("started {pid}"),
-            GuardEvent::Exited(status) => format!("exited {}", one_line(status)),
-            GuardEvent::Backlog(Ok(ports)) => {
-                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-                format!("backlog deepened {}", ports.join(","))
-            }
-            GuardEvent::Backlog(Err(why)) => format!("backlog failed {}", one_line(why)),
-            GuardEvent::Intruder { uid, port } => format!("intruder {uid} {port}"),
-            GuardEvent::Clean => "clean".to_owned(),
-            GuardEvent::Dirty(what) => format!("dirty {}", one_line(what)),
-        }
+    /// Writes the event as one frame.
+    pub fn write_to(&self, out: &mut impl Write) -> Result<()> {
+        out.write_all(&frame::encode(self)?)?;
+        out.flush()?;
+        Ok(())
     }
 
-    pub fn decode(line: &str) -> Result<Self> {
-        let line = line.trim_end_matches(['\n', '\r']);
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let bad = || anyhow!("unknown message from the guard: {line:?}");
-        Ok(match word {
-            "started" => GuardEvent::Started(rest.parse().map_err(|_| bad())?),
-            "exited" => GuardEvent::Exited(rest.to_owned()),
-            "backlog" => match rest.split_once(' ').unwrap_or((rest, "")) {
-                ("deepened", ports) => GuardEvent::Backlog(Ok(ports
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| p.parse().map_err(|_| bad()))
-                    .collect::<Result<_>>()?)),
-                ("failed", why) => GuardEvent::Backlog(Err(why.to_owned())),
-                _ => return Err(bad()),
-            },
-            "intruder" => match rest.split_once(' ') {
-                Some((uid, port)) => GuardEvent::Intruder {
-                    uid: uid.parse().map_err(|_| bad())?,
-                    port: port.parse().map_err(|_| bad())?,
-                },
-                None => return Err(bad()),
-            },
-            "clean" if rest.is_empty() => GuardEvent::Clean,
-            "dirty" => GuardEvent::Dirty(rest.to_owned()),
-            _ => return Err(bad()),
-        })
+    /// The guard's next event, a bad frame, or the end of its output; `Err` if reading failed.
+    pub fn read_from(input: &mut impl BufRead) -> std::io::Result<Next<Self>> {
+        frame::read(input, &FROM_GUARD)
     }
 
     /// True for the guard's last word: `clean` or `dirty`.
@@ -102,7 +89,8 @@ impl fmt::Display for GuardEvent {
 }
 
 /// One message from the rank to its guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GuardCommand {
     /// Kill the daemon's tree and delete the state directory, then give the verdict.
     Teardown,
@@ -112,38 +100,56 @@ pub enum GuardCommand {
 }
 
 impl GuardCommand {
-    /// The line on the wire, with its newline.
-    pub fn encode(self) -> String {
-        match self {
-            GuardCommand::Teardown => "teardown\n".to_owned(),
-            GuardCommand::Command { group } => format!("command {group}\n"),
-        }
+    /// Writes the command as one frame.
+    pub fn write_to(self, out: &mut impl Write) -> Result<()> {
+        out.write_all(&frame::encode(&self)?)
+            .context("failed to write to the guard's lifeline")
     }
 
-    pub fn decode(line: &str) -> Result<Self> {
-        let bad = || anyhow!("unknown command on the lifeline: {:?}", line.trim());
-        match line.trim().split_once(' ') {
-            None if line.trim() == "teardown" => Ok(GuardCommand::Teardown),
-            Some(("command", group)) => match group.parse() {
-                Ok(group) if group > 1 => Ok(GuardCommand::Command { group }),
-                _ => Err(bad()),
-            },
-            _ => Err(bad()),
-        }
+    /// The rank's next command; a group of 0 or 1 (every process, or init's) is refused.
+    pub fn read_from(input: &mut impl BufRead) -> std::io::Result<Next<Self>> {
+        Ok(match frame::read(input, &FROM_RANK)? {
+            Next::Message(GuardCommand::Command { group }) if group <= 1 => Next::Bad(anyhow!(
+                "unknown message from {}: a command for process group {group}, where {} was due",
+                FROM_RANK.name,
+                FROM_RANK.expected
+            )),
+            next => next,
+        })
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn events(wire: &[u8]) -> Vec<Result<GuardEvent, String>> {
+        let mut input = wire;
+        let mut out = Vec::new();
+        loop {
+            match GuardEvent::read_from(&mut input).unwrap() {
+                Next::Message(e) => out.push(Ok(e)),
+                Next::Bad(e) => out.push(Err(e.to_string())),
+                Next::End => return out,
+            }
+        }
+    }
+
+    fn commands(wire: &[u8]) -> Vec<Result<GuardCommand, String>> {
+        let mut input = wire;
+        let mut out = Vec::new();
+        loop {
+            match GuardCommand::read_from(&mut input).unwrap() {
+                Next::Message(c) => out.push(Ok(c)),
+                Next::Bad(e) => out.push(Err(e.to_string())),
+                Next::End => return out,
+            }
+        }
+    }
+
     #[test]
     fn events_round_trip() {
-        let events = [
+        let all = [
             GuardEvent::Started(4242),
             GuardEvent::Exited("exit status: 1".into()),
             GuardEvent::Exited(String::new()),
@@ -155,40 +161,47 @@ mod tests {
                 port: 4789,
             },
             GuardEvent::Clean,
-            GuardEvent::Dirty("failed to remove /tmp/x: busy".into()),
+            GuardEvent::Dirty("failed to remove /tmp/x: busy\nand a second line".into()),
         ];
-        for e in events {
-            let line = e.encode();
-            assert!(!line.contains('\n'), "{line:?}");
-            assert_eq!(GuardEvent::decode(&line).unwrap(), e, "{line:?}");
-            assert_eq!(GuardEvent::decode(&format!("{line}\n")).unwrap(), e);
+        let mut wire = Vec::new();
+        for e in &all {
+            e.write_to(&mut wire).unwrap();
         }
+        assert_eq!(wire.iter().filter(|b| **b == b'\n').count(), all.len());
+        let back: Vec<_> = all.iter().cloned().map(Ok).collect();
+        assert_eq!(events(&wire), back);
     }
 
     #[test]
-    fn multi_line_messages_stay_on_one_line() {
-        let e = GuardEvent::Dirty("first\nsecond".into());
-        assert_eq!(e.encode(), "dirty first second");
-        assert_eq!(
-            GuardEvent::decode(&e.encode()).unwrap(),
-            GuardEvent::Dirty("first second".into())
-        );
-    }
-
-    #[test]
-    fn bad_events_are_refused() {
+    fn bad_events_are_refused_naming_the_guard_and_what_was_due() {
         for line in [
-            "",
-            "started",
-            "started x",
-            "backlog",
-            "backlog maybe",
-            "backlog deepened 2377,x",
-            "clean up",
-            "hello",
+            "\n",
+            "started 42\n",
+            "{\"started\":\"x\"}\n",
+            "{\"backlog\":{\"Maybe\":[]}}\n",
+            "{\"backlog\":{\"Ok\":[2377,\"x\"]}}\n",
+            "{\"intruder\":{\"uid\":1}}\n",
+            "\"hello\"\n",
         ] {
-            assert!(GuardEvent::decode(line).is_err(), "{line:?} accepted");
+            let got = events(line.as_bytes());
+            let [Err(e)] = &got[..] else {
+                panic!("{line:?} gave {got:?}")
+            };
+            assert!(
+                e.starts_with("unknown message from the guard: ")
+                    && e.contains("is not an event (started, exited, backlog"),
+                "{e}"
+            );
         }
+        // The guard died in the middle of its verdict.
+        let got = events(b"\"clean\"\n{\"dirty\":\"failed to rem");
+        assert_eq!(got[0], Ok(GuardEvent::Clean));
+        let Err(e) = &got[1] else { panic!("{got:?}") };
+        assert!(
+            e.starts_with("truncated message from the guard: ")
+                && e.ends_with("then the end of its output"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -200,25 +213,35 @@ mod tests {
     }
 
     #[test]
-    fn commands_round_trip() {
-        for command in [
-            GuardCommand::Teardown,
+    fn commands_round_trip_and_bad_ones_are_refused() {
+        let mut wire = Vec::new();
+        let all = [
             GuardCommand::Command { group: 4242 },
-        ] {
-            let line = command.encode();
-            assert!(line.ends_with('\n'));
-            assert_eq!(GuardCommand::decode(&line).unwrap(), command);
+            GuardCommand::Teardown,
+        ];
+        for c in all {
+            c.write_to(&mut wire).unwrap();
         }
+        assert_eq!(commands(&wire), all.map(Ok));
         for bad in [
-            "teardown now",
-            "",
-            "command",
-            "command x",
-            "command 0",
-            "command 1",
-            "command -5",
+            "teardown\n",
+            "\"teardown now\"\n",
+            "{\"command\":{}}\n",
+            "{\"command\":{\"group\":\"x\"}}\n",
+            "{\"command\":{\"group\":0}}\n",
+            "{\"command\":{\"group\":1}}\n",
+            "{\"command\":{\"group\":-5}}\n",
+            "\"teardo",
         ] {
-            assert!(GuardCommand::decode(bad).is_err(), "{bad:?} accepted");
+            let got = commands(bad.as_bytes());
+            let [Err(e)] = &got[..] else {
+                panic!("{bad:?} gave {got:?}")
+            };
+            assert!(
+                e.contains("message from the rank on the lifeline: ")
+                    && e.contains("a command (teardown, or command"),
+                "{e}"
+            );
         }
     }
 }

@@ -7,8 +7,8 @@ use anyhow::{Result, bail};
 
 use mpi::traits::Communicator;
 
-use crate::host::end_notice::End;
-use crate::mpi::messages::{Kind, ManagerInvitation, Message};
+use crate::host::end_notice::protocol::End;
+use crate::mpi::messages::{EndNotice, Kind, ManagerInvitation, Message};
 use crate::sys::signals::Cause;
 
 use super::{Leaders, State};
@@ -172,9 +172,7 @@ impl Leaders {
     pub fn tell_followers(&self, end: End) -> bool {
         let ranks = 1..self.node.size();
         let deadline = Instant::now() + FOLLOWER_NOTICE_DEADLINE;
-        Message::End(end)
-            .send_to_each(&self.node, ranks, deadline, None)
-            .is_ok()
+        EndNotice::send_to_each(&self.node, ranks, end, deadline).is_ok()
     }
 
     /// Leaders other than rank 0: whether rank 0 said stop.

@@ -8,10 +8,11 @@
 //! needs one writer; DIR may be node-local to rank 0 (only rank 0's view of it was checked before
 //! the start); and files then belong to one process of the user, never to sub-uids.
 //!
-//! What a host sends is lines: `S\t<service>\t<log line>`, `D\t<daemon log line>`,
-//! `M\t<what is missing>` and a final `E` (its share arrived whole).
+//! What a host sends is lines (`protocol`): its services' log lines, its daemon's, what is
+//! missing, and a final end (its share arrived whole).
 
 pub mod out;
+mod protocol;
 mod share;
 pub mod via_swarm;
 

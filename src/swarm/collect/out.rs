@@ -13,13 +13,12 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::host::engine::Engine;
+use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
+use crate::sys::frame::MAX_FRAME;
 
 /// The most kept of one service's logs on one host; beyond it they are cut, saying so.
 pub const SERVICE_CAP: usize = 4 << 20;
-
-/// A host's unfinished line longer than this is written as it is (lines are cut shorter).
-const MAX_PENDING: usize = 1 << 20;
 
 /// What builds one of the swarm's files from the manager's API, before a deadline.
 type Facts = fn(&Engine, Instant) -> Result<Value>;
@@ -113,14 +112,23 @@ impl Output {
         pending.extend_from_slice(bytes);
         let end = match pending.iter().rposition(|b| *b == b'\n') {
             Some(end) => end + 1,
-            None if pending.len() > MAX_PENDING => pending.len(),
+            // Longer than any line a share sends: not one (and never kept whole in memory).
+            None if pending.len() > MAX_FRAME => {
+                pending.clear();
+                let what = format!(
+                    "{}: a line of its share longer than {MAX_FRAME} bytes was dropped",
+                    self.hosts[host]
+                );
+                self.missing(what);
+                return;
+            }
             None => return,
         };
         let lines: Vec<u8> = pending.drain(..end).collect();
         self.apply(host, &lines);
     }
 
-    /// Complete `S` and `M` lines that come from no host's share (the swarm manager's).
+    /// Complete service and missing lines that come from no host's share (the swarm manager's).
     pub fn take_lines(&mut self, lines: &[u8]) {
         self.apply(0, lines);
     }
@@ -147,31 +155,30 @@ impl Output {
     /// Writes complete lines of one host, each batch of lines for one file at once.
     fn apply(&mut self, host: usize, lines: &[u8]) {
         let mut batch: Option<(PathBuf, Vec<u8>)> = None;
-        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let (kind, rest) = split_tab(line);
-            let (target, text) = match kind {
-                b"S" => {
-                    let (service, text) = split_tab(rest);
-                    let name = format!("{}.log", file_name(&String::from_utf8_lossy(service)));
-                    (self.root.join("services").join(name), text)
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            let (target, text) = match ShareLine::decode(line) {
+                Ok(ShareLine::Service { service, line }) => {
+                    let name = format!("{}.log", file_name(&service));
+                    (self.root.join("services").join(name), line)
                 }
-                b"D" => {
+                Ok(ShareLine::Daemon(line)) => {
                     let host_dir = file_name(&self.hosts[host]);
-                    (
-                        self.root.join("hosts").join(host_dir).join("daemon.log"),
-                        rest,
-                    )
+                    let path = self.root.join("hosts").join(host_dir).join("daemon.log");
+                    (path, line)
                 }
-                b"M" => {
-                    let what = String::from_utf8_lossy(rest).into_owned();
+                Ok(ShareLine::Missing(what)) => {
                     self.missing(what);
                     continue;
                 }
-                b"E" => {
+                Ok(ShareLine::End) => {
                     self.ended[host] = true;
                     continue;
                 }
-                _ => continue,
+                Err(e) => {
+                    let what = format!("{}: {e:#}", self.hosts[host]);
+                    self.missing(what);
+                    continue;
+                }
             };
             if batch.as_ref().is_some_and(|(p, _)| *p != target)
                 && let Some((path, bytes)) = batch.take()
@@ -179,7 +186,7 @@ impl Output {
                 self.append(&path, &bytes);
             }
             let (_, bytes) = batch.get_or_insert_with(|| (target, Vec::new()));
-            bytes.extend_from_slice(text);
+            bytes.extend_from_slice(text.as_bytes());
             bytes.push(b'\n');
         }
         if let Some((path, bytes)) = batch {
@@ -238,14 +245,6 @@ impl Output {
             tracing::warn!("--collect: {e:#}");
         }
         self.root
-    }
-}
-
-/// The part before the first tab, and the rest.
-fn split_tab(line: &[u8]) -> (&[u8], &[u8]) {
-    match line.iter().position(|b| *b == b'\t') {
-        Some(i) => (&line[..i], &line[i + 1..]),
-        None => (line, &[]),
     }
 }
 
@@ -362,7 +361,17 @@ fn nodes(engine: &Engine, until: Instant) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::swarm::collect::protocol::tests::service;
     use std::os::unix::fs::MetadataExt;
+
+    /// A share's lines on the wire.
+    fn wire(lines: &[ShareLine]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in lines {
+            l.write_to(&mut out).unwrap();
+        }
+        out
+    }
 
     #[test]
     fn names_become_safe_file_names() {
@@ -376,8 +385,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["h1".to_owned(), "h2".to_owned()];
         let mut out = Output::create(dir.path(), "j1", &hosts).unwrap();
-        let h1 = b"S\tweb\tt1 web.1@h1 stdout a\nD\tdaemon says\nM\tsomething\nE\n";
-        let h2 = b"S\tweb\tt2 web.2@h2 stdout b\n";
+        let h1 = wire(&[
+            service("web", "t1 web.1@h1 stdout a"),
+            ShareLine::Daemon("daemon says".to_owned().into()),
+            ShareLine::missing("something"),
+            ShareLine::End,
+        ]);
+        let h2 = wire(&[service("web", "t2 web.2@h2 stdout b")]);
         // Pieces cut anywhere, hosts interleaved.
         out.take(0, &h1[..10]);
         out.take(1, &h2[..5]);
@@ -402,9 +416,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["h1".to_owned(), "h2".to_owned(), "h3".to_owned()];
         let mut out = Output::create(dir.path(), "j3", &hosts).unwrap();
-        out.take(0, b"S\tweb\tt1 web.1@h1 stdout a\nE\n");
+        out.take(
+            0,
+            &wire(&[service("web", "t1 web.1@h1 stdout a"), ShareLine::End]),
+        );
         assert_eq!(out.unfinished_hosts(), ["h2", "h3"]);
-        out.take_lines(b"S\tweb\tt2 web.2@h2 stdout b\nM\tservices/web.log: cut\n");
+        out.take_lines(&wire(&[
+            service("web", "t2 web.2@h2 stdout b"),
+            ShareLine::missing("services/web.log: cut"),
+        ]));
         out.unreachable("h2", "hosts/h2/daemon.log: not kept: MPI failed".into());
         let root = out.finish(Some("MPI failed"));
         let web = std::fs::read_to_string(root.join("services/web.log")).unwrap();
@@ -427,10 +447,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Output::create(dir.path(), "j2", &["h1".to_owned()]).unwrap();
         assert!(dir.path().join("j2/INCOMPLETE").exists());
-        out.take(0, b"E\n");
+        out.take(0, &wire(&[ShareLine::End]));
         let root = out.finish(None);
         assert!(!root.join("INCOMPLETE").exists());
         // The same job twice is refused: nothing is overwritten.
         assert!(Output::create(dir.path(), "j2", &["h1".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn a_bad_line_or_an_endless_one_is_named_in_incomplete_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["h1".to_owned(), "h2".to_owned()];
+        let mut out = Output::create(dir.path(), "j4", &hosts).unwrap();
+        let mut h1 = b"S\tweb\tan old line\n".to_vec();
+        h1.extend(wire(&[
+            service("web", "t1 web.1@h1 stdout a"),
+            ShareLine::End,
+        ]));
+        out.take(0, &h1);
+        out.take(1, &vec![b'x'; MAX_FRAME + 1]);
+        out.take(1, &wire(&[ShareLine::End]));
+        let root = out.finish(None);
+        let web = std::fs::read_to_string(root.join("services/web.log")).unwrap();
+        assert_eq!(web, "t1 web.1@h1 stdout a\n");
+        let incomplete = std::fs::read_to_string(root.join("INCOMPLETE")).unwrap();
+        assert!(
+            incomplete.contains(
+                "- h1: unknown message from a host's --collect share: \"S\\tweb\\tan old line\" is not"
+            ),
+            "{incomplete}"
+        );
+        assert!(
+            incomplete.contains("- h2: a line of its share longer than 1048576 bytes was dropped"),
+            "{incomplete}"
+        );
     }
 }

@@ -1,6 +1,6 @@
-//! This host's share of `--collect`: its containers' logs (`S` lines, at most `SERVICE_CAP`
-//! per service) and the end of its daemon's log (`D` lines), spooled into an unnamed file in the
-//! state directory while every host reads its own in parallel.
+//! This host's share of `--collect`: its containers' logs (`ShareLine::Service`, at most
+//! `SERVICE_CAP` per service) and the end of its daemon's log (`ShareLine::Daemon`), spooled into
+//! an unnamed file in the state directory while every host reads its own in parallel.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::{Engine, frames};
 use crate::swarm::collect::out::SERVICE_CAP;
+use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
+use crate::sys::frame::Bytes;
 
 /// The most kept of one host's daemon log: its end.
 const DAEMON_LOG_CAP: u64 = 4 << 20;
@@ -42,7 +44,7 @@ pub(super) fn spool(
             note(&mut out, &format!("service logs on {host}: {e:#}"))?;
         }
         daemon_log(&dir.log(), host, until, &mut out)?;
-        out.write_all(b"E\n")?;
+        ShareLine::End.write_to(&mut out)?;
         out.flush()
             .with_context(|| format!("failed to write the spool file on {host}"))?;
     }
@@ -52,8 +54,7 @@ pub(super) fn spool(
 
 /// A line for INCOMPLETE.
 pub(super) fn note(out: &mut impl Write, what: &str) -> Result<()> {
-    writeln!(out, "M\t{}", what.replace('\n', " "))?;
-    Ok(())
+    ShareLine::missing(what).write_to(out)
 }
 
 /// The logs of every swarm container on this host, service by service, each service's at most
@@ -100,12 +101,15 @@ fn service_logs(
             room = room.saturating_sub(written);
             if cut {
                 room = 0;
-                writeln!(
-                    out,
-                    "S\t{service}\t[mpiswarm: the logs of {service} on {host} are cut here: \
-                     more than {} MiB]",
+                let line = format!(
+                    "[mpiswarm: the logs of {service} on {host} are cut here: more than {} MiB]",
                     SERVICE_CAP >> 20
-                )?;
+                );
+                ShareLine::Service {
+                    service: service.clone(),
+                    line: line.into(),
+                }
+                .write_to(out)?;
             }
         }
     }
@@ -163,8 +167,8 @@ fn task_log(
     }
 }
 
-/// Writes a container's log stream as `S` lines (`<time> <task>@<host> <stream> <text>`), at
-/// most `room` bytes of them; returns the bytes written and whether some did not fit.
+/// Writes a container's log stream as service lines (`<time> <task>@<host> <stream> <text>`),
+/// at most `room` bytes of them; returns the bytes kept and whether some did not fit.
 fn format_logs(
     body: &[u8],
     service: &str,
@@ -180,17 +184,17 @@ fn format_logs(
                     Some(i) => (&piece[..i], &piece[i + 1..]),
                     None => (piece, &[][..]),
                 };
-                let head = format!("S\t{service}\t");
                 let prefix = format!(" {who} {stream} ");
                 let size = time.len() + prefix.len() + text.len() + 1;
                 if written + size > room {
                     return Ok((written, true));
                 }
-                out.write_all(head.as_bytes())?;
-                out.write_all(time)?;
-                out.write_all(prefix.as_bytes())?;
-                out.write_all(text)?;
-                out.write_all(b"\n")?;
+                let line = [time, prefix.as_bytes(), text].concat();
+                ShareLine::Service {
+                    service: service.to_owned(),
+                    line: Bytes::new(line),
+                }
+                .write_to(out)?;
                 written += size;
             }
         }
@@ -198,7 +202,7 @@ fn format_logs(
     Ok((written, false))
 }
 
-/// The end of this host's daemon log (at most `DAEMON_LOG_CAP` bytes) as `D` lines.
+/// The end of this host's daemon log (at most `DAEMON_LOG_CAP` bytes) as daemon lines.
 fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> Result<()> {
     let name = format!("hosts/{host}/daemon.log");
     if time_left(until).is_none() {
@@ -217,12 +221,15 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
     let skip = len.saturating_sub(DAEMON_LOG_CAP);
     let mut lines = if skip > 0 {
         file.seek(SeekFrom::Start(skip))?;
-        writeln!(
-            out,
-            "D\t[mpiswarm: the first {skip} bytes of {} on {host} are not kept: only its last {} MiB]",
-            path.display(),
-            DAEMON_LOG_CAP >> 20
-        )?;
+        ShareLine::Daemon(
+            format!(
+                "[mpiswarm: the first {skip} bytes of {} on {host} are not kept: only its last {} MiB]",
+                path.display(),
+                DAEMON_LOG_CAP >> 20
+            )
+            .into(),
+        )
+        .write_to(out)?;
         let mut lines = BufReader::new(file.take(DAEMON_LOG_CAP)).split(b'\n');
         // The first line is a piece of one.
         lines.next();
@@ -233,9 +240,7 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
     for line in lines.by_ref() {
         let line = line.with_context(|| format!("failed to read {} on {host}", path.display()))?;
         for piece in line.chunks(MAX_LINE) {
-            out.write_all(b"D\t")?;
-            out.write_all(piece)?;
-            out.write_all(b"\n")?;
+            ShareLine::Daemon(Bytes::new(piece.to_vec())).write_to(out)?;
         }
     }
     Ok(())
@@ -245,6 +250,7 @@ fn daemon_log(path: &Path, host: &str, until: Instant, out: &mut impl Write) -> 
 mod tests {
     use super::*;
     use crate::host::engine::tests::frame;
+    use crate::swarm::collect::protocol::tests::{lines, service};
     use std::time::Duration;
 
     #[test]
@@ -253,35 +259,42 @@ mod tests {
         body.extend(frame(2, "T3 an error\n"));
         let mut out = Vec::new();
         let (n, cut) = format_logs(&body, "web", "web.1.x@h2", 1 << 20, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
         assert!(!cut);
         assert_eq!(
-            text,
-            "S\tweb\tT1 web.1.x@h2 stdout first line\nS\tweb\tT2 web.1.x@h2 stdout second line\n\
-             S\tweb\tT3 web.1.x@h2 stderr an error\n"
+            lines(&out),
+            [
+                Ok(service("web", "T1 web.1.x@h2 stdout first line")),
+                Ok(service("web", "T2 web.1.x@h2 stdout second line")),
+                Ok(service("web", "T3 web.1.x@h2 stderr an error")),
+            ]
         );
         assert!(n > 0);
         let mut out = Vec::new();
         let (n, cut) = format_logs(&body, "web", "web.1.x@h2", 40, &mut out).unwrap();
         assert!(cut && n <= 40, "{n}");
-        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
+        assert_eq!(lines(&out).len(), 1);
     }
 
     #[test]
     fn a_daemon_log_is_kept_whole_or_by_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("daemon.log");
-        std::fs::write(&log, "one\ntwo\n").unwrap();
+        std::fs::write(&log, b"one\ntw\xffo\n").unwrap();
         let mut out = Vec::new();
         let until = Instant::now() + Duration::from_secs(5);
         daemon_log(&log, "h1", until, &mut out).unwrap();
-        assert_eq!(out, b"D\tone\nD\ttwo\n");
+        assert_eq!(
+            lines(&out),
+            [
+                Ok(ShareLine::Daemon(Bytes::Utf8("one".into()))),
+                Ok(ShareLine::Daemon(Bytes::Raw(b"tw\xffo".to_vec()))),
+            ]
+        );
         let mut out = Vec::new();
         daemon_log(&dir.path().join("gone"), "h1", until, &mut out).unwrap();
-        assert!(
-            String::from_utf8(out)
-                .unwrap()
-                .starts_with("M\thosts/h1/daemon.log: ")
-        );
+        let [Ok(ShareLine::Missing(what))] = &lines(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert!(what.starts_with("hosts/h1/daemon.log: "), "{what}");
     }
 }

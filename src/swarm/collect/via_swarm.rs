@@ -1,8 +1,8 @@
 //! `--collect`'s other path to the hosts' service logs: when a host's share cannot reach rank 0
 //! over MPI (an abandoned collective leaves MPI unusable), rank 0 asks the swarm's manager, whose
 //! log API (`GET /services/{id}/logs`) gathers every node's task logs through the swarm itself.
-//! The lines come out as the hosts' own shares write them (`S\t<service>\t<time> <task>@<host>
-//! <stream> <text>`), so that one file per service holds them all.
+//! The lines come out as the hosts' own shares write them (`ShareLine::Service`, `<time>
+//! <task>@<host> <stream> <text>`), so that one file per service holds them all.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use crate::host::engine::{Body, Engine, frames};
 use crate::swarm::collect::out::SERVICE_CAP;
+use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
+use crate::sys::frame::Bytes;
 
 /// Who a task is, for its log lines: its name as Docker gives it, and its host.
 struct TaskName {
@@ -21,8 +23,8 @@ struct TaskName {
     host: String,
 }
 
-/// Writes, as `S` lines (and `M` lines for what could not be read), the logs of every swarm
-/// service's tasks that ran on one of `hosts`, until `until`.
+/// Writes, as service lines (and missing lines for what could not be read), the logs of every
+/// swarm service's tasks that ran on one of `hosts`, until `until`.
 pub fn service_logs(
     engine: &Engine,
     hosts: &BTreeSet<String>,
@@ -106,8 +108,7 @@ fn one_service(
 }
 
 fn note(out: &mut impl Write, what: &str) -> Result<()> {
-    writeln!(out, "M\t{}", what.replace('\n', " "))?;
-    Ok(())
+    ShareLine::missing(what).write_to(out)
 }
 
 /// Task IDs to their names (`<service>.<slot or node>.<task>`, as Docker names their
@@ -170,7 +171,7 @@ fn split_line(line: &[u8]) -> Option<Line<'_>> {
     Some(Line { time, attrs, text })
 }
 
-/// The stream's lines of tasks on `hosts`, as `S` lines of `service`.
+/// The stream's lines of tasks on `hosts`, as service lines of `service`.
 fn write_lines(
     body: &[u8],
     service: &str,
@@ -192,11 +193,12 @@ fn write_lines(
             if !hosts.contains(&task.host) {
                 continue;
             }
-            out.write_all(format!("S\t{service}\t").as_bytes())?;
-            out.write_all(time)?;
-            out.write_all(format!(" {}@{} {stream} ", task.name, task.host).as_bytes())?;
-            out.write_all(text)?;
-            out.write_all(b"\n")?;
+            let who = format!(" {}@{} {stream} ", task.name, task.host);
+            ShareLine::Service {
+                service: service.to_owned(),
+                line: Bytes::new([time, who.as_bytes(), text].concat()),
+            }
+            .write_to(out)?;
         }
     }
     Ok(())
@@ -208,6 +210,7 @@ mod tests {
     use serde_json::json;
 
     use crate::host::engine::tests::frame;
+    use crate::swarm::collect::protocol::tests::{lines, service};
 
     #[test]
     fn manager_lines_read_like_the_hosts_own_and_only_the_wanted_hosts_are_kept() {
@@ -253,9 +256,17 @@ mod tests {
         let mut out = Vec::new();
         write_lines(&body, "col_talker", &names, &hosts, &mut out).unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "S\tcol_talker\t2026-01-10T10:00:01.100000000Z col_talker.n2.t2@msh2 stdout known line 1\n\
-             S\tcol_talker\t2026-01-10T10:00:01.200000000Z col_talker.2.t3@msh2 stderr an error\n"
+            lines(&out),
+            [
+                Ok(service(
+                    "col_talker",
+                    "2026-01-10T10:00:01.100000000Z col_talker.n2.t2@msh2 stdout known line 1"
+                )),
+                Ok(service(
+                    "col_talker",
+                    "2026-01-10T10:00:01.200000000Z col_talker.2.t3@msh2 stderr an error"
+                )),
+            ]
         );
     }
 

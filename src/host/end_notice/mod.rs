@@ -8,8 +8,11 @@
 //! removes the path once every rank of the host is connected (nothing is left on the disk if the
 //! leader is killed later; its guard removes it otherwise). At the end the leader writes the exit
 //! code to every connection (and to any that comes later). A host with one rank has no socket.
+//! What the leader says, here and over MPI, is `protocol`.
 
-use std::io::{ErrorKind, Read, Write};
+pub mod protocol;
+
+use std::io::{BufReader, ErrorKind, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -19,48 +22,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::host::end_notice::protocol::End;
 use crate::host::statedir;
+use crate::sys::frame::Next;
 use crate::sys::user_root::{self, UserRoot};
 
-/// The greeting's size on the wire: the leader's pid, the path's length, the path.
-pub const GREETING_BYTES: usize = 4 + 2 + statedir::SUN_PATH_MAX;
-
-/// What a host's leader tells the host's other ranks at the start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Greeting {
-    pub leader_pid: i32,
-    /// Where to hear of the end; `None` when the leader could not listen.
-    pub end_path: Option<PathBuf>,
-}
-
-impl Greeting {
-    pub fn encode(&self) -> [u8; GREETING_BYTES] {
-        use std::os::unix::ffi::OsStrExt;
-        let mut out = [0u8; GREETING_BYTES];
-        out[..4].copy_from_slice(&self.leader_pid.to_le_bytes());
-        if let Some(path) = &self.end_path {
-            let bytes = path.as_os_str().as_bytes();
-            // A longer path cannot have been bound (`sun_path`), so it is never sent.
-            if bytes.len() <= statedir::SUN_PATH_MAX {
-                out[4..6].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
-                out[6..6 + bytes.len()].copy_from_slice(bytes);
-            }
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8; GREETING_BYTES]) -> Greeting {
-        use std::os::unix::ffi::OsStrExt;
-        let leader_pid = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let len = (u16::from_le_bytes([bytes[4], bytes[5]]) as usize).min(statedir::SUN_PATH_MAX);
-        let end_path =
-            (len > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[6..6 + len])));
-        Greeting {
-            leader_pid,
-            end_path,
-        }
-    }
-}
+/// How long a waiting rank reads its leader's frame once it began to arrive.
+const FRAME_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a run's end socket lives: beside its state directory, named after it (so that the guard
 /// and `cleanup`, which know the directory, remove it with it).
@@ -125,9 +93,10 @@ impl Announcer {
 fn tell(listeners: &Mutex<Audience>, end: End) {
     let mut audience = listeners.lock().unwrap_or_else(PoisonError::into_inner);
     audience.end = Some(end);
+    let wire = end.frame();
     for mut stream in audience.waiting.drain(..) {
         // A rank already gone cannot be told; the others must still be.
-        let _ = stream.write_all(&end.encode());
+        let _ = stream.write_all(&wire);
     }
 }
 
@@ -189,72 +158,29 @@ fn accept_forever(listener: &UnixListener, audience: &Mutex<Audience>, ranks: us
         let mut audience = audience.lock().unwrap_or_else(PoisonError::into_inner);
         match audience.end {
             Some(end) => {
-                let _ = stream.write_all(&end.encode());
+                let _ = stream.write_all(&end.frame());
             }
             None => audience.waiting.push(stream),
         }
     }
 }
 
-/// How the job ended, as a leader tells its host's other ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct End {
-    pub code: i32,
-    pub mpi: MpiEnd,
-}
-
-/// How a rank leaves MPI at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MpiEnd {
-    /// Every host agreed: MPI is finalized, as usual.
-    Finalize,
-    /// The launcher is ending the job and the hosts could not all agree (one is dead or hung):
-    /// a finalize would wait for them, so the ranks leave without it.
-    Leave,
-}
-
-/// The end's size on the wire: the code, then whether MPI is finalized.
-const END_BYTES: usize = 5;
-
-impl End {
-    fn encode(self) -> [u8; END_BYTES] {
-        let mut wire = [0u8; END_BYTES];
-        wire[..4].copy_from_slice(&self.code.to_le_bytes());
-        wire[4] = match self.mpi {
-            MpiEnd::Finalize => 0,
-            MpiEnd::Leave => 1,
-        };
-        wire
-    }
-
-    fn decode(wire: [u8; END_BYTES]) -> End {
-        let mut code = [0u8; 4];
-        code.copy_from_slice(&wire[..4]);
-        End {
-            code: i32::from_le_bytes(code),
-            mpi: if wire[4] == 0 {
-                MpiEnd::Finalize
-            } else {
-                MpiEnd::Leave
-            },
-        }
-    }
-}
-
 /// What a waiting rank heard.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Heard {
     /// The job ended.
     End(End),
     /// The leader's end of the connection closed without a word: it died.
     LeaderGone,
+    /// The leader said something that is not an end (what, and from whom).
+    Unreadable(anyhow::Error),
     /// Nothing yet.
     Nothing,
 }
 
 /// A rank's side: connected to its leader, waiting to hear the end.
 pub struct EndWatch {
-    stream: UnixStream,
+    stream: BufReader<UnixStream>,
 }
 
 impl EndWatch {
@@ -271,23 +197,31 @@ impl EndWatch {
                 path.display()
             );
         }
-        Ok(EndWatch { stream })
+        // The leader writes its one frame at once: a part of one, then silence, is not waited on.
+        stream
+            .set_read_timeout(Some(FRAME_WAIT))
+            .with_context(|| format!("failed to set a read timeout on {}", path.display()))?;
+        Ok(EndWatch {
+            stream: BufReader::new(stream),
+        })
     }
 
     /// Waits up to `timeout` for the end.
     pub fn wait(&mut self, timeout: Duration) -> Heard {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            self.stream.get_ref().as_fd(),
+            PollFlags::POLLIN,
+        )];
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => return Heard::Nothing,
             Ok(_) => {}
             Err(_) => return Heard::LeaderGone,
         }
-        let mut wire = [0u8; END_BYTES];
-        match self.stream.read_exact(&mut wire) {
-            Ok(()) => Heard::End(End::decode(wire)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Heard::Nothing,
-            Err(_) => Heard::LeaderGone,
+        match End::read_from(&mut self.stream) {
+            Ok(Next::Message(end)) => Heard::End(end),
+            Ok(Next::Bad(e)) => Heard::Unreadable(e),
+            Ok(Next::End) | Err(_) => Heard::LeaderGone,
         }
     }
 }
@@ -295,22 +229,7 @@ impl EndWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_greeting_survives_its_wire_form() {
-        for g in [
-            Greeting {
-                leader_pid: 4242,
-                end_path: Some("/tmp/mpiswarm-1000/j12ab-node-7.end".into()),
-            },
-            Greeting {
-                leader_pid: 1,
-                end_path: None,
-            },
-        ] {
-            assert_eq!(Greeting::decode(&g.encode()), g);
-        }
-    }
+    use crate::host::end_notice::protocol::MpiEnd;
 
     #[test]
     fn the_end_socket_sits_beside_its_state_directory() {
@@ -338,17 +257,20 @@ mod tests {
             announcer.path().exists(),
             "removed before every rank connected"
         );
-        assert_eq!(early[0].wait(Duration::from_millis(20)), Heard::Nothing);
+        assert!(matches!(
+            early[0].wait(Duration::from_millis(20)),
+            Heard::Nothing
+        ));
         let end = End {
             code: 7,
             mpi: MpiEnd::Leave,
         };
         announcer.announce(end);
         for w in &mut early {
-            assert_eq!(w.wait(Duration::from_secs(5)), Heard::End(end));
+            assert!(matches!(w.wait(Duration::from_secs(5)), Heard::End(e) if e == end));
         }
         let mut late = EndWatch::connect(announcer.path(), me).unwrap();
-        assert_eq!(late.wait(Duration::from_secs(5)), Heard::End(end));
+        assert!(matches!(late.wait(Duration::from_secs(5)), Heard::End(e) if e == end));
         let _last = EndWatch::connect(announcer.path(), me).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while announcer.path().exists() && std::time::Instant::now() < deadline {
@@ -364,11 +286,17 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(watch.wait(Duration::from_millis(20)), Heard::Nothing);
+        assert!(matches!(
+            watch.wait(Duration::from_millis(20)),
+            Heard::Nothing
+        ));
         // What the kernel does to a killed leader's sockets.
         drop(accepted);
         drop(listener);
-        assert_eq!(watch.wait(Duration::from_secs(5)), Heard::LeaderGone);
+        assert!(matches!(
+            watch.wait(Duration::from_secs(5)),
+            Heard::LeaderGone
+        ));
     }
 
     #[test]
@@ -377,5 +305,38 @@ mod tests {
         let announcer = Announcer::listen(base.path(), "j2", "h", 1).unwrap();
         let err = EndWatch::connect(announcer.path(), 1).err().unwrap();
         assert!(format!("{err:#}").contains("not by this host's leader (pid 1)"));
+    }
+
+    /// A leader that writes a bad frame, or part of one, then stays: the rank hears that, from
+    /// whom, at once or after `FRAME_WAIT`, never waits on.
+    #[test]
+    fn a_bad_or_truncated_end_is_named_not_waited_on() {
+        for (wire, said) in [
+            (
+                &b"{\"code\":7}\n"[..],
+                "unknown message from this host's leader: ",
+            ),
+            (
+                &b"{\"code\":7,"[..],
+                "truncated message from this host's leader: ",
+            ),
+        ] {
+            let base = tempfile::tempdir().unwrap();
+            let path = base.path().join("leader.end");
+            let listener = UnixListener::bind(&path).unwrap();
+            let mut watch = EndWatch::connect(&path, std::process::id() as i32).unwrap();
+            let (mut accepted, _) = listener.accept().unwrap();
+            accepted.write_all(wire).unwrap();
+            let start = std::time::Instant::now();
+            // The leader is still there: a part of a frame is followed by its silence.
+            match watch.wait(Duration::from_secs(5)) {
+                Heard::Unreadable(e) => {
+                    assert!(e.to_string().starts_with(said), "{e}");
+                    assert!(e.to_string().contains("the job's end (an exit code"), "{e}");
+                }
+                other => panic!("{wire:?} gave {other:?}"),
+            }
+            assert!(start.elapsed() < FRAME_WAIT * 2, "{:?}", start.elapsed());
+        }
     }
 }
