@@ -73,9 +73,14 @@ impl Engine {
         &self.socket
     }
 
-    /// A request's handle, bounded by `deadline`; none once the deadline has passed (curl would
-    /// read a zero timeout as none at all).
-    fn handle(&self, method: &str, path: &str, deadline: Deadline) -> Result<(Easy, Duration)> {
+    /// A request's handle, bounded by `deadline`, and the call as its errors name it; none once
+    /// the deadline has passed (curl would read a zero timeout as none at all).
+    fn handle<'a>(
+        &self,
+        method: &'a str,
+        path: &'a str,
+        deadline: Deadline,
+    ) -> Result<(Easy, Call<'a>)> {
         let timeout = deadline.left();
         if timeout < Duration::from_millis(1) {
             bail!(
@@ -90,7 +95,13 @@ impl Engine {
         easy.custom_request(method)?;
         easy.timeout(timeout)?;
         easy.connect_timeout(timeout.min(Duration::from_secs(2)))?;
-        Ok((easy, timeout))
+        let call = Call {
+            method,
+            path,
+            timeout,
+            deadline,
+        };
+        Ok((easy, call))
     }
 
     /// The error of a call that failed: one that ran out of time names the host, the call and
@@ -115,18 +126,50 @@ impl Engine {
         ))
     }
 
-    fn perform(&self, mut easy: Easy, call: &Call) -> Result<Response> {
+    /// The one transfer loop every call runs: sends `source` as the body if given, keeps what
+    /// comes back as `keep` says, and tells how the body ended.
+    fn perform(
+        &self,
+        mut easy: Easy,
+        call: &Call,
+        source: Option<&mut dyn Read>,
+        keep: Keep,
+    ) -> Result<(Response, Body)> {
         let mut body = Vec::new();
-        {
+        let mut cut = false;
+        let performed = {
             let mut transfer = easy.transfer();
+            if let Some(source) = source {
+                transfer.read_function(|buf| source.read(buf).map_err(|_| ReadError::Abort))?;
+            }
             transfer.write_function(|data| {
+                let room = keep.cap.saturating_sub(body.len());
+                if data.len() > room {
+                    body.extend_from_slice(&data[..room]);
+                    cut = true;
+                    // Fewer bytes than offered ends the transfer.
+                    return Ok(0);
+                }
                 body.extend_from_slice(data);
                 Ok(data.len())
             })?;
-            transfer.perform().map_err(|e| self.failed(e, call))?;
-        }
+            transfer.perform()
+        };
+        let ended = match performed {
+            Ok(()) if cut => Body::Capped,
+            Ok(()) => Body::Whole,
+            Err(e) if cut && e.is_write_error() => Body::Capped,
+            Err(e)
+                if keep.partial
+                    && e.is_operation_timedout()
+                    && easy.response_code().is_ok_and(|c| c != 0) =>
+            {
+                Body::TimedOut
+            }
+            Err(e) => return Err(self.failed(e, call)),
+        };
         let status = easy.response_code()?;
-        Ok(Response { status, body })
+        Ok((Response { status, body }, ended))
     }
 
     /// One request with an optional JSON body.
@@ -160,20 +203,14 @@ impl Engine {
         json: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Response> {
-        let (mut easy, timeout) = self.handle(method, path, deadline)?;
+        let (mut easy, call) = self.handle(method, path, deadline)?;
         if let Some(json) = json {
             let mut headers = List::new();
             headers.append("Content-Type: application/json")?;
             easy.http_headers(headers)?;
             easy.post_fields_copy(&serde_json::to_vec(json)?)?;
         }
-        let call = Call {
-            method,
-            path,
-            timeout,
-            deadline,
-        };
-        self.perform(easy, &call)
+        Ok(self.perform(easy, &call, None, Keep::WHOLE)?.0)
     }
 
     /// A request that must succeed (2xx); the daemon's message becomes the error.
@@ -239,43 +276,9 @@ impl Engine {
         cap: usize,
         deadline: Deadline,
     ) -> Result<(Response, Body)> {
-        let (mut easy, timeout) = self.handle("GET", path, deadline)?;
-        let mut body = Vec::new();
-        let mut cut = false;
-        let performed = {
-            let mut transfer = easy.transfer();
-            transfer.write_function(|data| {
-                let room = cap.saturating_sub(body.len());
-                if data.len() > room {
-                    body.extend_from_slice(&data[..room]);
-                    cut = true;
-                    // Fewer bytes than offered ends the transfer.
-                    return Ok(0);
-                }
-                body.extend_from_slice(data);
-                Ok(data.len())
-            })?;
-            transfer.perform()
-        };
-        let ended = match performed {
-            Ok(()) if cut => Body::Capped,
-            Ok(()) => Body::Whole,
-            Err(e) if cut && e.is_write_error() => Body::Capped,
-            Err(e) if e.is_operation_timedout() && easy.response_code().is_ok_and(|c| c != 0) => {
-                Body::TimedOut
-            }
-            Err(e) => {
-                let call = Call {
-                    method: "GET",
-                    path,
-                    timeout,
-                    deadline,
-                };
-                return Err(self.failed(e, &call));
-            }
-        };
-        let status = easy.response_code()?;
-        Ok((Response { status, body }, ended))
+        let (easy, call) = self.handle("GET", path, deadline)?;
+        let keep = Keep { cap, partial: true };
+        self.perform(easy, &call, None, keep)
     }
 
     /// Streams a request body from `source` (e.g. an image archive), without holding it in memory.
@@ -286,31 +289,31 @@ impl Engine {
         source: &mut dyn Read,
         deadline: Deadline,
     ) -> Result<Response> {
-        let (mut easy, timeout) = self.handle("POST", path, deadline)?;
+        let (mut easy, call) = self.handle("POST", path, deadline)?;
         let mut headers = List::new();
         headers.append(&format!("Content-Type: {content_type}"))?;
         headers.append("Transfer-Encoding: chunked")?;
         easy.http_headers(headers)?;
         easy.post(true)?;
-        let mut body = Vec::new();
-        {
-            let mut transfer = easy.transfer();
-            transfer.read_function(|buf| source.read(buf).map_err(|_| ReadError::Abort))?;
-            transfer.write_function(|data| {
-                body.extend_from_slice(data);
-                Ok(data.len())
-            })?;
-            let call = Call {
-                method: "POST",
-                path,
-                timeout,
-                deadline,
-            };
-            transfer.perform().map_err(|e| self.failed(e, &call))?;
-        }
-        let status = easy.response_code()?;
-        Ok(Response { status, body })
+        Ok(self.perform(easy, &call, Some(source), Keep::WHOLE)?.0)
     }
+}
+
+/// How much of a reply's body a transfer keeps.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    /// The transfer stops once this many bytes came.
+    cap: usize,
+    /// A body still streaming when the time is up is kept as far as it came (else the call
+    /// fails as one that did not answer).
+    partial: bool,
+}
+
+impl Keep {
+    const WHOLE: Keep = Keep {
+        cap: usize::MAX,
+        partial: false,
+    };
 }
 
 /// One call as its errors name it.
