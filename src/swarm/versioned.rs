@@ -6,9 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::host::engine::{Engine, Response};
+use crate::swarm::api::Versioned;
 use crate::sys::deadline::Deadline;
 
 /// What an update needs of the Engine API; a test stands in for it to move versions.
@@ -49,13 +51,14 @@ pub fn update(
     loop {
         attempts += 1;
         let current = store.read(&object.read_path, deadline)?;
-        let version = current
-            .pointer("/Version/Index")
-            .and_then(Value::as_u64)
+        let read = Versioned::deserialize(&current)
+            .with_context(|| format!("failed to update {}: unexpected reply", object.what))?;
+        let version = read
+            .version
+            .index
             .with_context(|| format!("failed to update {}: it has no version", object.what))?;
-        let mut spec = current
-            .get("Spec")
-            .cloned()
+        let mut spec = read
+            .spec
             .with_context(|| format!("failed to update {}: it has no spec", object.what))?;
         change(&mut spec);
         let response = store.write(&(object.write_path)(version), &spec, deadline)?;
