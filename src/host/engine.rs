@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use curl::easy::{Easy, List, ReadError};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::sys::deadline::{Deadline, seconds};
@@ -52,14 +53,45 @@ impl Response {
         (200..300).contains(&self.status)
     }
 
-    /// The daemon's own error message, which is what a user needs to see.
+    /// The daemon's own error message, which is what a user needs to see: the Engine API's
+    /// error reply (`{"message": ...}`), or the body as it came if it is not one.
     pub fn message(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_owned())
+        serde_json::from_slice::<ErrorReply>(&self.body)
+            .map(|reply| reply.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).trim().to_owned())
     }
 }
+
+/// The Engine API's one documented error shape (`ErrorResponse`).
+#[derive(Deserialize)]
+struct ErrorReply {
+    message: String,
+}
+
+/// A call the daemon refused: its HTTP status and message. It travels in `anyhow::Error`; a
+/// caller that must tell one refusal from another downcasts to it and decides on `status`
+/// (message wording only where Docker gives nothing else: `swarm::api`'s refusals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    /// The daemon's host.
+    pub host: String,
+    /// Method and path, e.g. `POST /swarm/join`.
+    pub call: String,
+    pub status: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the Docker daemon on {} answered {} with {}: {}",
+            self.host, self.call, self.status, self.message
+        )
+    }
+}
+
+impl std::error::Error for EngineError {}
 
 impl Engine {
     pub fn new(host: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
@@ -225,15 +257,16 @@ impl Engine {
         self.must_succeed(method, path, response)
     }
 
-    /// The response if 2xx; else the daemon's message as the error.
+    /// The response if 2xx; else the refusal (an `EngineError`) as the error.
     fn must_succeed(&self, method: &str, path: &str, response: Response) -> Result<Response> {
         if !response.is_success() {
-            bail!(
-                "the Docker daemon on {} answered {method} {path} with {}: {}",
-                self.host,
-                response.status,
-                response.message()
-            );
+            return Err(EngineError {
+                host: self.host.clone(),
+                call: format!("{method} {path}"),
+                status: response.status,
+                message: response.message(),
+            }
+            .into());
         }
         Ok(response)
     }
@@ -421,8 +454,11 @@ pub(crate) mod tests {
         });
         let engine = Engine::new("msh1", &socket);
         let phase = Deadline::phase(std::time::Instant::now() + Duration::from_secs(5));
-        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
+        let e = engine.get_json("/nodes", phase).unwrap_err();
         server.join().unwrap();
+        let refusal = e.downcast_ref::<EngineError>().unwrap();
+        assert_eq!((refusal.status, refusal.call.as_str()), (503, "GET /nodes"));
+        let e = format!("{e:#}");
         assert_eq!(
             e,
             "the Docker daemon on msh1 answered GET /nodes with 503: rpc error: code = Unknown \

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 
-use crate::host::engine::{Engine, Response};
+use crate::host::engine::{Engine, EngineError, Response};
 use crate::sys::deadline::Deadline;
 
 /// `GET path`'s JSON reply as `T`.
@@ -278,6 +278,28 @@ pub struct LoadMessage {
 #[serde(default)]
 pub struct ErrorDetail {
     pub message: Option<String>,
+}
+
+/// The refusals that Docker tells apart by their message alone: their HTTP status is shared with
+/// other errors (and the error reply has no code), so each is one function here, naming the
+/// Docker source its words come from, and tested on both releases' recorded replies.
+///
+/// A join or init on a daemon that is already a swarm node: 503 (`notAvailableError`), which
+/// "not part of a swarm", "swarm is locked" and a join's timeout share. moby
+/// daemon/cluster/errors.go:8, `errSwarmExists` (v20.10.24 and v26.1.5), returned by
+/// `Cluster.Join` at daemon/cluster/swarm.go:153 (v20.10.24) and :154 (v26.1.5).
+pub fn already_in_swarm(refusal: &EngineError) -> bool {
+    refusal.status == 503 && refusal.message.contains("already part of a swarm")
+}
+
+/// A write against a version the object no longer has: swarmkit's store refuses it with
+/// `ErrSequenceConflict`, which reaches the API as gRPC's Unknown, a 500 like any other
+/// failure (and, from a resource's update, as an InvalidArgument 400 with the same words).
+/// swarmkit manager/state/store/memory.go:69 (vendored in moby v20.10.24 under
+/// vendor/github.com/docker/swarmkit) and :71 (v26.1.5, vendor/github.com/moby/swarmkit/v2);
+/// manager/controlapi/resource.go:218 and :217.
+pub fn out_of_sequence(refusal: &EngineError) -> bool {
+    refusal.message.contains("out of sequence")
 }
 
 #[cfg(test)]

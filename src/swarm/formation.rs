@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::host::engine::Engine;
+use crate::host::engine::{Engine, EngineError};
 use crate::swarm::api::{self, Info, InfoSwarm, Swarm};
 use crate::sys::deadline::Deadline;
 
@@ -158,15 +158,14 @@ pub fn join(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result = engine.request("POST", "/swarm/join", Some(&body), deadline);
-        let error = match result {
-            Ok(r) if r.is_success() => return Ok(()),
-            // Already part of this swarm (a retried request that did succeed).
-            Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => {
-                return Ok(());
-            }
-            Ok(r) => format!("{} {}", r.status, r.message()),
-            Err(e) => format!("{e:#}"),
+        let error = match engine.call("POST", "/swarm/join", Some(&body), deadline) {
+            Ok(_) => return Ok(()),
+            Err(e) => match e.downcast::<EngineError>() {
+                // Already part of this swarm (a retried request that did succeed).
+                Ok(refusal) if api::already_in_swarm(&refusal) => return Ok(()),
+                Ok(refusal) => format!("{} {}", refusal.status, refusal.message),
+                Err(e) => format!("{e:#}"),
+            },
         };
         if Instant::now() + pause >= deadline.instant() {
             bail!(

@@ -184,3 +184,65 @@ fn an_image_load_stream_gives_names_and_errors() {
         serde_json::from_str(r#"{"errorDetail":{"message":"bad"},"error":"bad"}"#).unwrap();
     assert_eq!(bad.error_detail.unwrap().message.as_deref(), Some("bad"));
 }
+
+/// A recorded error reply (`<name>.<status>.json`) as the refusal the engine makes of it.
+fn refusal(release: &str, name: &str, status: u32) -> EngineError {
+    let body = recorded(release, &format!("{name}.{status}"));
+    EngineError {
+        host: "msh1".into(),
+        call: "POST /x".into(),
+        status,
+        message: Response {
+            status,
+            body: body.into_bytes(),
+        }
+        .message(),
+    }
+}
+
+#[test]
+fn a_daemon_already_in_a_swarm_is_told_on_both_releases() {
+    for release in RELEASES {
+        let join = refusal(release, "error-join-already-in-swarm", 503);
+        assert!(already_in_swarm(&join), "{release}: {join}");
+        assert!(already_in_swarm(&refusal(
+            release,
+            "error-init-already-in-swarm",
+            503
+        )));
+        // Other refusals are not taken for it, nor the same words with another status.
+        assert!(!already_in_swarm(&refusal(
+            release,
+            "error-no-such-node",
+            404
+        )));
+        assert!(!already_in_swarm(&refusal(
+            release,
+            "error-update-out-of-sequence",
+            500
+        )));
+        let other = EngineError {
+            status: 500,
+            ..join
+        };
+        assert!(!already_in_swarm(&other));
+    }
+}
+
+#[test]
+fn a_write_out_of_sequence_is_told_on_both_releases() {
+    for release in RELEASES {
+        let stale = refusal(release, "error-update-out-of-sequence", 500);
+        assert!(out_of_sequence(&stale), "{release}: {stale}");
+        assert!(!out_of_sequence(&refusal(
+            release,
+            "error-no-such-node",
+            404
+        )));
+        assert!(!out_of_sequence(&refusal(
+            release,
+            "error-join-already-in-swarm",
+            503
+        )));
+    }
+}
