@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use curl::easy::{Easy, List, ReadError};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::sys::deadline::{Deadline, seconds};
@@ -52,14 +53,45 @@ impl Response {
         (200..300).contains(&self.status)
     }
 
-    /// The daemon's own error message, which is what a user needs to see.
+    /// The daemon's own error message, which is what a user needs to see: the Engine API's
+    /// error reply (`{"message": ...}`), or the body as it came if it is not one.
     pub fn message(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_owned())
+        serde_json::from_slice::<ErrorReply>(&self.body)
+            .map(|reply| reply.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).trim().to_owned())
     }
 }
+
+/// The Engine API's one documented error shape (`ErrorResponse`).
+#[derive(Deserialize)]
+struct ErrorReply {
+    message: String,
+}
+
+/// A call the daemon refused: its HTTP status and message. It travels in `anyhow::Error`; a
+/// caller that must tell one refusal from another downcasts to it and decides on `status`
+/// (message wording only where Docker gives nothing else: `swarm::api`'s refusals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    /// The daemon's host.
+    pub host: String,
+    /// Method and path, e.g. `POST /swarm/join`.
+    pub call: String,
+    pub status: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the Docker daemon on {} answered {} with {}: {}",
+            self.host, self.call, self.status, self.message
+        )
+    }
+}
+
+impl std::error::Error for EngineError {}
 
 impl Engine {
     pub fn new(host: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
@@ -73,9 +105,14 @@ impl Engine {
         &self.socket
     }
 
-    /// A request's handle, bounded by `deadline`; none once the deadline has passed (curl would
-    /// read a zero timeout as none at all).
-    fn handle(&self, method: &str, path: &str, deadline: Deadline) -> Result<(Easy, Duration)> {
+    /// A request's handle, bounded by `deadline`, and the call as its errors name it; none once
+    /// the deadline has passed (curl would read a zero timeout as none at all).
+    fn handle<'a>(
+        &self,
+        method: &'a str,
+        path: &'a str,
+        deadline: Deadline,
+    ) -> Result<(Easy, Call<'a>)> {
         let timeout = deadline.left();
         if timeout < Duration::from_millis(1) {
             bail!(
@@ -90,7 +127,13 @@ impl Engine {
         easy.custom_request(method)?;
         easy.timeout(timeout)?;
         easy.connect_timeout(timeout.min(Duration::from_secs(2)))?;
-        Ok((easy, timeout))
+        let call = Call {
+            method,
+            path,
+            timeout,
+            deadline,
+        };
+        Ok((easy, call))
     }
 
     /// The error of a call that failed: one that ran out of time names the host, the call and
@@ -115,18 +158,50 @@ impl Engine {
         ))
     }
 
-    fn perform(&self, mut easy: Easy, call: &Call) -> Result<Response> {
+    /// The one transfer loop every call runs: sends `source` as the body if given, keeps what
+    /// comes back as `keep` says, and tells how the body ended.
+    fn perform(
+        &self,
+        mut easy: Easy,
+        call: &Call,
+        source: Option<&mut dyn Read>,
+        keep: Keep,
+    ) -> Result<(Response, Body)> {
         let mut body = Vec::new();
-        {
+        let mut cut = false;
+        let performed = {
             let mut transfer = easy.transfer();
+            if let Some(source) = source {
+                transfer.read_function(|buf| source.read(buf).map_err(|_| ReadError::Abort))?;
+            }
             transfer.write_function(|data| {
+                let room = keep.cap.saturating_sub(body.len());
+                if data.len() > room {
+                    body.extend_from_slice(&data[..room]);
+                    cut = true;
+                    // Fewer bytes than offered ends the transfer.
+                    return Ok(0);
+                }
                 body.extend_from_slice(data);
                 Ok(data.len())
             })?;
-            transfer.perform().map_err(|e| self.failed(e, call))?;
-        }
+            transfer.perform()
+        };
+        let ended = match performed {
+            Ok(()) if cut => Body::Capped,
+            Ok(()) => Body::Whole,
+            Err(e) if cut && e.is_write_error() => Body::Capped,
+            Err(e)
+                if keep.partial
+                    && e.is_operation_timedout()
+                    && easy.response_code().is_ok_and(|c| c != 0) =>
+            {
+                Body::TimedOut
+            }
+            Err(e) => return Err(self.failed(e, call)),
+        };
         let status = easy.response_code()?;
-        Ok(Response { status, body })
+        Ok((Response { status, body }, ended))
     }
 
     /// One request with an optional JSON body.
@@ -160,20 +235,14 @@ impl Engine {
         json: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Response> {
-        let (mut easy, timeout) = self.handle(method, path, deadline)?;
+        let (mut easy, call) = self.handle(method, path, deadline)?;
         if let Some(json) = json {
             let mut headers = List::new();
             headers.append("Content-Type: application/json")?;
             easy.http_headers(headers)?;
             easy.post_fields_copy(&serde_json::to_vec(json)?)?;
         }
-        let call = Call {
-            method,
-            path,
-            timeout,
-            deadline,
-        };
-        self.perform(easy, &call)
+        Ok(self.perform(easy, &call, None, Keep::WHOLE)?.0)
     }
 
     /// A request that must succeed (2xx); the daemon's message becomes the error.
@@ -188,15 +257,16 @@ impl Engine {
         self.must_succeed(method, path, response)
     }
 
-    /// The response if 2xx; else the daemon's message as the error.
+    /// The response if 2xx; else the refusal (an `EngineError`) as the error.
     fn must_succeed(&self, method: &str, path: &str, response: Response) -> Result<Response> {
         if !response.is_success() {
-            bail!(
-                "the Docker daemon on {} answered {method} {path} with {}: {}",
-                self.host,
-                response.status,
-                response.message()
-            );
+            return Err(EngineError {
+                host: self.host.clone(),
+                call: format!("{method} {path}"),
+                status: response.status,
+                message: response.message(),
+            }
+            .into());
         }
         Ok(response)
     }
@@ -239,43 +309,9 @@ impl Engine {
         cap: usize,
         deadline: Deadline,
     ) -> Result<(Response, Body)> {
-        let (mut easy, timeout) = self.handle("GET", path, deadline)?;
-        let mut body = Vec::new();
-        let mut cut = false;
-        let performed = {
-            let mut transfer = easy.transfer();
-            transfer.write_function(|data| {
-                let room = cap.saturating_sub(body.len());
-                if data.len() > room {
-                    body.extend_from_slice(&data[..room]);
-                    cut = true;
-                    // Fewer bytes than offered ends the transfer.
-                    return Ok(0);
-                }
-                body.extend_from_slice(data);
-                Ok(data.len())
-            })?;
-            transfer.perform()
-        };
-        let ended = match performed {
-            Ok(()) if cut => Body::Capped,
-            Ok(()) => Body::Whole,
-            Err(e) if cut && e.is_write_error() => Body::Capped,
-            Err(e) if e.is_operation_timedout() && easy.response_code().is_ok_and(|c| c != 0) => {
-                Body::TimedOut
-            }
-            Err(e) => {
-                let call = Call {
-                    method: "GET",
-                    path,
-                    timeout,
-                    deadline,
-                };
-                return Err(self.failed(e, &call));
-            }
-        };
-        let status = easy.response_code()?;
-        Ok((Response { status, body }, ended))
+        let (easy, call) = self.handle("GET", path, deadline)?;
+        let keep = Keep { cap, partial: true };
+        self.perform(easy, &call, None, keep)
     }
 
     /// Streams a request body from `source` (e.g. an image archive), without holding it in memory.
@@ -286,31 +322,31 @@ impl Engine {
         source: &mut dyn Read,
         deadline: Deadline,
     ) -> Result<Response> {
-        let (mut easy, timeout) = self.handle("POST", path, deadline)?;
+        let (mut easy, call) = self.handle("POST", path, deadline)?;
         let mut headers = List::new();
         headers.append(&format!("Content-Type: {content_type}"))?;
         headers.append("Transfer-Encoding: chunked")?;
         easy.http_headers(headers)?;
         easy.post(true)?;
-        let mut body = Vec::new();
-        {
-            let mut transfer = easy.transfer();
-            transfer.read_function(|buf| source.read(buf).map_err(|_| ReadError::Abort))?;
-            transfer.write_function(|data| {
-                body.extend_from_slice(data);
-                Ok(data.len())
-            })?;
-            let call = Call {
-                method: "POST",
-                path,
-                timeout,
-                deadline,
-            };
-            transfer.perform().map_err(|e| self.failed(e, &call))?;
-        }
-        let status = easy.response_code()?;
-        Ok(Response { status, body })
+        Ok(self.perform(easy, &call, Some(source), Keep::WHOLE)?.0)
     }
+}
+
+/// How much of a reply's body a transfer keeps.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    /// The transfer stops once this many bytes came.
+    cap: usize,
+    /// A body still streaming when the time is up is kept as far as it came (else the call
+    /// fails as one that did not answer).
+    partial: bool,
+}
+
+impl Keep {
+    const WHOLE: Keep = Keep {
+        cap: usize::MAX,
+        partial: false,
+    };
 }
 
 /// One call as its errors name it.
@@ -348,99 +384,4 @@ pub fn frames(body: &[u8]) -> Vec<(&'static str, &[u8])> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// One frame of Docker's multiplexed log stream, as the daemon sends it.
-    pub(crate) fn frame(stream: u8, text: &str) -> Vec<u8> {
-        let mut f = vec![stream, 0, 0, 0];
-        f.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        f.extend_from_slice(text.as_bytes());
-        f
-    }
-
-    #[test]
-    fn a_daemon_that_stops_answering_is_named_with_the_call_at_the_deadline() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("docker.sock");
-        // Accepts (the kernel does, even for a stopped dockerd) and never answers.
-        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let engine = Engine::new("msh1", &socket);
-        let t = std::time::Instant::now();
-        let phase = Deadline::phase(t + Duration::from_millis(300));
-        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        assert!(
-            e.starts_with("GET /nodes on msh1 did not answer within 0.3 s (the phase's deadline)"),
-            "{e}"
-        );
-        // A limit of the call's own that ends sooner is named instead.
-        let own = Deadline::phase(t + Duration::from_secs(60)).within(Duration::from_millis(200));
-        let e = format!(
-            "{:#}",
-            engine
-                .request("POST", "/swarm/update", None, own)
-                .unwrap_err()
-        );
-        assert!(e.contains("within 0.2 s (its own limit of 0.2 s)"), "{e}");
-        // With the deadline passed, nothing is sent: curl would take a zero timeout as none.
-        let passed = Deadline::phase(t);
-        let t = std::time::Instant::now();
-        let e = format!("{:#}", engine.get_json("/info", passed).unwrap_err());
-        assert!(t.elapsed() < Duration::from_millis(100));
-        assert_eq!(
-            e,
-            "GET /info on msh1 was not sent: the phase's deadline had passed"
-        );
-    }
-
-    #[test]
-    fn a_manager_without_quorum_is_named_with_the_call() {
-        use std::io::{BufRead, Write};
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("docker.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut reader = std::io::BufReader::new(&stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 2 {
-                line.clear();
-            }
-            let body = r#"{"message":"rpc error: code = Unknown desc = The swarm does not have a leader."}"#;
-            write!(
-                &stream,
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-        });
-        let engine = Engine::new("msh1", &socket);
-        let phase = Deadline::phase(std::time::Instant::now() + Duration::from_secs(5));
-        let e = format!("{:#}", engine.get_json("/nodes", phase).unwrap_err());
-        server.join().unwrap();
-        assert_eq!(
-            e,
-            "the Docker daemon on msh1 answered GET /nodes with 503: rpc error: code = Unknown \
-             desc = The swarm does not have a leader."
-        );
-    }
-
-    #[test]
-    fn frame_headers_are_stripped_and_streams_named() {
-        let mut body = frame(1, "2026-01-01T00:00:00.000000001Z hello\n");
-        body.extend(frame(2, "2026-01-01T00:00:00.000000002Z oops\n"));
-        let got = frames(&body);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0, "stdout");
-        assert_eq!(
-            got[1],
-            ("stderr", &b"2026-01-01T00:00:00.000000002Z oops\n"[..])
-        );
-        // A TTY stream has no headers; a cut frame keeps what arrived.
-        assert_eq!(frames(b"plain text\n"), vec![("tty", &b"plain text\n"[..])]);
-        let cut = &body[..body.len() - 3];
-        assert_eq!(frames(cut)[1].1, b"2026-01-01T00:00:00.000000002Z oo");
-    }
-}
+pub(crate) mod tests;

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::host::engine::Engine;
+use crate::host::engine::{Engine, EngineError};
+use crate::swarm::api::{self, Info, InfoSwarm, Swarm};
 use crate::sys::deadline::Deadline;
 
 /// The role a host joins in; each has its own join token.
@@ -93,21 +94,19 @@ pub fn init(
     engine
         .call("POST", "/swarm/init", Some(&body), deadline)
         .context("failed to initialize the swarm")?;
-    let swarm = engine.get_json("/swarm", deadline)?;
-    let invitation = |role: JoinRole, kind: &str| {
-        let token = swarm
-            .pointer(&format!("/JoinTokens/{kind}"))
-            .and_then(Value::as_str)
-            .with_context(|| format!("the daemon returned no {kind} join token"))?;
+    let swarm: Swarm = api::get(engine, "/swarm", deadline)?;
+    let invitation = |role: JoinRole, kind: &str, token: Option<String>| {
+        let token = token.with_context(|| format!("the daemon returned no {kind} join token"))?;
         Ok::<_, anyhow::Error>(Invitation {
             manager: format!("{addr}:2377"),
             role,
-            token: token.to_owned(),
+            token,
         })
     };
+    let tokens = swarm.join_tokens;
     Ok(Invitations {
-        worker: invitation(JoinRole::Worker, "Worker")?,
-        manager: invitation(JoinRole::Manager, "Manager")?,
+        worker: invitation(JoinRole::Worker, "Worker", tokens.worker)?,
+        manager: invitation(JoinRole::Manager, "Manager", tokens.manager)?,
     })
 }
 
@@ -115,12 +114,12 @@ pub fn init(
 /// any other. A join that returned early (a retried request answered "already part of a swarm"
 /// while the first was still going on) is waited for here, until the deadline.
 pub fn node_id(engine: &Engine, deadline: Deadline) -> Result<String> {
-    let mut last = Value::Null;
+    let mut last = InfoSwarm::default();
     let every = Duration::from_millis(100);
     let active = crate::sys::deadline::poll_until(deadline.instant(), every, || {
-        match engine.get_json("/info", deadline) {
+        match api::get::<Info>(engine, "/info", deadline) {
             Ok(info) => {
-                last = info.get("Swarm").cloned().unwrap_or_default();
+                last = info.swarm;
                 active_node_id(&last).map(Ok)
             }
             Err(e) => Some(Err(e)),
@@ -132,22 +131,16 @@ pub fn node_id(engine: &Engine, deadline: Deadline) -> Result<String> {
             "failed to become an active swarm node before the deadline: the daemon says state {}, \
              error {:?}; check that this host reaches the managers on TCP 2377 and every host on \
              TCP and UDP 7946 (`mpiswarm doctor`), or raise --timeout if the hosts are only slow",
-            last.get("LocalNodeState")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown"),
-            last.get("Error").and_then(Value::as_str).unwrap_or("")
+            last.local_node_state.as_deref().unwrap_or("unknown"),
+            last.error
         ),
     }
 }
 
 /// The node ID of `GET /info`'s Swarm section, if the node is active in a swarm.
-fn active_node_id(swarm: &Value) -> Option<String> {
-    let state = swarm.get("LocalNodeState").and_then(Value::as_str);
-    let id = swarm.get("NodeID").and_then(Value::as_str);
-    match (state, id) {
-        (Some("active"), Some(id)) if !id.is_empty() => Some(id.to_owned()),
-        _ => None,
-    }
+fn active_node_id(swarm: &InfoSwarm) -> Option<String> {
+    let active = swarm.local_node_state.as_deref() == Some("active");
+    (active && !swarm.node_id.is_empty()).then(|| swarm.node_id.clone())
 }
 
 /// Joins in the invitation's role, retrying with backoff until the deadline: the manager may
@@ -170,15 +163,14 @@ pub fn join(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let result = engine.request("POST", "/swarm/join", Some(&body), deadline);
-        let error = match result {
-            Ok(r) if r.is_success() => return Ok(()),
-            // Already part of this swarm (a retried request that did succeed).
-            Ok(r) if r.status == 503 && r.message().contains("already part of a swarm") => {
-                return Ok(());
-            }
-            Ok(r) => format!("{} {}", r.status, r.message()),
-            Err(e) => format!("{e:#}"),
+        let error = match engine.call("POST", "/swarm/join", Some(&body), deadline) {
+            Ok(_) => return Ok(()),
+            Err(e) => match e.downcast::<EngineError>() {
+                // Already part of this swarm (a retried request that did succeed).
+                Ok(refusal) if api::already_in_swarm(&refusal) => return Ok(()),
+                Ok(refusal) => format!("{} {}", refusal.status, refusal.message),
+                Err(e) => format!("{e:#}"),
+            },
         };
         if Instant::now() + pause >= deadline.instant() {
             bail!(

@@ -9,10 +9,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::Value;
 
 use crate::host::engine::{Engine, Response};
 use crate::mpi::collective::Leaders;
+use crate::swarm::api::LoadMessage;
 
 /// Chunks in flight between MPI and the daemon on each host (bounds memory).
 const QUEUE: usize = 2;
@@ -152,16 +152,13 @@ pub fn parse_load_response(response: &Response) -> Result<Vec<String>> {
         );
     }
     let mut names = Vec::new();
-    for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+    for v in serde_json::Deserializer::from_str(&text).into_iter::<LoadMessage>() {
         let v = v.context("the daemon's answer to the image load is not JSON")?;
-        if let Some(err) = v
-            .pointer("/errorDetail/message")
-            .or_else(|| v.get("error"))
-            .and_then(Value::as_str)
-        {
+        let detail = v.error_detail.and_then(|d| d.message);
+        if let Some(err) = detail.or(v.error) {
             bail!("the daemon could not load the archive: {err}");
         }
-        if let Some(stream) = v.get("stream").and_then(Value::as_str) {
+        if let Some(stream) = v.stream {
             for line in stream.lines() {
                 if let Some(name) = line
                     .strip_prefix("Loaded image: ")

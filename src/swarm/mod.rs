@@ -4,6 +4,7 @@
 //!
 //! Layer rule: `swarm` uses `mpi`, `host`, `output`, `plan` and `sys`.
 
+pub mod api;
 pub mod collect;
 pub mod formation;
 pub mod images;

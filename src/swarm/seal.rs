@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::host::engine::Engine;
+use crate::swarm::api::{self, Swarm};
 use crate::swarm::formation::{Node, list_nodes};
 use crate::swarm::versioned::{self, Object};
 use crate::sys::deadline::Deadline;
@@ -30,15 +31,15 @@ pub fn rotate_tokens(engine: &Engine, deadline: Deadline) -> Result<()> {
 
 /// The tokens the daemon gives out now are not those of `before`.
 fn check_rotated(engine: &Engine, before: &Value, deadline: Deadline) -> Result<()> {
-    let after = engine.get_json("/swarm", deadline)?;
-    for kind in ["Worker", "Manager"] {
-        let pointer = format!("/JoinTokens/{kind}");
-        let (old, new) = (before.pointer(&pointer), after.pointer(&pointer));
+    let before: Swarm = api::from_value(before, "/swarm")?;
+    let after: Swarm = api::get(engine, "/swarm", deadline)?;
+    let (old, new) = (before.join_tokens, after.join_tokens);
+    for (kind, old, new) in [
+        ("worker", old.worker, new.worker),
+        ("manager", old.manager, new.manager),
+    ] {
         if new.is_none_or(|t| Some(t) == old) {
-            bail!(
-                "failed to rotate the join tokens: the {} token is unchanged",
-                kind.to_lowercase()
-            );
+            bail!("failed to rotate the join tokens: the {kind} token is unchanged");
         }
     }
     Ok(())

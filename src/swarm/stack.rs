@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::host::engine::Engine;
 use crate::plan::config::TaskFailures;
+use crate::swarm::api::{self, List};
 use crate::swarm::stack_state::steady::Steady;
 use crate::swarm::stack_state::verdict::{self, Counts, Failure, Goal, Verdict};
 use crate::swarm::stack_state::{self, Nodes, Service, Task};
@@ -108,20 +109,24 @@ impl Snapshot {
         let filter = json!({"label": [format!("com.docker.stack.namespace={name}")]}).to_string();
         let filter = encode(&filter);
         // `status=true` (API 1.41) adds Swarm's own counts; jobs' completions are read there.
-        let services =
-            engine.get_json(&format!("/services?status=true&filters={filter}"), deadline)?;
-        let tasks = engine.get_json(&format!("/tasks?filters={filter}"), deadline)?;
+        let services: List<api::Service> = api::get(
+            engine,
+            &format!("/services?status=true&filters={filter}"),
+            deadline,
+        )?;
+        let tasks: List<api::Task> =
+            api::get(engine, &format!("/tasks?filters={filter}"), deadline)?;
         Ok(Snapshot {
-            services: stack_state::parse_services(&services),
-            tasks: stack_state::parse_tasks(&tasks),
+            services: stack_state::parse_services(&services.0),
+            tasks: stack_state::parse_tasks(&tasks.0),
         })
     }
 }
 
 /// The swarm's nodes for a message; without them, messages name node IDs.
 fn nodes(engine: &Engine, deadline: Deadline) -> Nodes {
-    match engine.get_json("/nodes", deadline) {
-        Ok(nodes) => stack_state::parse_nodes(&nodes),
+    match api::get::<List<api::Node>>(engine, "/nodes", deadline) {
+        Ok(nodes) => stack_state::parse_nodes(&nodes.0),
         Err(e) => {
             tracing::debug!("failed to list the swarm's nodes: {e:#}");
             Nodes::default()

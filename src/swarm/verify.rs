@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::host::engine::Engine;
 use crate::mpi::collective::{Interrupt, Leaders};
+use crate::swarm::api::{self, List};
 use crate::sys::deadline::Deadline;
 
 const NETWORK: &str = "mpiswarm-probe";
@@ -175,20 +176,17 @@ fn probe_from_here(
     let filter =
         json!({"label": [format!("com.docker.swarm.service.name={}", service_name(host))]})
             .to_string();
-    let containers = engine.get_json(
-        &format!(
-            "/containers/json?filters={}",
-            crate::swarm::stack::encode(&filter)
-        ),
-        deadline,
-    )?;
+    let path = format!(
+        "/containers/json?filters={}",
+        crate::swarm::stack::encode(&filter)
+    );
+    let containers: List<api::Container> = api::get(engine, &path, deadline)?;
     let id = containers
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|c| c.get("Id"))
-        .and_then(Value::as_str)
-        .with_context(|| format!("no probe container runs on {host}"))?
-        .to_owned();
+        .0
+        .into_iter()
+        .next()
+        .map(|c| c.id)
+        .with_context(|| format!("no probe container runs on {host}"))?;
     let script: String = hosts
         .iter()
         .map(|h| {
@@ -203,18 +201,10 @@ fn probe_from_here(
         .collect::<String>()
         + "wait";
     let exec = json!({"Cmd": ["sh", "-c", script], "AttachStdout": true, "AttachStderr": true, "Tty": true});
-    let created = engine
-        .call(
-            "POST",
-            &format!("/containers/{id}/exec"),
-            Some(&exec),
-            deadline,
-        )?
-        .json()?;
-    let exec_id = created
-        .get("Id")
-        .and_then(Value::as_str)
-        .context("the daemon returned no exec id")?;
+    let path = format!("/containers/{id}/exec");
+    let created: api::Created =
+        api::parse(&engine.call("POST", &path, Some(&exec), deadline)?, &path)?;
+    let exec_id = created.id.context("the daemon returned no exec id")?;
     let output = engine.call_long(
         "POST",
         &format!("/exec/{exec_id}/start"),

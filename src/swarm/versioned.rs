@@ -6,15 +6,18 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::host::engine::{Engine, Response};
+use crate::host::engine::{Engine, EngineError};
+use crate::swarm::api::{Versioned, out_of_sequence};
 use crate::sys::deadline::Deadline;
 
 /// What an update needs of the Engine API; a test stands in for it to move versions.
 pub trait ObjectStore {
     fn read(&self, path: &str, deadline: Deadline) -> Result<Value>;
-    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<Response>;
+    /// A refusal is an `EngineError`.
+    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<()>;
 }
 
 impl ObjectStore for Engine {
@@ -22,8 +25,8 @@ impl ObjectStore for Engine {
         self.get_json(path, deadline)
     }
 
-    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<Response> {
-        self.request("POST", path, Some(body), deadline)
+    fn write(&self, path: &str, body: &Value, deadline: Deadline) -> Result<()> {
+        self.call("POST", path, Some(body), deadline).map(drop)
     }
 }
 
@@ -49,25 +52,26 @@ pub fn update(
     loop {
         attempts += 1;
         let current = store.read(&object.read_path, deadline)?;
-        let version = current
-            .pointer("/Version/Index")
-            .and_then(Value::as_u64)
+        let read = Versioned::deserialize(&current)
+            .with_context(|| format!("failed to update {}: unexpected reply", object.what))?;
+        let version = read
+            .version
+            .index
             .with_context(|| format!("failed to update {}: it has no version", object.what))?;
-        let mut spec = current
-            .get("Spec")
-            .cloned()
+        let mut spec = read
+            .spec
             .with_context(|| format!("failed to update {}: it has no spec", object.what))?;
         change(&mut spec);
-        let response = store.write(&(object.write_path)(version), &spec, deadline)?;
-        if response.is_success() {
-            return Ok(current);
-        }
-        let message = response.message();
-        if !out_of_sequence(&message) {
+        let refusal = match store.write(&(object.write_path)(version), &spec, deadline) {
+            Ok(()) => return Ok(current),
+            Err(e) => e.downcast::<EngineError>()?,
+        };
+        let message = &refusal.message;
+        if !out_of_sequence(&refusal) {
             bail!(
                 "failed to update {}: the Docker daemon answered {}: {message}",
                 object.what,
-                response.status
+                refusal.status
             );
         }
         if Instant::now() + pause >= deadline.instant() {
@@ -84,11 +88,6 @@ pub fn update(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
-}
-
-/// Swarm's answer to a write against a version that is no longer the object's.
-fn out_of_sequence(message: &str) -> bool {
-    message.contains("out of sequence")
 }
 
 #[cfg(test)]
@@ -131,24 +130,29 @@ mod tests {
                       "Spec": {"Role": "worker", "Labels": self.labels.borrow().clone()}}))
         }
 
-        fn write(&self, path: &str, body: &Value, _: Deadline) -> Result<Response> {
+        fn write(&self, path: &str, body: &Value, _: Deadline) -> Result<()> {
             *self.writes.borrow_mut() += 1;
             let wanted = format!("version={}", self.version.borrow());
             if !path.ends_with(&wanted) {
-                return Ok(Response {
-                    status: 500,
-                    body:
-                        br#"{"message":"rpc error: code = Unknown desc = update out of sequence"}"#
-                            .to_vec(),
-                });
+                return Err(refusal(
+                    500,
+                    "rpc error: code = Unknown desc = update out of sequence",
+                ));
             }
             *self.labels.borrow_mut() = body["Labels"].clone();
             *self.version.borrow_mut() += 1;
-            Ok(Response {
-                status: 200,
-                body: Vec::new(),
-            })
+            Ok(())
         }
+    }
+
+    fn refusal(status: u32, message: &str) -> anyhow::Error {
+        EngineError {
+            host: "msh1".into(),
+            call: "POST /nodes/n1/update".into(),
+            status,
+            message: message.into(),
+        }
+        .into()
     }
 
     fn node_object(write: &dyn Fn(u64) -> String) -> Object<'_> {
@@ -193,11 +197,8 @@ mod tests {
             fn read(&self, _: &str, _: Deadline) -> Result<Value> {
                 Ok(json!({"Version": {"Index": 1}, "Spec": {}}))
             }
-            fn write(&self, _: &str, _: &Value, _: Deadline) -> Result<Response> {
-                Ok(Response {
-                    status: 400,
-                    body: br#"{"message":"invalid spec"}"#.to_vec(),
-                })
+            fn write(&self, _: &str, _: &Value, _: Deadline) -> Result<()> {
+                Err(refusal(400, "invalid spec"))
             }
         }
         let write = |v: u64| format!("/swarm/update?version={v}");

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::host::engine::Engine;
+use crate::swarm::api::{self, List};
 use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
 use crate::sys::frame::MAX_FRAME;
@@ -267,21 +269,17 @@ pub fn file_name(name: &str) -> String {
     }
 }
 
-fn get(engine: &Engine, path: &str, until: Instant) -> Result<Value> {
+fn get<T: DeserializeOwned>(engine: &Engine, path: &str, until: Instant) -> Result<T> {
     time_left(until).context("the time budget ran out")?;
-    engine.get_json(path, Deadline::phase(until))
+    api::get(engine, path, Deadline::phase(until))
 }
 
 /// Node ids to host names.
-fn hostnames(nodes: &Value) -> impl Fn(&str) -> Option<String> + '_ {
+fn hostnames(nodes: &[api::Node]) -> impl Fn(&str) -> Option<String> + '_ {
     move |id| {
-        nodes.as_array()?.iter().find_map(|n| {
-            (n.get("ID")?.as_str()? == id)
-                .then(|| {
-                    n.pointer("/Description/Hostname")?
-                        .as_str()
-                        .map(str::to_owned)
-                })
+        nodes.iter().find_map(|n| {
+            (n.id == id)
+                .then(|| n.description.hostname.clone())
                 .flatten()
         })
     }
@@ -289,69 +287,56 @@ fn hostnames(nodes: &Value) -> impl Fn(&str) -> Option<String> + '_ {
 
 /// Every task of every service: where it ran, its states, exit code and error.
 fn tasks(engine: &Engine, until: Instant) -> Result<Value> {
-    let tasks = get(engine, "/tasks", until)?;
-    let services = get(engine, "/services", until)?;
-    let nodes = get(engine, "/nodes", until)?;
+    let List(mut tasks): List<api::Task> = get(engine, "/tasks", until)?;
+    let List(services): List<api::Service> = get(engine, "/services", until)?;
+    let List(nodes): List<api::Node> = get(engine, "/nodes", until)?;
     let host_of = hostnames(&nodes);
     let service_of = |id: &str| {
-        services.as_array()?.iter().find_map(|s| {
-            (s.get("ID")?.as_str()? == id)
-                .then(|| s.pointer("/Spec/Name")?.as_str().map(str::to_owned))
-                .flatten()
-        })
+        services
+            .iter()
+            .find_map(|s| (s.id == id && !s.spec.name.is_empty()).then(|| s.spec.name.clone()))
     };
-    let text = |t: &Value, p: &str| t.pointer(p).and_then(Value::as_str).map(str::to_owned);
-    let mut list: Vec<Value> = tasks
-        .as_array()
-        .into_iter()
-        .flatten()
+    tasks.sort_by_key(|t| (service_of(&t.service_id), t.slot, t.created_at.clone()));
+    let list = tasks
+        .iter()
         .map(|t| {
+            let container = t.status.container_status.as_ref();
             json!({
-                "service": t.get("ServiceID").and_then(Value::as_str).and_then(service_of),
-                "slot": t.get("Slot"),
-                "id": t.get("ID"),
-                "node": t.get("NodeID").and_then(Value::as_str).and_then(&host_of),
-                "desired_state": t.get("DesiredState"),
-                "state": text(t, "/Status/State"),
-                "exit_code": t.pointer("/Status/ContainerStatus/ExitCode"),
-                "error": text(t, "/Status/Err"),
-                "message": text(t, "/Status/Message"),
-                "container": text(t, "/Status/ContainerStatus/ContainerID"),
-                "created_at": t.get("CreatedAt"),
-                "updated_at": t.get("UpdatedAt"),
-                "status_at": text(t, "/Status/Timestamp"),
+                "service": service_of(&t.service_id),
+                "slot": t.slot,
+                "id": t.id,
+                "node": t.node_id.as_deref().and_then(&host_of),
+                "desired_state": t.desired_state,
+                "state": t.status.state,
+                "exit_code": container.and_then(|c| c.exit_code),
+                "error": t.status.err,
+                "message": t.status.message,
+                "container": container.and_then(|c| c.container_id.clone()),
+                "created_at": t.created_at,
+                "updated_at": t.updated_at,
+                "status_at": t.status.timestamp,
             })
         })
         .collect();
-    let key = |v: &Value| {
-        (
-            v["service"].as_str().map(str::to_owned),
-            v["slot"].as_u64(),
-            v["created_at"].as_str().map(str::to_owned),
-        )
-    };
-    list.sort_by_key(key);
     Ok(Value::Array(list))
 }
 
 /// The swarm's nodes with their roles, states and labels.
 fn nodes(engine: &Engine, until: Instant) -> Result<Value> {
-    let nodes = get(engine, "/nodes", until)?;
+    let List(nodes): List<api::Node> = get(engine, "/nodes", until)?;
     let list = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .map(|n| {
             json!({
-                "id": n.get("ID"),
-                "hostname": n.pointer("/Description/Hostname"),
-                "role": n.pointer("/Spec/Role"),
-                "availability": n.pointer("/Spec/Availability"),
-                "state": n.pointer("/Status/State"),
-                "addr": n.pointer("/Status/Addr"),
-                "leader": n.pointer("/ManagerStatus/Leader").cloned().unwrap_or(json!(false)),
-                "labels": n.pointer("/Spec/Labels").cloned().unwrap_or(json!({})),
-                "engine": n.pointer("/Description/Engine/EngineVersion"),
+                "id": n.id,
+                "hostname": n.description.hostname,
+                "role": n.spec.role,
+                "availability": n.spec.availability,
+                "state": n.status.state,
+                "addr": n.status.addr,
+                "leader": n.manager_status.as_ref().is_some_and(|m| m.leader),
+                "labels": n.spec.labels,
+                "engine": n.description.engine.engine_version,
             })
         })
         .collect();

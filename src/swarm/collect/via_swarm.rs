@@ -9,9 +9,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::host::engine::{Body, Engine, frames};
+use crate::swarm::api::{self, List};
 use crate::swarm::collect::out::SERVICE_CAP;
 use crate::swarm::collect::protocol::ShareLine;
 use crate::sys::deadline::{Deadline, time_left};
@@ -31,19 +32,18 @@ pub fn service_logs(
     until: Instant,
     out: &mut impl Write,
 ) -> Result<()> {
-    let get = |path: &str| {
+    fn get<T: DeserializeOwned>(engine: &Engine, path: &str, until: Instant) -> Result<List<T>> {
         time_left(until).context("the time budget ran out")?;
-        engine.get_json(path, Deadline::phase(until))
-    };
-    let services = get("/services")?;
-    let tasks = get("/tasks")?;
-    let nodes = get("/nodes")?;
+        api::get(engine, path, Deadline::phase(until))
+    }
+    let List(services) = get::<api::Service>(engine, "/services", until)?;
+    let List(tasks) = get::<api::Task>(engine, "/tasks", until)?;
+    let List(nodes) = get::<api::Node>(engine, "/nodes", until)?;
     let names = task_names(&services, &tasks, &nodes);
     let services: Vec<(&str, &str)> = services
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s.get("ID")?.as_str()?, s.pointer("/Spec/Name")?.as_str()?)))
+        .iter()
+        .filter(|s| !s.id.is_empty() && !s.spec.name.is_empty())
+        .map(|s| (s.id.as_str(), s.spec.name.as_str()))
         .collect();
     for (i, (id, service)) in services.iter().enumerate() {
         // Each service gets an equal share of what is left, so that one slow node does not
@@ -113,38 +113,35 @@ fn note(out: &mut impl Write, what: &str) -> Result<()> {
 
 /// Task IDs to their names (`<service>.<slot or node>.<task>`, as Docker names their
 /// containers) and hosts.
-fn task_names(services: &Value, tasks: &Value, nodes: &Value) -> HashMap<String, TaskName> {
-    let by_id = |list: &Value, pointer: &str| -> HashMap<String, String> {
-        list.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| {
-                Some((
-                    v.get("ID")?.as_str()?.to_owned(),
-                    v.pointer(pointer)?.as_str()?.to_owned(),
-                ))
-            })
-            .collect()
-    };
-    let service_names = by_id(services, "/Spec/Name");
-    let hostnames = by_id(nodes, "/Description/Hostname");
+fn task_names(
+    services: &[api::Service],
+    tasks: &[api::Task],
+    nodes: &[api::Node],
+) -> HashMap<String, TaskName> {
+    let service_names: HashMap<&str, &str> = services
+        .iter()
+        .filter(|s| !s.id.is_empty() && !s.spec.name.is_empty())
+        .map(|s| (s.id.as_str(), s.spec.name.as_str()))
+        .collect();
+    let hostnames: HashMap<&str, &str> = nodes
+        .iter()
+        .filter_map(|n| Some((n.id.as_str(), n.description.hostname.as_deref()?)))
+        .collect();
     tasks
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
+        .filter(|t| !t.id.is_empty())
         .filter_map(|t| {
-            let id = t.get("ID")?.as_str()?;
-            let service = service_names.get(t.get("ServiceID")?.as_str()?)?;
-            let node = t.get("NodeID").and_then(Value::as_str).unwrap_or("");
-            let slot = match t.get("Slot").and_then(Value::as_u64) {
+            let service = service_names.get(t.service_id.as_str())?;
+            let node = t.node_id.as_deref().unwrap_or("");
+            let slot = match t.slot {
                 Some(slot) if slot > 0 => slot.to_string(),
                 _ => node.to_owned(),
             };
             Some((
-                id.to_owned(),
+                t.id.clone(),
                 TaskName {
-                    name: format!("{service}.{slot}.{id}"),
-                    host: hostnames.get(node)?.clone(),
+                    name: format!("{service}.{slot}.{}", t.id),
+                    host: (*hostnames.get(node)?).to_owned(),
                 },
             ))
         })
@@ -224,6 +221,11 @@ mod tests {
             {"ID": "t2", "ServiceID": "s1", "NodeID": "n2"},
             {"ID": "t3", "ServiceID": "s1", "NodeID": "n2", "Slot": 2},
         ]);
+        fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Vec<T> {
+            serde_json::from_value::<List<T>>(v).unwrap().0
+        }
+        let services: Vec<api::Service> = typed(services);
+        let (tasks, nodes): (Vec<api::Task>, Vec<api::Node>) = (typed(tasks), typed(nodes));
         let names = task_names(&services, &tasks, &nodes);
         // As dockerd writes a swarm log stream with timestamps and details (attributes sorted).
         let attrs = |task: &str, node: &str| {

@@ -10,7 +10,7 @@ pub mod verdict;
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use crate::swarm::api;
 
 /// How Swarm runs a service's tasks (`Spec.Mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,12 +251,13 @@ enum SlotKey {
 /// Node IDs to host names (`GET /nodes`).
 pub type Nodes = HashMap<String, String>;
 
-pub fn parse_nodes(nodes: &Value) -> Nodes {
-    list(nodes)
+pub fn parse_nodes(nodes: &[api::Node]) -> Nodes {
+    nodes
+        .iter()
         .filter_map(|n| {
             Some((
-                text(n, "/ID")?.to_owned(),
-                text(n, "/Description/Hostname")?.to_owned(),
+                text(&n.id)?.to_owned(),
+                given(&n.description.hostname)?.to_owned(),
             ))
         })
         .collect()
@@ -273,82 +274,76 @@ pub fn host_of(nodes: &Nodes, task: &Task) -> String {
     }
 }
 
-fn list(value: &Value) -> impl Iterator<Item = &Value> {
-    value.as_array().into_iter().flatten()
+/// A text field that says something: absent and empty are alike.
+fn text(value: &str) -> Option<&str> {
+    Some(value).filter(|s| !s.is_empty())
 }
 
-fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
-fn number(value: &Value, pointer: &str) -> Option<u64> {
-    value.pointer(pointer).and_then(Value::as_u64)
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().and_then(text)
 }
 
 /// `GET /services` (with `status=true` for `ServiceStatus`); services of an unknown mode are
 /// left out (a newer Swarm's: nothing here could judge them).
-pub fn parse_services(services: &Value) -> Vec<Service> {
-    list(services).filter_map(parse_service).collect()
+pub fn parse_services(services: &[api::Service]) -> Vec<Service> {
+    services.iter().filter_map(parse_service).collect()
 }
 
-fn parse_service(s: &Value) -> Option<Service> {
-    let mode = if let Some(r) = s.pointer("/Spec/Mode/Replicated") {
+fn parse_service(s: &api::Service) -> Option<Service> {
+    let modes = &s.spec.mode;
+    let mode = if let Some(r) = &modes.replicated {
         Mode::Replicated {
-            replicas: number(r, "/Replicas").unwrap_or(1),
+            replicas: r.replicas.unwrap_or(1),
         }
-    } else if s.pointer("/Spec/Mode/Global").is_some() {
+    } else if modes.global.is_some() {
         Mode::Global
-    } else if let Some(j) = s.pointer("/Spec/Mode/ReplicatedJob") {
+    } else if let Some(j) = &modes.replicated_job {
         // Swarm's defaults: one at a time, as many completions as concurrent tasks.
-        let concurrent = number(j, "/MaxConcurrent").unwrap_or(1);
+        let concurrent = j.max_concurrent.unwrap_or(1);
         Mode::ReplicatedJob {
-            total: number(j, "/TotalCompletions").unwrap_or(concurrent),
+            total: j.total_completions.unwrap_or(concurrent),
         }
-    } else if s.pointer("/Spec/Mode/GlobalJob").is_some() {
+    } else if modes.global_job.is_some() {
         Mode::GlobalJob
     } else {
         return None;
     };
-    let policy = "/Spec/TaskTemplate/RestartPolicy";
-    let condition = match text(s, &format!("{policy}/Condition")) {
+    let policy = &s.spec.task_template.restart_policy;
+    let condition = match given(&policy.condition) {
         Some("none") => Condition::Never,
         Some("on-failure") => Condition::OnFailure,
         _ => Condition::Any,
     };
     Some(Service {
-        id: text(s, "/ID")?.to_owned(),
-        name: text(s, "/Spec/Name")?.to_owned(),
+        id: text(&s.id)?.to_owned(),
+        name: text(&s.spec.name)?.to_owned(),
         mode,
         restart: Restart {
             condition,
-            max_attempts: number(s, &format!("{policy}/MaxAttempts")).unwrap_or(0),
+            max_attempts: policy.max_attempts.unwrap_or(0),
         },
-        job_iteration: number(s, "/JobStatus/JobIteration/Index"),
-        completed: number(s, "/ServiceStatus/CompletedTasks"),
+        job_iteration: s.job_status.as_ref().and_then(|j| j.job_iteration.index),
+        completed: s.service_status.as_ref().and_then(|c| c.completed_tasks),
     })
 }
 
 /// `GET /tasks`; a task in a state this does not know is left out.
-pub fn parse_tasks(tasks: &Value) -> Vec<Task> {
-    list(tasks)
+pub fn parse_tasks(tasks: &[api::Task]) -> Vec<Task> {
+    tasks
+        .iter()
         .filter_map(|t| {
             Some(Task {
-                id: text(t, "/ID")?.to_owned(),
-                service_id: text(t, "/ServiceID")?.to_owned(),
-                slot: number(t, "/Slot").filter(|s| *s != 0),
-                node_id: text(t, "/NodeID").map(str::to_owned),
-                state: State::parse(text(t, "/Status/State")?)?,
-                desired: State::parse(text(t, "/DesiredState")?)?,
-                exit_code: t
-                    .pointer("/Status/ContainerStatus/ExitCode")
-                    .and_then(Value::as_i64),
-                err: text(t, "/Status/Err").unwrap_or_default().to_owned(),
-                created: TimeKey::parse(text(t, "/CreatedAt").unwrap_or_default()),
-                at: TimeKey::parse(text(t, "/Status/Timestamp").unwrap_or_default()),
-                job_iteration: number(t, "/JobIteration/Index"),
+                id: text(&t.id)?.to_owned(),
+                service_id: text(&t.service_id)?.to_owned(),
+                slot: t.slot.filter(|s| *s != 0),
+                node_id: given(&t.node_id).map(str::to_owned),
+                state: State::parse(given(&t.status.state)?)?,
+                desired: State::parse(given(&t.desired_state)?)?,
+                exit_code: t.status.container_status.as_ref().and_then(|c| c.exit_code),
+                err: given(&t.status.err).unwrap_or_default().to_owned(),
+                created: TimeKey::parse(given(&t.created_at).unwrap_or_default()),
+                at: TimeKey::parse(given(&t.status.timestamp).unwrap_or_default()),
+                job_iteration: t.job_iteration.and_then(|j| j.index),
             })
         })
         .collect()

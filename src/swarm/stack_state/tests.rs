@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::steady::{STEADY_AFTER, Steady};
 use super::verdict::*;
@@ -10,6 +10,62 @@ use super::*;
 use crate::plan::config::TaskFailures;
 
 mod failures;
+
+/// The typed parse of JSON written as Swarm writes it.
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Vec<T> {
+    serde_json::from_value::<crate::swarm::api::List<T>>(value.clone())
+        .unwrap()
+        .0
+}
+
+fn parse_nodes(nodes: &Value) -> Nodes {
+    super::parse_nodes(&typed(nodes))
+}
+
+fn parse_services(services: &Value) -> Vec<Service> {
+    super::parse_services(&typed(services))
+}
+
+fn parse_tasks(tasks: &Value) -> Vec<Task> {
+    super::parse_tasks(&typed(tasks))
+}
+
+#[test]
+fn recorded_replies_of_both_docker_releases_are_judged() {
+    let recorded = |release: &str, name: &str| -> Value {
+        serde_json::from_str(&crate::swarm::api::tests::recorded(release, name)).unwrap()
+    };
+    // Docker 20.10: three one-shot tasks that exited 3, and a lasting service's task running.
+    let services = parse_services(&recorded("20.10", "services"));
+    let tasks = parse_tasks(&recorded("20.10", "tasks"));
+    let work = services.iter().find(|s| s.name == "rec_work").unwrap();
+    assert_eq!(work.mode, Mode::Replicated { replicas: 3 });
+    assert_eq!(work.restart.condition, Condition::Never);
+    let failed: Vec<_> = tasks.iter().filter(|t| t.state == State::Failed).collect();
+    assert_eq!(failed.len(), 3);
+    assert!(
+        failed
+            .iter()
+            .all(|t| t.exit_code == Some(3) && t.service_id == work.id)
+    );
+    assert_eq!(
+        failed[0].failure(),
+        "failed with exit code 3 (task: non-zero exit (3))"
+    );
+    let nodes = parse_nodes(&recorded("20.10", "nodes"));
+    assert_eq!(host_of(&nodes, failed[0]).len(), 4, "{nodes:?}");
+    // Docker 26.1: a replicated job of 3 and a global job on 2 nodes, all complete.
+    let services = parse_services(&recorded("26.1", "services"));
+    let tasks = parse_tasks(&recorded("26.1", "tasks"));
+    let modes: Vec<_> = services.iter().map(|s| (s.name.as_str(), s.mode)).collect();
+    assert!(modes.contains(&("rec_work", Mode::ReplicatedJob { total: 3 })));
+    assert!(modes.contains(&("rec_each", Mode::GlobalJob)));
+    assert_eq!(tasks.len(), 6);
+    assert_eq!(
+        tasks.iter().filter(|t| t.state == State::Complete).count(),
+        5
+    );
+}
 
 fn nodes() -> Nodes {
     parse_nodes(&json!([

@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 
 use super::super::steady::{STEADY_AFTER, Steady};
 use super::super::verdict::*;
-use super::super::*;
-use super::{T0, T1, T2, judged, judged_with, service, steady_after, task};
+use super::{
+    T0, T1, T2, judged, judged_with, parse_services, parse_tasks, service, steady_after, task,
+};
 use crate::plan::config::TaskFailures;
 
 #[test]
