@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::host::daemon::launch::HostDaemon;
 use crate::host::engine::{Engine, frames};
@@ -77,8 +77,10 @@ fn service_logs(
         "/containers/json?all=1&filters={}",
         crate::swarm::stack::encode(&filter)
     );
-    let listed = engine.get_json(&path, Deadline::phase(until))?;
-    for (service, mut tasks) in by_service(&listed) {
+    let listed: crate::swarm::api::List<crate::swarm::api::Container> =
+        serde_json::from_value(engine.get_json(&path, Deadline::phase(until))?)
+            .context("unexpected reply to GET /containers/json")?;
+    for (service, mut tasks) in by_service(&listed.0) {
         tasks.sort();
         let mut room = SERVICE_CAP;
         for (task, id) in tasks {
@@ -117,21 +119,20 @@ fn service_logs(
 }
 
 /// The listed containers by service: each task's name and container ID.
-fn by_service(listed: &Value) -> BTreeMap<String, Vec<(String, String)>> {
+fn by_service(listed: &[crate::swarm::api::Container]) -> BTreeMap<String, Vec<(String, String)>> {
     let mut services: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for c in listed.as_array().into_iter().flatten() {
-        let label = |k: &str| c.pointer(&format!("/Labels/{k}")).and_then(Value::as_str);
-        let (Some(service), Some(id)) = (
-            label("com.docker.swarm.service.name"),
-            c.get("Id").and_then(Value::as_str),
-        ) else {
+    for c in listed {
+        let Some(service) = c.labels.get("com.docker.swarm.service.name") else {
             continue;
         };
-        let task = label("com.docker.swarm.task.name").unwrap_or(id);
+        if c.id.is_empty() {
+            continue;
+        }
+        let task = c.labels.get("com.docker.swarm.task.name").unwrap_or(&c.id);
         services
-            .entry(service.to_owned())
+            .entry(service.clone())
             .or_default()
-            .push((task.to_owned(), id.to_owned()));
+            .push((task.clone(), c.id.clone()));
     }
     services
 }
