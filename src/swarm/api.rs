@@ -142,6 +142,10 @@ pub struct NodeStatus {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ManagerStatus {
     pub leader: bool,
+    /// "reachable" once the manager takes part in Raft.
+    pub reachability: Option<String>,
+    /// The manager's advertised address.
+    pub addr: Option<String>,
 }
 
 /// A service of `GET /services` (`status=true` adds `ServiceStatus`).

@@ -4,7 +4,6 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::host::engine::{Engine, EngineError};
@@ -186,44 +185,15 @@ pub fn join(
     }
 }
 
-/// A swarm node as the Engine API's `GET /nodes` describes it (the fields membership needs).
-/// A node that is still joining may lack any of them: absent means "not yet".
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct Node {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub description: NodeDescription,
-    pub status: NodeStatus,
-    pub manager_status: Option<ManagerStatus>,
-}
+pub(crate) use crate::swarm::api::Node;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct NodeDescription {
-    pub hostname: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct NodeStatus {
-    pub state: String,
-    /// The address the managers see the node at.
-    pub addr: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub(crate) struct ManagerStatus {
-    pub reachability: String,
-    /// The manager's advertised address.
-    pub addr: String,
-}
-
-/// Every node of the swarm as `GET /nodes` lists it.
+/// Every node of the swarm as `GET /nodes` lists it (a node still joining may lack any field:
+/// absent means "not yet").
 pub(crate) fn list_nodes(engine: &Engine, deadline: Deadline) -> Result<Vec<Node>> {
-    serde_json::from_value(engine.get_json("/nodes", deadline)?)
-        .context("unexpected reply to GET /nodes")
+    let crate::swarm::api::List(nodes) =
+        serde_json::from_value(engine.get_json("/nodes", deadline)?)
+            .context("unexpected reply to GET /nodes")?;
+    Ok(nodes)
 }
 
 /// Labels for one host's node, by node ID (what tells the job's nodes from any other).
@@ -345,12 +315,12 @@ fn missing_members<'a>(
         .filter(|(i, h)| {
             !nodes.iter().any(|n| {
                 ids.get(*i).is_some_and(|id| *id == n.id)
-                    && n.description.hostname == **h
-                    && n.status.state == "ready"
+                    && n.description.hostname.as_deref() == Some(h.as_str())
+                    && n.status.state.as_deref() == Some("ready")
                     && (*i >= managers
                         || n.manager_status
                             .as_ref()
-                            .is_some_and(|m| m.reachability == "reachable"))
+                            .is_some_and(|m| m.reachability.as_deref() == Some("reachable")))
             })
         })
         .map(|(_, h)| h.as_str())

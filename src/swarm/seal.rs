@@ -70,21 +70,19 @@ fn strangers<'a>(nodes: &'a [Node], members: &[String]) -> Vec<&'a Node> {
 /// A node as a warning names it: ID, host name and address, whichever it has said so far (a node
 /// still joining may have none yet).
 fn describe(node: &Node) -> String {
-    let or_unknown = |s: &str| {
-        if s.is_empty() {
-            "unknown yet".to_owned()
-        } else {
-            s.to_owned()
-        }
+    let or_unknown = |s: Option<&str>| match s {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => "unknown yet".to_owned(),
     };
-    let addr = match &node.manager_status {
-        Some(m) if !m.addr.is_empty() => m.addr.as_str(),
-        _ => node.status.addr.as_str(),
+    let manager_addr = node.manager_status.as_ref().and_then(|m| m.addr.as_deref());
+    let addr = match manager_addr {
+        Some(a) if !a.is_empty() => Some(a),
+        _ => node.status.addr.as_deref(),
     };
     format!(
         "{} (host name {}, address {})",
         node.id,
-        or_unknown(&node.description.hostname),
+        or_unknown(node.description.hostname.as_deref()),
         or_unknown(addr)
     )
 }
