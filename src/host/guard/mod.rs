@@ -39,6 +39,10 @@ use crate::sys::frame::Next;
 /// How long the guard may take to kill everything and delete the directory.
 const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
 
+/// How often the guard looks for other users' sockets on the swarm's UDP ports: each look reads
+/// /proc/net/udp, which walks the kernel's whole UDP table (every socket of the node).
+const SQUATTER_SCAN: Duration = Duration::from_millis(500);
+
 /// How long the guard looks for slirp4netns' listeners (they appear before dockerd starts).
 const BACKLOG_WAIT: Duration = Duration::from_secs(60);
 
@@ -203,9 +207,16 @@ fn wait_for_teardown(
         .filter(|(_, proto)| *proto == "udp")
         .map(|(port, _)| *port)
         .collect();
+    let mut next_scan = Instant::now();
     loop {
-        if let Some(s) = crate::host::squatters::scan(addr, &udp_ports)
+        let scan_now = Instant::now() >= next_scan;
+        if scan_now {
+            next_scan = Instant::now() + SQUATTER_SCAN;
+        }
+        if let Some(s) = scan_now
+            .then(|| crate::host::squatters::scan(addr, &udp_ports))
             .into_iter()
+            .flatten()
             .next()
         {
             emit(
