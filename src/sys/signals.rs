@@ -52,6 +52,35 @@ impl Cause {
     }
 }
 
+/// A wait that a teardown cause ended, said as "interrupted by CAUSE while WHAT". A type, so that
+/// whoever adds the cause to an error can tell one that already says it without reading words.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub cause: Cause,
+    /// What was going on ("waiting for ..."), when the wait itself was interrupted.
+    pub during: Option<String>,
+}
+
+impl Interrupted {
+    pub fn during(cause: Cause, what: impl Into<String>) -> Self {
+        Interrupted {
+            cause,
+            during: Some(what.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.during {
+            Some(what) => write!(f, "interrupted by {} while {what}", self.cause),
+            None => write!(f, "interrupted by {}", self.cause),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {

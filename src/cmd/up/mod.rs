@@ -21,7 +21,7 @@ use crate::output::report::Timeline;
 use crate::plan::config::UpConfig;
 use crate::sys::deadline::Deadline;
 use crate::sys::exit::CommandUnusable;
-use crate::sys::signals::Signals;
+use crate::sys::signals::{Interrupted, Signals};
 
 /// How long before the hosts' deadline rank 0 ends a wait of its own inside a phase, so that
 /// the agreement on the phase still completes with rank 0's reason (it takes milliseconds).
@@ -247,16 +247,14 @@ impl Run<'_> {
     /// news and the step's own error its consequence.
     fn blame_signal(&self, e: anyhow::Error) -> anyhow::Error {
         match self.signals.received() {
-            Some(cause) if !format!("{e:#}").starts_with(INTERRUPTED) => {
-                e.context(format!("{INTERRUPTED} {cause}"))
-            }
+            Some(cause) if e.downcast_ref::<Interrupted>().is_none() => e.context(Interrupted {
+                cause,
+                during: None,
+            }),
             _ => e,
         }
     }
 }
-
-/// How every error caused by a teardown signal begins.
-const INTERRUPTED: &str = "interrupted by";
 
 impl Run<'_> {
     /// The deadline for a host's own waits and Engine API calls inside a phase the hosts then

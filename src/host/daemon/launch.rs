@@ -17,7 +17,7 @@ use crate::host::statedir::StateDir;
 use crate::output::report::Timeline;
 use crate::plan::config::{Network, UpConfig};
 use crate::sys::deadline::Deadline;
-use crate::sys::signals::Signals;
+use crate::sys::signals::{Interrupted, Signals};
 
 /// How long a host, its daemon up, waits for the guard's word on the swarm ports' accept queues.
 const QUEUES_WAIT: Duration = Duration::from_secs(5);
@@ -131,7 +131,7 @@ impl Launched {
         while !(engine.socket().exists() && engine.ping(ping())) {
             queues_told |= self.take_guard_news(backoff.next())?;
             if let Some(cause) = signals.received() {
-                bail!("interrupted by {cause} while the daemon was starting");
+                return Err(Interrupted::during(cause, "the daemon was starting").into());
             }
             if Instant::now() >= deadline {
                 return Err(self.failed(&format!(

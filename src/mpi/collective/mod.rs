@@ -286,13 +286,16 @@ impl Leaders {
                 .filter(|_| {
                     signalled_at.get_or_insert_with(Instant::now).elapsed() >= SIGNAL_GRACE
                 });
-            let abandon = if let Some(sig) = signal {
-                Some(format!(
-                    "interrupted by {} while waiting for all hosts to {what}",
-                    sig
-                ))
+            let abandon: Option<anyhow::Error> = if let Some(sig) = signal {
+                Some(
+                    crate::sys::signals::Interrupted::during(
+                        sig,
+                        format!("waiting for all hosts to {what}"),
+                    )
+                    .into(),
+                )
             } else if Instant::now() >= deadline {
-                Some(format!(
+                Some(anyhow::anyhow!(
                     "timed out waiting for all hosts to {what}: at least one host did not arrive \
                      before the deadline (a host is hung or died; raise --timeout if it is just slow)"
                 ))
@@ -302,8 +305,8 @@ impl Leaders {
             if let Some(reason) = abandon {
                 // MPI still owns the request and its buffers: both are leaked.
                 std::mem::forget(request);
-                self.state = State::Abandoned(reason.clone());
-                bail!(reason);
+                self.state = State::Abandoned(reason.to_string());
+                return Err(reason);
             }
             if self.is_root() {
                 self.progress.collect(&self.comm);

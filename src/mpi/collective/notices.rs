@@ -9,7 +9,7 @@ use mpi::traits::Communicator;
 
 use crate::host::end_notice::protocol::End;
 use crate::mpi::messages::{EndNotice, Kind, ManagerInvitation, Message};
-use crate::sys::signals::Cause;
+use crate::sys::signals::{Cause, Interrupted};
 
 use super::{Leaders, State};
 
@@ -51,10 +51,11 @@ impl Leaders {
                 return Ok(bytes);
             }
             if let Some(sig) = self.signals.received() {
-                bail!(
-                    "interrupted by {} while waiting for the manager join invitation from rank 0",
-                    sig
-                );
+                return Err(Interrupted::during(
+                    sig,
+                    "waiting for the manager join invitation from rank 0",
+                )
+                .into());
             }
             if Instant::now() >= deadline {
                 bail!("timed out waiting for the manager join invitation from rank 0");
@@ -83,11 +84,14 @@ impl Leaders {
                 return Ok(());
             }
             if let Some(sig) = self.signals.received() {
-                bail!(
-                    "interrupted by {} while waiting for {name} to finish joining the swarm \
-                     (joins go a window at a time)",
-                    sig
-                );
+                return Err(Interrupted::during(
+                    sig,
+                    format!(
+                        "waiting for {name} to finish joining the swarm (joins go a window at a \
+                         time)"
+                    ),
+                )
+                .into());
             }
             if Instant::now() >= deadline {
                 bail!(
