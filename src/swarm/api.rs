@@ -306,5 +306,12 @@ pub fn out_of_sequence(refusal: &EngineError) -> bool {
     refusal.message.contains("out of sequence")
 }
 
+/// A task that failed because its image is not on its node (a task's status carries only the
+/// daemon's error text). moby image/store.go:186 (v20.10.24) and :194 (v26.1.5), and
+/// daemon/images/image.go:33 and :35: "No such image: REF".
+pub fn lacks_image(task_err: &str) -> bool {
+    task_err.contains("No such image")
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -246,3 +246,11 @@ fn a_write_out_of_sequence_is_told_on_both_releases() {
         )));
     }
 }
+
+/// Both releases word a missing image the same way (the text a task's status carries).
+#[test]
+fn a_task_without_its_image_is_told_on_both_releases() {
+    // As 20.10.24 and 26.1.5 print it: "No such image: " and the reference.
+    assert!(lacks_image("No such image: mpiswarm/busybox:latest"));
+    assert!(!lacks_image("starting container failed: exit status 1"));
+}

@@ -244,7 +244,10 @@ pub fn judge<'a>(
 /// A task whose image is not on its node, among the services whose failures count for `goal`.
 pub fn missing_image<'a>(reports: &[ServiceReport<'a>], goal: Goal) -> Option<Failure<'a>> {
     reports.iter().filter(|r| r.counts_for(goal)).find_map(|r| {
-        let task = r.errors.iter().find(|t| t.err.contains("No such image"))?;
+        let task = r
+            .errors
+            .iter()
+            .find(|t| crate::swarm::api::lacks_image(&t.err))?;
         Some(Failure {
             service: r.service,
             task,
