@@ -144,6 +144,11 @@ fn check_complete(root: &Path) {
     for (i, h) in hosts(HOSTS).iter().enumerate() {
         let node = nodes.iter().find(|n| n["hostname"] == h.as_str()).unwrap();
         assert_eq!(node["labels"]["mpiswarm.index"], i.to_string(), "{node}");
+        assert_eq!(
+            node["engine_labels"]["mpiswarm.index"],
+            i.to_string(),
+            "{node}"
+        );
         let daemon = read(&root.join(format!("hosts/{h}/daemon.log")));
         assert!(daemon.contains("level=info"), "{h}'s daemon log:\n{daemon}");
     }

@@ -129,6 +129,9 @@ pub struct NodeDescription {
 #[serde(rename_all = "PascalCase", default)]
 pub struct EngineDescription {
     pub engine_version: Option<String>,
+    /// The daemon's own labels (mpiswarm's `mpiswarm.*` among them).
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -321,7 +321,7 @@ fn tasks(engine: &Engine, until: Instant) -> Result<Value> {
     Ok(Value::Array(list))
 }
 
-/// The swarm's nodes with their roles, states and labels.
+/// The swarm's nodes with their roles, states and labels (the node's and its daemon's).
 fn nodes(engine: &Engine, until: Instant) -> Result<Value> {
     let List(nodes): List<api::Node> = get(engine, "/nodes", until)?;
     let list = nodes
@@ -336,6 +336,7 @@ fn nodes(engine: &Engine, until: Instant) -> Result<Value> {
                 "addr": n.status.addr,
                 "leader": n.manager_status.as_ref().is_some_and(|m| m.leader),
                 "labels": n.spec.labels,
+                "engine_labels": n.description.engine.labels,
                 "engine": n.description.engine.engine_version,
             })
         })
