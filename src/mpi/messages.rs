@@ -128,13 +128,7 @@ impl Message {
         from: Option<i32>,
         kind: Kind,
     ) -> Option<(i32, Message)> {
-        let status = match from {
-            Some(rank) => comm
-                .process_at_rank(rank)
-                .immediate_probe_with_tag(kind.tag()),
-            None => comm.any_process().immediate_probe_with_tag(kind.tag()),
-        }?;
-        let source = status.source_rank();
+        let source = probe_queued(comm, from, kind.tag())?.source_rank();
         let (value, _) = comm
             .process_at_rank(source)
             .receive_with_tag::<i32>(kind.tag());
@@ -286,16 +280,7 @@ impl ManagerInvitation {
 
     /// A queued invitation from `from` (any rank if `None`); never blocks.
     pub fn poll(comm: &SimpleCommunicator, from: Option<i32>) -> Option<Vec<u8>> {
-        let status = match from {
-            Some(rank) => comm
-                .process_at_rank(rank)
-                .immediate_probe_with_tag(Self::TAG),
-            None => comm.any_process().immediate_probe_with_tag(Self::TAG),
-        }?;
-        let (bytes, _) = comm
-            .process_at_rank(status.source_rank())
-            .receive_vec_with_tag::<u8>(Self::TAG);
-        Some(bytes)
+        receive_queued(comm, from, Self::TAG)
     }
 }
 
@@ -319,17 +304,27 @@ impl EndNotice {
 
     /// A queued end from `from` (any rank if `None`), or why it is not one; never blocks.
     pub fn poll(comm: &SimpleCommunicator, from: Option<i32>) -> Option<anyhow::Result<End>> {
-        let status = match from {
-            Some(rank) => comm
-                .process_at_rank(rank)
-                .immediate_probe_with_tag(Self::TAG),
-            None => comm.any_process().immediate_probe_with_tag(Self::TAG),
-        }?;
-        let (bytes, _) = comm
-            .process_at_rank(status.source_rank())
-            .receive_vec_with_tag::<u8>(Self::TAG);
-        Some(End::from_frame(&bytes))
+        receive_queued(comm, from, Self::TAG).map(|bytes| End::from_frame(&bytes))
     }
+}
+
+/// A queued message with `tag` from `from` (any rank if `None`), not yet received; never blocks.
+fn probe_queued(
+    comm: &SimpleCommunicator,
+    from: Option<i32>,
+    tag: Tag,
+) -> Option<mpi::point_to_point::Status> {
+    match from {
+        Some(rank) => comm.process_at_rank(rank).immediate_probe_with_tag(tag),
+        None => comm.any_process().immediate_probe_with_tag(tag),
+    }
+}
+
+/// The bytes of a queued message with `tag` from `from` (any rank if `None`); never blocks.
+fn receive_queued(comm: &SimpleCommunicator, from: Option<i32>, tag: Tag) -> Option<Vec<u8>> {
+    let source = probe_queued(comm, from, tag)?.source_rank();
+    let (bytes, _) = comm.process_at_rank(source).receive_vec_with_tag::<u8>(tag);
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -47,27 +47,12 @@ fn a_daemon_that_stops_answering_is_named_with_the_call_at_the_deadline() {
 
 #[test]
 fn a_manager_without_quorum_is_named_with_the_call() {
-    use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("docker.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = std::io::BufReader::new(&stream);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 2 {
-            line.clear();
-        }
-        let body =
-            r#"{"message":"rpc error: code = Unknown desc = The swarm does not have a leader."}"#;
-        write!(
-            &stream,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-    });
+    const NO_LEADER: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+        Content-Length: 80\r\nConnection: close\r\n\r\n\
+        {\"message\":\"rpc error: code = Unknown desc = The swarm does not have a leader.\"}";
+    let server = daemon(&socket, vec![NO_LEADER], Duration::ZERO);
     let engine = Engine::new("msh1", &socket);
     let phase = Deadline::phase(std::time::Instant::now() + Duration::from_secs(5));
     let e = engine.get_json("/nodes", phase).unwrap_err();
@@ -82,6 +67,14 @@ fn a_manager_without_quorum_is_named_with_the_call() {
     );
 }
 
+/// Reads a request's line and headers, up to the empty line that ends them.
+fn read_headers(reader: &mut impl std::io::BufRead) {
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 2 {
+        line.clear();
+    }
+}
+
 /// A daemon that answers each of `replies` connections with the bytes given and keeps
 /// them open (a stream that stops sending) until `hold` after the last.
 fn daemon(
@@ -89,17 +82,13 @@ fn daemon(
     replies: Vec<&'static str>,
     hold: Duration,
 ) -> std::thread::JoinHandle<()> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
     std::thread::spawn(move || {
         let mut open = Vec::new();
         for reply in replies {
             let (stream, _) = listener.accept().unwrap();
-            let mut reader = std::io::BufReader::new(&stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 2 {
-                line.clear();
-            }
+            read_headers(&mut std::io::BufReader::new(&stream));
             (&stream).write_all(reply.as_bytes()).unwrap();
             open.push(stream);
         }
@@ -150,17 +139,14 @@ fn a_body_is_cut_at_its_cap_or_kept_as_far_as_it_came_only_where_asked() {
 
 #[test]
 fn a_streamed_body_reaches_the_daemon_whole() {
-    use std::io::{BufRead, Read as _, Write};
+    use std::io::{Read as _, Write};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("docker.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let server = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut reader = std::io::BufReader::new(&stream);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 2 {
-            line.clear();
-        }
+        read_headers(&mut reader);
         // As Go's server does for a body sent after `Expect: 100-continue`.
         (&stream)
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
