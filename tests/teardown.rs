@@ -615,7 +615,7 @@ fn sigusr1_while_rootlesskit_sets_up_leaves_nothing_in_tmp() {
             .unwrap();
         assert!(status.success());
         std::thread::sleep(Duration::from_secs(1));
-        for pid in exact_process("rootlesskit")
+        for pid in pids_named("rootlesskit")
             .into_iter()
             .chain(pids_matching("^/proc/self/exe "))
         {
@@ -651,9 +651,9 @@ fn hold_rootlesskit_in_setup(uid: u32, limit: Duration) -> Option<String> {
     let mut rootlesskits: Vec<u32> = Vec::new();
     while start.elapsed() < limit {
         if rootlesskits.len() < 2 {
-            rootlesskits = exact_process("rootlesskit");
+            rootlesskits = pids_named("rootlesskit");
             rootlesskits.extend(pids_matching("^/proc/self/exe "));
-        } else if !exact_process("dockerd").is_empty() {
+        } else if !pids_named("dockerd").is_empty() {
             return None; // the setup is over
         }
         let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
@@ -684,18 +684,6 @@ fn hold_rootlesskit_in_setup(uid: u32, limit: Duration) -> Option<String> {
         }
     }
     None
-}
-
-/// Pids of the test user's processes named exactly `name`.
-fn exact_process(name: &str) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-u", USER, "-x", name])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 /// A fresh-clone run's stderr (Debian 13): prterun's MPI_ABORT message, its NUL, then rank 0's

@@ -557,8 +557,18 @@ pub fn host_of_tree(pid: u32) -> Option<String> {
 
 /// Pids of processes of the test user whose command line matches `pattern` (pgrep -f).
 pub fn pids_matching(pattern: &str) -> Vec<u32> {
+    pgrep(&["-f", pattern])
+}
+
+/// Pids of processes of the test user named exactly `name` (pgrep -x).
+pub fn pids_named(name: &str) -> Vec<u32> {
+    pgrep(&["-x", name])
+}
+
+fn pgrep(how: &[&str]) -> Vec<u32> {
     let out = Command::new("pgrep")
-        .args(["-u", USER, "-f", pattern])
+        .args(["-u", USER])
+        .args(how)
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&out.stdout)
