@@ -266,14 +266,14 @@ fn label_node(
 }
 
 /// Waits until every host's node (`ids[i]` is host `i`'s node ID) is Ready, and the first
-/// `managers` hosts' reachable managers.
+/// `managers` hosts' reachable managers; returns the node list that showed it.
 pub fn wait_members(
     engine: &Engine,
     hosts: &[String],
     ids: &[String],
     managers: usize,
     deadline: Deadline,
-) -> Result<()> {
+) -> Result<Vec<Node>> {
     let mut missing = Vec::new();
     // Each poll lists every node: at hundreds of nodes a fixed 50 ms would keep the manager busy.
     let seen = crate::sys::deadline::poll_until_paced(
@@ -283,7 +283,7 @@ pub fn wait_members(
         || match list_nodes(engine, deadline) {
             Ok(nodes) => {
                 missing = missing_members(&nodes, hosts, ids, managers);
-                missing.is_empty().then_some(Ok(()))
+                missing.is_empty().then_some(Ok(nodes))
             }
             Err(e) => Some(Err(e)),
         },

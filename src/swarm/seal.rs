@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::host::engine::Engine;
 use crate::swarm::api::{self, Swarm};
-use crate::swarm::formation::{Node, list_nodes};
+use crate::swarm::formation::Node;
 use crate::swarm::versioned::{self, Object};
 use crate::sys::deadline::Deadline;
 
@@ -45,11 +45,16 @@ fn check_rotated(engine: &Engine, before: &Value, deadline: Deadline) -> Result<
     Ok(())
 }
 
-/// Removes every node whose ID is not in `members` (the job's hosts' own node IDs), with a
-/// warning naming it; fails if one cannot be removed before `deadline`. Returns how many went.
-pub fn remove_strangers(engine: &Engine, members: &[String], deadline: Deadline) -> Result<usize> {
-    let nodes = list_nodes(engine, deadline)?;
-    let strangers = strangers(&nodes, members);
+/// Removes every node of `nodes` (a list taken after the tokens were rotated) whose ID is not in
+/// `members` (the job's hosts' own node IDs), with a warning naming it; fails if one cannot be
+/// removed before `deadline`. Returns how many went.
+pub fn remove_strangers(
+    engine: &Engine,
+    nodes: &[Node],
+    members: &[String],
+    deadline: Deadline,
+) -> Result<usize> {
+    let strangers = strangers(nodes, members);
     for node in &strangers {
         tracing::warn!(
             "swarm node {} is not one of the job's hosts: removing it (someone outside the job \

@@ -146,9 +146,10 @@ impl Run<'_> {
         code
     }
 
-    /// Rank 0: every host's node Ready, the swarm sealed (in this order: once the tokens are
-    /// rotated nobody else can join, so the strangers listed after it are all there will be),
-    /// then every node labelled. Each step is timed for the report.
+    /// Rank 0: the swarm sealed and every host's node Ready, from one node list: once the tokens
+    /// are rotated nobody else can join, so the strangers in a list taken after it are all there
+    /// will be (every host's join has returned by now, so none of them needs the old token).
+    /// Then every node labelled. Each step is timed for the report.
     pub(super) fn confirm_members(
         &mut self,
         engine: &crate::host::engine::Engine,
@@ -162,15 +163,17 @@ impl Run<'_> {
             crate::sys::fault::stop_program(guard_pid, "dockerd");
         }
         let t = Instant::now();
-        formation::wait_members(engine, hosts, node_ids, managers, until)?;
+        crate::swarm::seal::rotate_tokens(engine, until)?;
+        let rotated = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let nodes = formation::wait_members(engine, hosts, node_ids, managers, until)?;
         self.tl.done("members-ready", t);
         self.tl.set_manager_join_cpu(
             crate::sys::procfs::program_cpu(guard_pid, "dockerd") - self.manager_cpu_at_join,
         );
         let t = Instant::now();
-        crate::swarm::seal::rotate_tokens(engine, until)?;
-        crate::swarm::seal::remove_strangers(engine, node_ids, until)?;
-        self.tl.done("seal", t);
+        crate::swarm::seal::remove_strangers(engine, &nodes, node_ids, until)?;
+        self.tl.add("seal", rotated + t.elapsed().as_secs_f64());
         if self.wants_node_labels() {
             let t = Instant::now();
             formation::label_nodes(engine, &self.node_labels(hosts, node_ids), until)?;
