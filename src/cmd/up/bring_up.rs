@@ -1,10 +1,10 @@
-//! `up`'s bring-up: the hosts agreed, each host's daemon started, the hosts' facts shared
-//! and the swarm ports opened to the agreed peers only.
+//! `up`'s bring-up: the hosts and their addresses agreed, then each host's daemon started with
+//! its swarm ports open to those hosts only.
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
@@ -24,31 +24,36 @@ enum Refusal {
 }
 
 impl Run<'_> {
-    /// Every host's name, in host order, on every leader; two hosts with one name are refused
-    /// (they would share a state directory).
+    /// Every host's name and address, in host order, on every leader; two hosts with one name
+    /// are refused (they would share a state directory), and so is a host without an address to
+    /// advertise. Rank 0 keeps every host's facts.
     pub(super) fn agree_hosts(&mut self) -> Result<Vec<String>> {
         let host = self.leaders.host.clone();
-        let names = self.leaders.gather_to_root(
-            &host,
-            "say their host names",
+        let facts = crate::host::identity::advertise_addr(&self.cfg.host.addr)
+            .map(|addr| HostFacts {
+                addr,
+                ranks: self.leaders.ranks_here(),
+                offer: crate::host::offer::here(),
+            })
+            .map_err(|e| format!("{e:#}"));
+        let all = self.leaders.gather_to_root(
+            &(host.clone(), facts),
+            "say their host names and addresses",
             self.deadline,
             Interrupt::BySignal,
         )?;
-        // Rank 0's verdict: the hosts, else why the job cannot go on (a repeated host name, a
-        // command that cannot run), which every host then learns.
-        let verdict = names.map(|n| match super::check_command(self.cfg, &host) {
-            Some(unusable) => Err(Refusal::Command(unusable)),
-            None => {
-                crate::mpi::job::distinct_hosts(n).map_err(|e| Refusal::Hosts(format!("{e:#}")))
-            }
-        });
-        let hosts: std::result::Result<Vec<String>, Refusal> =
-            self.leaders
-                .broadcast_value(verdict.as_ref(), "learn the hosts", self.deadline)?;
-        let hosts = hosts.map_err(|r| match r {
+        // Rank 0's verdict: the hosts and their addresses, else why the job cannot go on (a
+        // repeated host name, a host without an address, a command that cannot run), which
+        // every host then learns.
+        let verdict = all.map(|all| self.judge_hosts(all));
+        let agreed: std::result::Result<(Vec<String>, Vec<Ipv4Addr>), Refusal> = self
+            .leaders
+            .broadcast_value(verdict.as_ref(), "learn the hosts", self.deadline)?;
+        let (hosts, addrs) = agreed.map_err(|r| match r {
             Refusal::Command(unusable) => anyhow::Error::new(unusable),
             Refusal::Hosts(why) => anyhow::Error::msg(why),
         })?;
+        self.peers = addrs;
         debug!(
             "job {}: {} rank(s) on {} host(s)",
             self.job,
@@ -56,6 +61,33 @@ impl Run<'_> {
             hosts.len()
         );
         Ok(hosts)
+    }
+
+    /// Rank 0: the hosts and their addresses from every host's word, or why the job stops.
+    fn judge_hosts(
+        &mut self,
+        all: Vec<(String, std::result::Result<HostFacts, String>)>,
+    ) -> std::result::Result<(Vec<String>, Vec<Ipv4Addr>), Refusal> {
+        if let Some(unusable) = super::check_command(self.cfg, &self.leaders.host) {
+            return Err(Refusal::Command(unusable));
+        }
+        let (names, facts): (Vec<String>, Vec<_>) = all.into_iter().unzip();
+        let without: Vec<String> = names
+            .iter()
+            .zip(&facts)
+            .filter_map(|(name, f)| f.as_ref().err().map(|e| format!("{name}: {e}")))
+            .collect();
+        if !without.is_empty() {
+            return Err(Refusal::Hosts(format!(
+                "no address to advertise on {} host(s): {}",
+                without.len(),
+                without.join("; ")
+            )));
+        }
+        let hosts =
+            crate::mpi::job::distinct_hosts(names).map_err(|e| Refusal::Hosts(format!("{e:#}")))?;
+        self.facts = facts.into_iter().flatten().collect();
+        Ok((hosts, self.facts.iter().map(|f| f.addr).collect()))
     }
 
     /// A daemon on every host; rank 0 initializes the swarm as soon as its own daemon is up,
@@ -86,6 +118,9 @@ impl Run<'_> {
                 let daemon = outputs
                     .and(launched)
                     .and_then(|l| l.wait(run.signals, run.deadline, &mut run.tl, speak))?;
+                // Before the swarm exists: the ports are open to the job's hosts only from its
+                // first packet.
+                run.open_ports(&daemon)?;
                 run.label_daemon(&daemon)?;
                 run.leaders.progress_done();
                 let join = if run.is_root() {
@@ -144,31 +179,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// What rank 0 needs of every host (addresses, labels) goes to it once; every host's address
-    /// then goes to every host (the firewall lets them in; workers join through the managers').
-    pub(super) fn share_facts(&mut self, daemon: &HostDaemon) -> Result<Vec<Ipv4Addr>> {
-        let facts = HostFacts {
-            addr: daemon.addr,
-            ranks: self.leaders.ranks_here(),
-            offer: crate::host::offer::here(),
-        };
-        let all = self.leaders.gather_to_root(
-            &facts,
-            "say their addresses",
-            self.deadline,
-            Interrupt::BySignal,
-        )?;
-        self.facts = all.unwrap_or_default();
-        let addrs: Vec<Ipv4Addr> = self.facts.iter().map(|f| f.addr).collect();
-        self.leaders.broadcast_value(
-            self.is_root().then_some(&addrs),
-            "learn the hosts' addresses",
-            self.deadline,
-        )
-    }
-
     /// Opens the swarm ports to the job's hosts, and to nobody else (see firewall.rs).
-    pub(super) fn open_ports(&mut self, daemon: &HostDaemon, peers: &[Ipv4Addr]) -> Result<()> {
+    pub(super) fn open_ports(&mut self, daemon: &HostDaemon) -> Result<()> {
         let port_driver = match self.cfg.network {
             // dockerd listens in the node's namespace: no overlay data path to guard, and the
             // control ports are swarm's mutually authenticated TLS (README: security).
@@ -185,10 +197,10 @@ impl Run<'_> {
             }
             return Ok(());
         }
-        self.phase(
-            "open the swarm ports to the job's hosts",
-            Some("firewall"),
-            |_| crate::host::firewall::allow(daemon.guard.pid(), peers),
-        )
+        let t = Instant::now();
+        crate::host::firewall::allow(daemon.guard.pid(), &self.peers)
+            .context("failed to open the swarm ports to the job's hosts")?;
+        self.tl.done("firewall", t);
+        Ok(())
     }
 }

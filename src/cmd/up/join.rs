@@ -68,8 +68,7 @@ impl Run<'_> {
                 hosts.len()
             );
         }
-        let peers = self.share_facts(daemon)?;
-        self.open_ports(daemon, &peers)?;
+        let peers = self.peers.clone();
         let (worker, manager) = invitations.map(|i| (i.worker, i.manager)).unzip();
         let payload = self.leaders.broadcast(
             worker.map(|i| i.encode()),
@@ -177,7 +176,10 @@ impl Run<'_> {
                 run.leaders.progress_done();
             }
             // Managers too: rank 0 tells the job's nodes from any other by these IDs.
-            formation::node_id(&daemon.engine, run.own_deadline())
+            let t = Instant::now();
+            let id = formation::node_id(&daemon.engine, run.own_deadline());
+            run.tl.done("node-id", t);
+            id
         });
         self.leaders.progress.end();
         joined

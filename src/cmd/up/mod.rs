@@ -74,6 +74,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 tl,
                 leaders,
                 facts: Vec::new(),
+                peers: Vec::new(),
                 manager_cpu_at_join: 0.0,
                 watchdog: &mut watchdog,
             };
@@ -116,6 +117,8 @@ struct Run<'a> {
     tl: Timeline,
     /// Every host's facts, in host order (rank 0 only).
     facts: Vec<HostFacts>,
+    /// Every host's address, in host order.
+    peers: Vec<std::net::Ipv4Addr>,
     /// Rank 0: its dockerd's CPU seconds when the joins began.
     manager_cpu_at_join: f64,
     /// Lets this rank go if its main thread is stuck in MPI after the launcher's signal
