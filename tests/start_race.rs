@@ -145,7 +145,16 @@ fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
                 .any(|l| l.contains(h.as_str()) && l.contains("rootlesskit started again (pid ")),
             "no restart event from {h}'s guard:\n{stderr}"
         );
+        // The helper that takes rootlesskit's pid followed the second start.
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(h.as_str()) && l.contains("guard: backlog deepened on port(s)")),
+            "{h}'s guard did not deepen the second start's accept queues:\n{stderr}"
+        );
     }
+    // The first start's helper, stopped, says nothing.
+    assert!(!stderr.contains("backlog not deepened"), "{stderr}");
     assert_clean(Duration::from_secs(3));
 }
 
@@ -177,7 +186,8 @@ fn an_nsenter_that_always_fails_ends_the_job_after_one_more_start() {
         );
         assert!(
             stderr.lines().any(|l| l.contains(h.as_str())
-                && l.contains("the rootless daemon exited during start-up")),
+                && l.contains("the rootless daemon exited during start-up")
+                && l.contains("at its second start: the first lost its race with nsenter")),
             "the failure does not name {h}:\n{stderr}"
         );
     }

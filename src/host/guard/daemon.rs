@@ -101,10 +101,16 @@ impl Daemon {
             false => rootlesskit::nsenter_race(&self.this_start_log()).map(str::to_owned),
         };
         let Some(why) = race else {
-            emit(out, &GuardEvent::Exited(status.to_string()));
+            let status = match self.restarted {
+                true => {
+                    format!("{status}, at its second start: the first lost its race with nsenter")
+                }
+                false => status.to_string(),
+            };
+            emit(out, &GuardEvent::Exited(status));
             return false;
         };
-        match self.restart(status, &why) {
+        match self.restart(status) {
             Ok(pid) => {
                 emit(out, &GuardEvent::Restarted { pid, why });
                 true
@@ -126,7 +132,7 @@ impl Daemon {
 
     /// Clears what the first start left, starts rootlesskit again with its helpers, and says so
     /// in the log. Returns the new pid.
-    fn restart(&mut self, status: ExitStatus, why: &str) -> Result<u32> {
+    fn restart(&mut self, status: ExitStatus) -> Result<u32> {
         let old = self.child.id();
         self.stop.store(true, Ordering::SeqCst);
         clear_failed_start(&self.helpers.dir).context("failed to clear its first start")?;
@@ -138,11 +144,10 @@ impl Daemon {
             &self.helpers.dir,
             &format!(
                 "mpiswarm guard: rootlesskit (pid {old}) exited during start-up ({status}) after \
-                 losing its known race with nsenter (its child was re-executing itself; nothing \
-                 is wrong with this host): started it again once, as pid {pid}"
+                 losing its known race with nsenter (nsenter ran while rootlesskit's child \
+                 re-executed itself): started it again once, as pid {pid}"
             ),
         );
-        tracing::debug!("restarted rootlesskit (pid {old}, now {pid}) after {why:?}");
         self.stop = self.helpers.start(pid);
         Ok(pid)
     }
