@@ -16,7 +16,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// What the log says when the guard started rootlesskit again.
 const RESTART_LINE: &str = "after losing its known race with nsenter";
 
-/// How often the fake nsenter fails rootlesskit's calls on each host.
+/// How often the fake nsenter fails rootlesskit's call that races (`ip tuntap add` in its
+/// child's namespaces) on each host.
 #[derive(Clone, Copy)]
 enum Fails {
     /// The first call only, as the race does.
@@ -42,17 +43,22 @@ impl FakeNsenter {
         let uid = uid_of(USER);
         std::os::unix::fs::chown(&marks, Some(uid), Some(uid)).unwrap();
         let fail_now = match fails {
-            // mkdir succeeds once per host: the first call.
+            // mkdir succeeds once per host: the first such call.
             Fails::Once => format!("mkdir \"{}/$host\" 2>/dev/null", marks.display()),
             Fails::Always => "true".to_owned(),
         };
-        // Only rootlesskit's form (`-t PID`) fails: a `--version` would not be its call.
+        // Only rootlesskit's call that races fails (`-t PID ... ip tuntap add`): the guard's
+        // own nsenter calls (the VXLAN sweeper) may come first.
         let script = format!(
             "#!/bin/sh\n\
-             target=\nprev=\n\
-             for arg in \"$@\"; do [ \"$prev\" = -t ] && target=$arg; prev=$arg; done\n\
+             target=\nprev=\ntap=\n\
+             for arg in \"$@\"; do\n\
+             \x20 [ \"$prev\" = -t ] && target=$arg\n\
+             \x20 [ \"$prev\" = ip ] && [ \"$arg\" = tuntap ] && tap=yes\n\
+             \x20 prev=$arg\n\
+             done\n\
              host=$(uname -n)\n\
-             if [ -n \"$target\" ] && {fail_now}; then\n\
+             if [ -n \"$target\" ] && [ -n \"$tap\" ] && {fail_now}; then\n\
              \x20 : > \"{marks}/$host.$$\"\n\
              \x20 echo \"nsenter: cannot open /proc/$target/ns/net: No such file or directory\" >&2\n\
              \x20 exit 1\n\
@@ -196,5 +202,45 @@ fn an_nsenter_that_always_fails_ends_the_job_after_one_more_start() {
         "nsenter's error is not shown:\n{stderr}"
     );
     assert!(took < Duration::from_secs(30), "took {took:?}:\n{stderr}");
+    assert_clean(Duration::from_secs(3));
+}
+
+/// The helper that keeps VXLAN learning off (remedy (b) for rootlesskit's builtin port driver)
+/// takes rootlesskit's pid: after the race it must follow the second start, or cross-host overlay
+/// traffic is dropped and `verify` fails pair by pair.
+#[test]
+fn learning_stays_off_in_a_daemon_started_again_after_the_race() {
+    let Some(_c) = cluster() else { return };
+    let fake = FakeNsenter::new(Fails::Once);
+    let path = fake.path();
+    let (image, _) = image_archive("mpiswarm/busybox:latest", 0);
+    let out = run_with_deadline(
+        mpirun_env(
+            3,
+            3,
+            &[("PATH", &path)],
+            &[
+                "verify",
+                "--load",
+                &image,
+                "--probe-image",
+                "mpiswarm/busybox:latest",
+                "--port-driver",
+                "builtin",
+                "--vxlan-nolearning",
+            ],
+        ),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "verify failed:\n{stdout}\n{stderr}");
+    for h in hosts(3) {
+        // Its first start failed: the daemon that passed is the second.
+        assert_eq!(
+            fake.failures_on(&h),
+            1,
+            "the fake nsenter did not fail exactly once on {h}"
+        );
+    }
     assert_clean(Duration::from_secs(3));
 }
