@@ -27,10 +27,9 @@ const CLEAR_BUDGET: Duration = Duration::from_secs(5);
 pub(super) struct Daemon {
     command: Command,
     child: Child,
-    /// Where this start's output begins in the log: only it tells whether this start raced.
-    log_from: u64,
-    /// Whether this is the second start: a second race is a failure like any other.
-    restarted: bool,
+    /// Where the first start's output begins in the log (only it tells whether that start lost
+    /// the race); `None` once rootlesskit was started again: a second failure is like any other.
+    first_start_log: Option<u64>,
     helpers: Helpers,
     /// Ends this start's helper threads (set on drop, and before a second start).
     stop: Arc<AtomicBool>,
@@ -64,18 +63,17 @@ impl Daemon {
         };
         let started = config::command(dir, addr, network, overlay_default_mtu, &args.labels)
             .and_then(|mut command| {
-                let (child, log_from) = spawn(&mut command, dir)?;
-                Ok((command, child, log_from))
+                let log_from = log_len(dir);
+                Ok((spawn(&mut command)?, command, log_from))
             });
         match started {
-            Ok((command, child, log_from)) => {
+            Ok((child, command, log_from)) => {
                 emit(out, &GuardEvent::Started(child.id()));
                 let stop = helpers.start(child.id());
                 Some(Daemon {
                     command,
                     child,
-                    log_from,
-                    restarted: false,
+                    first_start_log: Some(log_from),
                     helpers,
                     stop,
                 })
@@ -96,18 +94,15 @@ impl Daemon {
     /// it lost the nsenter race (`Restarted`), else tells the rank it exited (`Exited`).
     /// Returns whether a daemon runs again.
     pub(super) fn after_exit(&mut self, status: ExitStatus, out: &mut impl Write) -> bool {
-        let race = match self.restarted {
-            true => None,
-            false => rootlesskit::nsenter_race(&self.this_start_log()).map(str::to_owned),
+        let Some(log_from) = self.first_start_log else {
+            let said =
+                format!("{status}, at its second start: the first lost its race with nsenter");
+            emit(out, &GuardEvent::Exited(said));
+            return false;
         };
-        let Some(why) = race else {
-            let status = match self.restarted {
-                true => {
-                    format!("{status}, at its second start: the first lost its race with nsenter")
-                }
-                false => status.to_string(),
-            };
-            emit(out, &GuardEvent::Exited(status));
+        let log = self.log_since(log_from);
+        let Some(why) = rootlesskit::nsenter_race(&log).map(str::to_owned) else {
+            emit(out, &GuardEvent::Exited(status.to_string()));
             return false;
         };
         match self.restart(status) {
@@ -123,10 +118,10 @@ impl Daemon {
         }
     }
 
-    /// What this start wrote to the log.
-    fn this_start_log(&self) -> String {
+    /// What was written to the log from byte `from` on.
+    fn log_since(&self, from: u64) -> String {
         let text = std::fs::read(self.helpers.dir.log()).unwrap_or_default();
-        let from = usize::try_from(self.log_from).map_or(text.len(), |f| f.min(text.len()));
+        let from = usize::try_from(from).map_or(text.len(), |f| f.min(text.len()));
         String::from_utf8_lossy(&text[from..]).into_owned()
     }
 
@@ -136,9 +131,8 @@ impl Daemon {
         let old = self.child.id();
         self.stop.store(true, Ordering::SeqCst);
         clear_failed_start(&self.helpers.dir).context("failed to clear its first start")?;
-        let (child, log_from) = spawn(&mut self.command, &self.helpers.dir)
-            .context("failed to start rootlesskit again")?;
-        (self.child, self.log_from, self.restarted) = (child, log_from, true);
+        self.child = spawn(&mut self.command).context("failed to start rootlesskit again")?;
+        self.first_start_log = None;
         let pid = self.child.id();
         note_in_log(
             &self.helpers.dir,
@@ -173,13 +167,16 @@ impl Helpers {
     }
 }
 
-/// Spawns `command`; returns the child and where its output begins in the log.
-fn spawn(command: &mut Command, dir: &StateDir) -> Result<(Child, u64)> {
-    let log_from = std::fs::metadata(dir.log()).map_or(0, |m| m.len());
-    let child = command
+/// Spawns rootlesskit's `command` (again: a `Command` spawns as often as asked).
+fn spawn(command: &mut Command) -> Result<Child> {
+    command
         .spawn()
-        .context("failed to start rootlesskit (is it installed and on PATH?)")?;
-    Ok((child, log_from))
+        .context("failed to start rootlesskit (is it installed and on PATH?)")
+}
+
+/// The log's length: where the output of a start about to be spawned begins.
+fn log_len(dir: &StateDir) -> u64 {
+    std::fs::metadata(dir.log()).map_or(0, |m| m.len())
 }
 
 /// Kills what is left of a start that failed (rootlesskit's child, orphaned to the guard) and
