@@ -103,11 +103,10 @@ impl Drop for FakeNsenter {
     }
 }
 
-/// The race on every host at once: each guard starts rootlesskit again, the swarm forms over
-/// all four hosts, each host's daemon log says what happened, and nothing is left.
-#[test]
-fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
-    let Some(_c) = cluster() else { return };
+/// `up` over `n` hosts (with `net`'s flags), whose fake nsenter fails each host's first racing
+/// call: every host is a Ready node, says the restart in its daemon log and in its guard's event,
+/// and nothing is left. Returns the run's stdout and stderr (at -v).
+fn race_on_every_host(n: usize, net: &[&str]) -> (String, String) {
     let fake = FakeNsenter::new(Fails::Once);
     let path = fake.path();
     // Rank 0's command sees every host's state directory (the hosts share a file system).
@@ -115,18 +114,13 @@ fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
         "docker node ls --format '{{{{.Hostname}}}} {{{{.Status}}}}' && \
          grep -H '{RESTART_LINE}' \"${{TMPDIR:-/tmp}}/mpiswarm-$(id -u)\"/*/daemon.log"
     );
-    let out = run_with_deadline(
-        mpirun_env(
-            4,
-            4,
-            &[("PATH", &path)],
-            &["-v", "up", "--", "sh", "-c", &command],
-        ),
-        RUN_LIMIT,
-    );
+    let mut args = vec!["-v", "up"];
+    args.extend_from_slice(net);
+    args.extend_from_slice(&["--", "sh", "-c", &command]);
+    let out = run_with_deadline(mpirun_env(n, n, &[("PATH", &path)], &args), RUN_LIMIT);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "mpiswarm failed:\n{stdout}\n{stderr}");
-    for h in hosts(4) {
+    for h in hosts(n) {
         assert_eq!(
             fake.failures_on(&h),
             1,
@@ -151,7 +145,18 @@ fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
                 .any(|l| l.contains(h.as_str()) && l.contains("rootlesskit started again (pid ")),
             "no restart event from {h}'s guard:\n{stderr}"
         );
-        // The helper that takes rootlesskit's pid followed the second start.
+    }
+    assert_clean(Duration::from_secs(3));
+    (stdout, stderr)
+}
+
+/// The race on every host at once: each guard starts rootlesskit again, the swarm forms over
+/// all four hosts, and the helper that deepens the accept queues follows the second start.
+#[test]
+fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
+    let Some(_c) = cluster() else { return };
+    let (_, stderr) = race_on_every_host(4, &[]);
+    for h in hosts(4) {
         assert!(
             stderr
                 .lines()
@@ -161,7 +166,17 @@ fn rootlesskit_is_started_again_after_its_nsenter_race_on_every_host() {
     }
     // The first start's helper, stopped, says nothing.
     assert!(!stderr.contains("backlog not deepened"), "{stderr}");
-    assert_clean(Duration::from_secs(3));
+}
+
+/// The same on the host path (rootlesskit 2's detached network namespace, where rootlesskit
+/// makes the tap device the same way).
+#[test]
+fn rootlesskit_is_started_again_after_its_nsenter_race_on_the_host_path() {
+    let Some(_c) = cluster() else { return };
+    if !host_path_available() {
+        return;
+    }
+    race_on_every_host(2, &["--net", "host"]);
 }
 
 /// A host whose nsenter always fails: the guard tries a second start, no more, and the job fails
