@@ -2,7 +2,6 @@
 //! slirp4netns) running dockerd, with the swarm ports published on the host's advertise address
 //! (overlay path), or with its network namespace detached and dockerd in the node's (host path).
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
@@ -52,7 +51,12 @@ pub fn command(
         .mode(0o700)
         .create(&tmp)
         .with_context(|| format!("failed to create {}", tmp.display()))?;
-    let log = File::create(dir.log())
+    // Appended to: the guard may start the command a second time (after rootlesskit's nsenter
+    // race) and adds its own line between the two starts' output.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.log())
         .with_context(|| format!("failed to create {}", dir.log().display()))?;
     let mut cmd = Command::new("rootlesskit");
     cmd.args(rootlesskit_args(dir, addr, network));
@@ -158,7 +162,10 @@ fn rootlesskit_args(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Vec<Str
     ]
     .map(str::to_owned)
     .to_vec();
-    args.push(format!("--state-dir={}", dir.path.join("rk").display()));
+    args.push(format!(
+        "--state-dir={}",
+        rootlesskit_state_dir(dir).display()
+    ));
     match network {
         Network::Overlay { port_driver } => {
             args.push(format!("--port-driver={}", port_driver.as_str()));
@@ -169,6 +176,11 @@ fn rootlesskit_args(dir: &StateDir, addr: Ipv4Addr, network: Network) -> Vec<Str
         Network::Host => args.push("--detach-netns".to_owned()),
     }
     args
+}
+
+/// rootlesskit's own state directory (its API socket, slirp4netns' socket, its lock).
+pub fn rootlesskit_state_dir(dir: &StateDir) -> std::path::PathBuf {
+    dir.path.join("rk")
 }
 
 /// rootlesskit gets SIGKILL when the thread that started it (the guard's main thread) dies, even

@@ -198,6 +198,9 @@ impl Launched {
                         "the rootless daemon exited during start-up ({status})"
                     )));
                 }
+                // Not a failure: the guard started rootlesskit again after its start-up race
+                // (its log says so too); the wait goes on for the new one.
+                GuardEvent::Restarted { .. } => debug!("guard: {event}"),
                 // Only a guard that died sends a verdict now: it says what happened.
                 GuardEvent::Dirty(what) => return Err(self.failed(&what)),
                 GuardEvent::Backlog(Err(_)) => {

@@ -1,5 +1,6 @@
 //! rootlesskit's own child among its processes: the init of the daemon's PID namespace, whose
-//! network namespace the guard reaches into (the firewall, VXLAN learning).
+//! network namespace the guard reaches into (the firewall, VXLAN learning); and rootlesskit's
+//! start-up race with that child, told from its log.
 
 use crate::sys::procfs::{ProcInfo, descendants};
 
@@ -52,6 +53,32 @@ pub fn setting_up(tree: &[ProcInfo]) -> bool {
     tree.iter()
         .filter(|p| p.cmdline.starts_with("/proc/self/exe ") && is_rootlesskit(p.ppid))
         .any(|child| !started_the_daemon(child))
+}
+
+/// The line of rootlesskit's output that shows it lost its start-up race with its own child, if
+/// `log` (one start's output) has one. rootlesskit sends the child its first message, then at
+/// once runs `nsenter -t CHILD` to make the child's tap device; meanwhile the child re-executes
+/// itself, and while a multi-threaded process execs, its /proc/PID/ns/ entries are briefly
+/// absent (rootlesskit 1.1 pkg/parent/parent.go, pkg/child/child.go). nsenter then fails with
+/// "No such file or directory" and rootlesskit exits; nothing is wrong with the host. Any other
+/// nsenter error (e.g. "Operation not permitted") is a real refusal.
+pub fn nsenter_race(log: &str) -> Option<&str> {
+    log.lines().map(str::trim_end).find(|line| {
+        let Some(rest) = line.strip_prefix("nsenter: cannot open /proc/") else {
+            return false;
+        };
+        let Some((pid, rest)) = rest.split_once("/ns/") else {
+            return false;
+        };
+        let Some((kind, error)) = rest.split_once(": ") else {
+            return false;
+        };
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !kind.is_empty()
+            && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            && error == "No such file or directory"
+    })
 }
 
 /// A process's user and network namespaces.
@@ -171,5 +198,42 @@ mod tests {
             pick_rootlesskit_child(&early, Some(rootlesskit), &own).map(|p| p.pid),
             None
         );
+    }
+
+    /// The race's lines in a host's daemon log (rootlesskit 1.1; the suite saw it about twice in
+    /// several thousand daemon starts).
+    const RACE: &str = "nsenter: cannot open /proc/12345/ns/net: No such file or directory\n\
+        [rootlesskit:parent] error: failed to setup network &{...}: setting up tap tap0: ...\n\
+        [rootlesskit:child ] error: parsing message from fd 3: EOF\n";
+
+    #[test]
+    fn the_nsenter_race_is_told_from_its_log() {
+        assert_eq!(
+            nsenter_race(RACE),
+            Some("nsenter: cannot open /proc/12345/ns/net: No such file or directory")
+        );
+        // Another namespace of the same child, the same race.
+        assert!(
+            nsenter_race("nsenter: cannot open /proc/7/ns/user: No such file or directory\n")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn other_failures_are_not_the_race() {
+        for log in [
+            // nsenter refused: the host cannot enter the namespaces, a retry would not help.
+            "nsenter: cannot open /proc/12345/ns/net: Operation not permitted\n\
+             [rootlesskit:parent] error: failed to setup network: exit status 1\n",
+            "nsenter: reassociate to namespace 'ns/user' failed: Operation not permitted\n",
+            "nsenter: cannot open /proc/self/ns/net: No such file or directory\n",
+            "nsenter: cannot open /proc/12345/net: No such file or directory\n",
+            "[rootlesskit:parent] error: failed to start the child: fork/exec /proc/self/exe: operation not permitted\n",
+            "[rootlesskit:parent] error: failed to setup UID/GID map: newuidmap 4242 [0 1001 1 1 100000 65536] failed: : exit status 1\n",
+            "time=\"2026-01-01T00:00:00Z\" level=fatal msg=\"nsenter: cannot open /proc/1/ns/net: No such file or directory\"\n",
+            "",
+        ] {
+            assert_eq!(nsenter_race(log), None, "{log}");
+        }
     }
 }

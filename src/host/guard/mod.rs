@@ -6,9 +6,11 @@
 //! from its stdout (`protocol`). `teardown` on the lifeline, or its end, starts the
 //! teardown. The daemon's tree dies with the guard (a parent death signal); if the guard dies
 //! anyway (SIGKILL, OOM), its rank notices at once, cleans the host itself as `mpiswarm cleanup`
-//! would, and the run tears down reporting the host. This file is the guard process; `handle`
-//! is the rank's side; `protocol` is what the two say to each other.
+//! would, and the run tears down reporting the host. This file is the guard process; `daemon`
+//! its rootlesskit (started again once after rootlesskit's nsenter race); `handle` is the rank's
+//! side; `protocol` is what the two say to each other.
 
+mod daemon;
 pub mod handle;
 mod inherit;
 pub mod protocol;
@@ -17,9 +19,6 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::process::Child;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -28,8 +27,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::host::daemon::config;
-use crate::host::guard::protocol::{GuardCommand, GuardEvent};
+use crate::host::guard::daemon::Daemon;
+use crate::host::guard::protocol::{GuardCommand, GuardEvent, emit};
 use crate::host::statedir::{GuardRecord, StateDir};
 use crate::host::teardown;
 use crate::plan::cli::GuardArgs;
@@ -42,9 +41,6 @@ const TEARDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// How often the guard looks for other users' sockets on the swarm's UDP ports: each look reads
 /// /proc/net/udp, which walks the kernel's whole UDP table (every socket of the node).
 const SQUATTER_SCAN: Duration = Duration::from_millis(500);
-
-/// How long the guard looks for slirp4netns' listeners (they appear before dockerd starts).
-const BACKLOG_WAIT: Duration = Duration::from_secs(60);
 
 /// The guard process's main: returns its exit code.
 pub fn run(args: &GuardArgs) -> Result<i32> {
@@ -71,22 +67,11 @@ pub fn run(args: &GuardArgs) -> Result<i32> {
 
     let mut out = std::io::stdout();
     let network = Network::from_guard_net(args.net);
-    let mut daemon = start_daemon(args, &dir, addr, network, &mut out);
-    let stop_helpers = Arc::new(AtomicBool::new(false));
-    if args.vxlan_nolearning
-        && let Some(child) = &daemon
-    {
-        start_learning_sweeper(child.id(), &dir, stop_helpers.clone());
-    }
-    if network.slirp4netns_forwards()
-        && let Some(child) = &daemon
-    {
-        start_deepening_backlogs(child.id(), addr, stop_helpers.clone());
-    }
-
+    let mut daemon = Daemon::start(args, &dir, addr, network, &mut out);
     let mut command = None;
     let intruder = wait_for_teardown(&mut daemon, &sig_read, addr, &mut command, &mut out);
-    stop_helpers.store(true, Ordering::SeqCst);
+    // Ends the helper threads that follow rootlesskit.
+    drop(daemon);
     tracing::debug!("tearing this host down");
 
     let result = kill_command(command)
@@ -130,71 +115,12 @@ fn own_record(args: &GuardArgs) -> Result<GuardRecord> {
     })
 }
 
-/// Starts rootlesskit with dockerd and tells the rank (`Started`, or `Exited` with the reason).
-fn start_daemon(
-    args: &GuardArgs,
-    dir: &StateDir,
-    addr: Ipv4Addr,
-    network: Network,
-    out: &mut impl Write,
-) -> Option<Child> {
-    let overlay_default_mtu =
-        crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
-    let command = config::command(dir, addr, network, overlay_default_mtu, &args.labels);
-    let daemon = match command.and_then(|mut c| {
-        c.spawn()
-            .context("failed to start rootlesskit (is it installed and on PATH?)")
-    }) {
-        Ok(child) => Some(child),
-        Err(e) => {
-            emit(out, &GuardEvent::Exited(format!("{e:#}")));
-            None
-        }
-    };
-    if let Some(child) = &daemon {
-        emit(out, &GuardEvent::Started(child.id()));
-    }
-    daemon
-}
-
-/// One event to the rank (a rank already gone cannot be told).
-fn emit(out: &mut impl Write, event: &GuardEvent) {
-    let _ = event.write_to(out);
-}
-
-/// Remedy (b): keeps vxlan learning off in the daemon's sandboxes, entered through rootlesskit's
-/// child (inside the namespaces), once it exists.
-fn start_learning_sweeper(rootlesskit: u32, dir: &StateDir, stop: Arc<AtomicBool>) {
-    let state_dir = dir.path.display().to_string();
-    let _ = std::thread::Builder::new()
-        .name("vxlan".into())
-        .spawn(move || crate::host::vxlan::keep_learning_off(rootlesskit as i32, state_dir, stop));
-}
-
-/// Once slirp4netns listens on the published TCP ports, deepens their accept queues; reports the
-/// outcome as an event (the rank logs it).
-fn start_deepening_backlogs(rootlesskit: u32, addr: Ipv4Addr, stop: Arc<AtomicBool>) {
-    let ports: Vec<u16> = crate::host::firewall::SWARM_PORTS
-        .iter()
-        .filter(|(_, proto)| *proto == "tcp")
-        .map(|(port, _)| *port)
-        .collect();
-    let _ = std::thread::Builder::new()
-        .name("backlog".into())
-        .spawn(move || {
-            let deadline = Instant::now() + BACKLOG_WAIT;
-            let outcome =
-                crate::host::backlog::deepen(rootlesskit as i32, addr, &ports, deadline, &stop)
-                    .map_err(|e| format!("{e:#}"));
-            emit(&mut std::io::stdout(), &GuardEvent::Backlog(outcome));
-        });
-}
-
 /// Blocks until the lifeline says teardown or closes, or a signal arrives, or another user binds
-/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way, and notes the
-/// user's command's process group in `command` when the rank names it.
+/// a swarm UDP port on `addr` (returned); reports an early daemon exit on the way (or starts it
+/// again, once, after rootlesskit's nsenter race), and notes the user's command's process group
+/// in `command` when the rank names it.
 fn wait_for_teardown(
-    daemon: &mut Option<Child>,
+    daemon: &mut Option<Daemon>,
     sig_read: &UnixStream,
     addr: Ipv4Addr,
     command: &mut Option<u32>,
@@ -246,10 +172,10 @@ fn wait_for_teardown(
                 }
             }
         }
-        if let Some(child) = daemon
-            && let Ok(Some(status)) = child.try_wait()
+        if let Some(running) = daemon
+            && let Some(status) = running.exited()
+            && !running.after_exit(status, out)
         {
-            emit(out, &GuardEvent::Exited(status.to_string()));
             *daemon = None;
         }
     }

@@ -2,7 +2,8 @@
 //! message): events from the guard on its stdout, commands from the rank on the guard's stdin
 //! (the lifeline).
 //!
-//! Events: `Started` (rootlesskit's pid), `Exited` (the daemon ended early), `Backlog`
+//! Events: `Started` (rootlesskit's pid), `Restarted` (started once more, after its start-up race
+//! with nsenter: the new pid), `Exited` (the daemon ended early), `Backlog`
 //! (slirp4netns' accept queues deepened, or why not), `Intruder` (another user bound a swarm port
 //! here), then one verdict: `Clean` or `Dirty`. Commands: `Command` (the user's command runs in
 //! that process group: the teardown kills it, whatever killed the rank), `Teardown`; the
@@ -19,7 +20,7 @@ use crate::sys::frame::{self, Next, Peer};
 /// Who sends events, for the errors of a bad one.
 const FROM_GUARD: Peer = Peer {
     name: "the guard",
-    expected: "an event (started, exited, backlog, intruder, clean or dirty)",
+    expected: "an event (started, restarted, exited, backlog, intruder, clean or dirty)",
     secret: false,
 };
 
@@ -36,6 +37,9 @@ const FROM_RANK: Peer = Peer {
 pub enum GuardEvent {
     /// rootlesskit started with this pid.
     Started(u32),
+    /// rootlesskit lost its start-up race with nsenter and was started again, with this pid;
+    /// `why` is the line of its output that showed the race.
+    Restarted { pid: u32, why: String },
     /// The daemon ended, or could not start: its exit status or the error.
     Exited(String),
     /// The outcome of deepening slirp4netns' accept queues: the ports, or why not.
@@ -67,11 +71,21 @@ impl GuardEvent {
     }
 }
 
+/// One event from the guard to its rank, which may be gone already (then nobody is left to tell).
+pub fn emit(out: &mut impl Write, event: &GuardEvent) {
+    let _ = event.write_to(out);
+}
+
 /// For people: what the event says.
 impl fmt::Display for GuardEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GuardEvent::Started(pid) => write!(f, "rootlesskit started (pid {pid})"),
+            GuardEvent::Restarted { pid, why } => write!(
+                f,
+                "rootlesskit started again (pid {pid}) after it lost its start-up race with \
+                 nsenter ({why})"
+            ),
             GuardEvent::Exited(status) => write!(f, "the rootless daemon exited ({status})"),
             GuardEvent::Backlog(Ok(ports)) => {
                 write!(f, "backlog deepened on port(s) {ports:?}")
@@ -151,6 +165,10 @@ mod tests {
     fn events_round_trip() {
         let all = [
             GuardEvent::Started(4242),
+            GuardEvent::Restarted {
+                pid: 4243,
+                why: "nsenter: cannot open /proc/4244/ns/net: No such file or directory".into(),
+            },
             GuardEvent::Exited("exit status: 1".into()),
             GuardEvent::Exited(String::new()),
             GuardEvent::Backlog(Ok(vec![2377, 7946])),
@@ -172,6 +190,37 @@ mod tests {
         assert_eq!(events(&wire), back);
     }
 
+    /// A restart is one line naming the new pid and the race's line, and reads back as itself.
+    #[test]
+    fn a_restart_is_framed_as_one_line() {
+        let event = GuardEvent::Restarted {
+            pid: 4243,
+            why: "nsenter: cannot open /proc/4244/ns/net: No such file or directory".into(),
+        };
+        let mut wire = Vec::new();
+        event.write_to(&mut wire).unwrap();
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            "{\"restarted\":{\"pid\":4243,\"why\":\"nsenter: cannot open /proc/4244/ns/net: \
+             No such file or directory\"}}\n"
+        );
+        assert_eq!(events(&wire), [Ok(event)]);
+        for bad in [
+            "{\"restarted\":{\"pid\":4243}}\n",
+            "{\"restarted\":{\"pid\":-1,\"why\":\"x\"}}\n",
+            "{\"restarted\":4243}\n",
+        ] {
+            let got = events(bad.as_bytes());
+            let [Err(e)] = &got[..] else {
+                panic!("{bad:?} gave {got:?}")
+            };
+            assert!(
+                e.contains("is not an event (started, restarted, exited"),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn bad_events_are_refused_naming_the_guard_and_what_was_due() {
         for line in [
@@ -189,7 +238,7 @@ mod tests {
             };
             assert!(
                 e.starts_with("unknown message from the guard: ")
-                    && e.contains("is not an event (started, exited, backlog"),
+                    && e.contains("is not an event (started, restarted, exited, backlog"),
                 "{e}"
             );
         }
@@ -209,6 +258,13 @@ mod tests {
         assert!(GuardEvent::Clean.is_verdict());
         assert!(GuardEvent::Dirty("x".into()).is_verdict());
         assert!(!GuardEvent::Started(1).is_verdict());
+        assert!(
+            !GuardEvent::Restarted {
+                pid: 1,
+                why: String::new()
+            }
+            .is_verdict()
+        );
         assert!(!GuardEvent::Exited("x".into()).is_verdict());
     }
 
