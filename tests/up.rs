@@ -670,3 +670,39 @@ fn the_daemon_tree_holds_none_of_the_ranks_sockets() {
         }
     }
 }
+
+/// Rank 0 reads the Docker release once, while MPI starts, and the other hosts, whose dockerd is
+/// the same file, take its word: their guards are told it and run no `dockerd --version` of
+/// their own (a Go program's start, about 37 ms of CPU on each host). Rank 0's own guard, started
+/// before MPI was up, still reads it itself.
+#[test]
+fn the_hosts_take_rank_0s_docker_release_instead_of_each_reading_it() {
+    let Some(_c) = cluster() else { return };
+    let _bg = Background::start(3, 3, &[]);
+    for (i, h) in hosts(3).iter().enumerate() {
+        let guards: Vec<u32> = pids_matching("mpiswarm guard")
+            .into_iter()
+            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
+            .collect();
+        assert_eq!(guards.len(), 1, "one guard on {h}: {guards:?}");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", guards[0])).unwrap();
+        let argv: Vec<String> = argv
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let told = argv
+            .iter()
+            .position(|a| a == "--docker-release")
+            .and_then(|at| argv.get(at + 1));
+        if i == 0 {
+            assert_eq!(told, None, "rank 0's guard starts before MPI: {argv:?}");
+        } else {
+            let release = told.unwrap_or_else(|| panic!("{h}'s guard was not told: {argv:?}"));
+            let (major, minor) = release.split_once('.').expect("MAJOR.MINOR");
+            assert!(
+                major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok(),
+                "{h}: {release}"
+            );
+        }
+    }
+}

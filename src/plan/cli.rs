@@ -294,6 +294,18 @@ pub struct GuardArgs {
     /// The daemon's labels (`KEY=VALUE`), when the rank knew them at launch.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// The host's Docker release (`MAJOR.MINOR`), when the rank knew it (rank 0's, read from the
+    /// same `dockerd` file): the guard then runs no `dockerd --version` of its own.
+    #[arg(long, value_parser = release)]
+    pub docker_release: Option<(u32, u32)>,
+}
+
+/// A Docker release as `MAJOR.MINOR`.
+fn release(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not MAJOR.MINOR");
+    let (major, minor) = text.split_once('.').ok_or_else(bad)?;
+    let number = |s: &str| s.parse::<u32>().map_err(|_| bad());
+    Ok((number(major)?, number(minor)?))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -357,6 +369,13 @@ mod tests {
 
     fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(["mpiswarm"].iter().chain(argv))
+    }
+
+    #[test]
+    fn a_docker_release_is_major_dot_minor() {
+        assert_eq!(release("26.1"), Ok((26, 1)));
+        assert!(release("26").is_err());
+        assert!(release("26.x").is_err());
     }
 
     #[test]

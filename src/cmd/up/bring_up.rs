@@ -9,12 +9,23 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::host::daemon::launch::{self, HostDaemon, Launched};
+use crate::host::docker_version;
 use crate::mpi::collective::Interrupt;
 use crate::plan::cli::PortDriver;
 use crate::plan::config::Network;
 use crate::swarm::formation;
 
 use super::{HostFacts, Run};
+
+/// What every host learns from rank 0 before the daemons start.
+#[derive(Debug, Serialize, Deserialize)]
+struct Agreed {
+    hosts: Vec<String>,
+    /// Every host's address, in host order.
+    addrs: Vec<Ipv4Addr>,
+    /// Rank 0's Docker release and the dockerd file it was read from.
+    docker: Option<docker_version::Shared>,
+}
 
 /// Why rank 0 stops the job before any daemon starts.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,18 +53,21 @@ impl Run<'_> {
             self.deadline,
             Interrupt::BySignal,
         )?;
-        // Rank 0's verdict: the hosts and their addresses, else why the job cannot go on (a
-        // repeated host name, a host without an address, a command that cannot run), which
-        // every host then learns.
+        // Rank 0's verdict: the hosts, their addresses and its Docker release, else why the job
+        // cannot go on (a repeated host name, a host without an address, a command that cannot
+        // run), which every host then learns.
         let verdict = all.map(|all| self.judge_hosts(all));
-        let agreed: std::result::Result<(Vec<String>, Vec<Ipv4Addr>), Refusal> = self
-            .leaders
-            .broadcast_value(verdict.as_ref(), "learn the hosts", self.deadline)?;
-        let (hosts, addrs) = agreed.map_err(|r| match r {
+        let agreed: std::result::Result<Agreed, Refusal> =
+            self.leaders
+                .broadcast_value(verdict.as_ref(), "learn the hosts", self.deadline)?;
+        let agreed = agreed.map_err(|r| match r {
             Refusal::Command(unusable) => anyhow::Error::new(unusable),
             Refusal::Hosts(why) => anyhow::Error::msg(why),
         })?;
-        self.peers = addrs;
+        self.peers = agreed.addrs;
+        self.docker_release =
+            docker_version::Shared::for_host(agreed.docker.as_ref(), docker_version::Stamp::here());
+        let hosts = agreed.hosts;
         debug!(
             "job {}: {} rank(s) on {} host(s)",
             self.job,
@@ -67,7 +81,7 @@ impl Run<'_> {
     fn judge_hosts(
         &mut self,
         all: Vec<(String, std::result::Result<HostFacts, String>)>,
-    ) -> std::result::Result<(Vec<String>, Vec<Ipv4Addr>), Refusal> {
+    ) -> std::result::Result<Agreed, Refusal> {
         if let Some(unusable) = super::check_command(self.cfg, &self.leaders.host) {
             return Err(Refusal::Command(unusable));
         }
@@ -87,7 +101,19 @@ impl Run<'_> {
         let hosts =
             crate::mpi::job::distinct_hosts(names).map_err(|e| Refusal::Hosts(format!("{e:#}")))?;
         self.facts = facts.into_iter().flatten().collect();
-        Ok((hosts, self.facts.iter().map(|f| f.addr).collect()))
+        // Not waited for: a probe still running leaves each host to read its own.
+        let docker = self
+            .release_probe
+            .take()
+            .and_then(docker_version::Probe::finish_now)
+            .and_then(|release| {
+                docker_version::Stamp::here().map(|stamp| docker_version::Shared { stamp, release })
+            });
+        Ok(Agreed {
+            hosts,
+            addrs: self.facts.iter().map(|f| f.addr).collect(),
+            docker,
+        })
     }
 
     /// A daemon on every host; rank 0 initializes the swarm as soon as its own daemon is up,
@@ -111,7 +137,9 @@ impl Run<'_> {
                     Some(launched) => launched,
                     None => {
                         let labels = run.own_labels();
-                        launch::launch(run.cfg, run.job, &run.leaders.host, &labels, &mut run.tl)
+                        let host = &run.leaders.host;
+                        let release = run.docker_release;
+                        launch::launch(run.cfg, run.job, host, &labels, release, &mut run.tl)
                     }
                 };
                 let speak = run.is_root();

@@ -53,8 +53,16 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
     // starts, and the hosts agree on its verdict first (`agree_hosts`).
     let refused = crate::mpi::cluster::launcher_rank().is_none_or(|r| r == 0)
         && check_command(cfg, &host).is_some();
-    let early =
-        (early && !refused && !foreign).then(|| launch::launch(cfg, &job, &host, &[], &mut tl));
+    let early = (early && !refused && !foreign)
+        .then(|| launch::launch(cfg, &job, &host, &[], None, &mut tl));
+    // Rank 0 reads the Docker release for the hosts whose dockerd is the same file, while MPI
+    // starts (not waited for before MPI_Init: see docker_version).
+    let release_probe = (crate::mpi::cluster::launcher_rank() == Some(0)
+        && !cfg.early_start_all
+        && !cfg.network.is_host()
+        && !refused
+        && !foreign)
+        .then(crate::host::docker_version::Probe::start);
     let (cluster, mut role) =
         Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
     crate::output::logging::set_origin(&host, cluster.rank);
@@ -75,6 +83,8 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
                 leaders,
                 facts: Vec::new(),
                 peers: Vec::new(),
+                docker_release: None,
+                release_probe,
                 manager_cpu_at_join: 0.0,
                 watchdog: &mut watchdog,
             };
@@ -119,6 +129,10 @@ struct Run<'a> {
     facts: Vec<HostFacts>,
     /// Every host's address, in host order.
     peers: Vec<std::net::Ipv4Addr>,
+    /// This host's Docker release, when rank 0's dockerd is the same file (see docker_version).
+    docker_release: Option<(u32, u32)>,
+    /// Rank 0: its `dockerd --version`, started while MPI starts.
+    release_probe: Option<crate::host::docker_version::Probe>,
     /// Rank 0: its dockerd's CPU seconds when the joins began.
     manager_cpu_at_join: f64,
     /// Lets this rank go if its main thread is stuck in MPI after the launcher's signal

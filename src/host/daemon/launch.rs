@@ -60,12 +60,14 @@ pub struct Launched {
 }
 
 /// Checks the host and starts its guard and daemon without waiting for it: this can run while
-/// MPI is still starting up. `labels` (`key=value`): the host's labels, if already known.
+/// MPI is still starting up. `labels` (`key=value`): the host's labels, if already known;
+/// `docker_release`: the host's Docker release, if already known.
 pub fn launch(
     cfg: &UpConfig,
     job: &str,
     host: &str,
     labels: &[String],
+    docker_release: Option<(u32, u32)>,
     tl: &mut Timeline,
 ) -> Result<Launched> {
     let t = Instant::now();
@@ -88,6 +90,7 @@ pub fn launch(
         cfg.network,
         cfg.vxlan_nolearning,
         overlay_default_mtu,
+        docker_release,
         labels,
     )?;
     Ok(Launched {

@@ -53,8 +53,10 @@ impl Daemon {
         network: Network,
         out: &mut impl Write,
     ) -> Option<Daemon> {
-        let overlay_default_mtu =
-            crate::host::docker_version::if_network_defaults(args.overlay_default_mtu);
+        let overlay_default_mtu = crate::host::docker_version::if_network_defaults(
+            args.overlay_default_mtu,
+            args.docker_release,
+        );
         let helpers = Helpers {
             dir: dir.clone(),
             addr,

@@ -100,6 +100,7 @@ impl GuardHandle {
         network: Network,
         vxlan_nolearning: bool,
         overlay_default_mtu: Option<u32>,
+        docker_release: Option<(u32, u32)>,
         labels: &[String],
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("failed to find the mpiswarm executable")?;
@@ -114,6 +115,11 @@ impl GuardHandle {
         }
         if let Some(mtu) = overlay_default_mtu {
             guard.arg("--overlay-default-mtu").arg(mtu.to_string());
+        }
+        if let Some((major, minor)) = docker_release {
+            guard
+                .arg("--docker-release")
+                .arg(format!("{major}.{minor}"));
         }
         for label in labels {
             guard.arg("--label").arg(label);
