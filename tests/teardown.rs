@@ -653,8 +653,10 @@ fn hold_rootlesskit_in_setup(uid: u32, limit: Duration) -> Option<String> {
         if rootlesskits.len() < 2 {
             rootlesskits = pids_named("rootlesskit");
             rootlesskits.extend(pids_matching("^/proc/self/exe "));
-        } else if !pids_named("dockerd").is_empty() {
-            return None; // the setup is over
+        } else if !pids_matching("^dockerd --config-file").is_empty() {
+            // The setup is over: the daemon itself runs (not a `dockerd --version`, which
+            // rank 0 and the guard run meanwhile to learn the Docker release).
+            return None;
         }
         let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, PollTimeout::from(5u8)).unwrap() == 0 {
