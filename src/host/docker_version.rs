@@ -40,6 +40,10 @@ impl Probe {
             // As when the probe is starved of CPU by the host's many ranks.
             return None;
         }
+        if crate::sys::fault::injected("await-docker-release") {
+            // For a test that the hosts take the release, whatever the probe's pace that day.
+            return self.finish();
+        }
         match self.0.as_mut()?.try_wait() {
             Ok(Some(_)) => self.finish(),
             _ => None,
