@@ -46,10 +46,7 @@ fn session(pid: u32) -> i64 {
 
 /// The one process on `host` whose command line matches `pattern`.
 fn one_on(host: &str, pattern: &str) -> u32 {
-    let found: Vec<u32> = pids_matching(pattern)
-        .into_iter()
-        .filter(|p| host_of_tree(*p).as_deref() == Some(host))
-        .collect();
+    let found = pids_matching_on(host, pattern);
     assert_eq!(found.len(), 1, "{pattern} on {host}: {found:?}");
     found[0]
 }
@@ -87,10 +84,7 @@ fn sixteen_ranks_per_host_share_one_daemon_and_the_others_stay_idle() {
     let mut leaders = Vec::new();
     let mut followers = Vec::new();
     for h in hosts(HOSTS) {
-        let daemons = pids_matching("^dockerd")
-            .into_iter()
-            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
-            .count();
+        let daemons = pids_matching_on(&h, "^dockerd").len();
         assert_eq!(daemons, 1, "expected one dockerd on {h}");
         // The lowest rank on a host leads it.
         let mut on_host: Vec<&(u32, String, u32)> = ranks.iter().filter(|r| r.1 == h).collect();

@@ -182,10 +182,7 @@ fn two_ranks_per_host_start_one_daemon_per_host() {
     for h in hosts(3) {
         let on_host = ranks.iter().filter(|r| r.1 == h).count();
         assert_eq!(on_host, 2, "expected 2 ranks on {h}: {ranks:?}");
-        let daemons: Vec<u32> = pids_matching("^dockerd")
-            .into_iter()
-            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
-            .collect();
+        let daemons = pids_matching_on(&h, "^dockerd");
         assert_eq!(
             daemons.len(),
             1,
@@ -645,12 +642,7 @@ fn the_daemon_tree_holds_none_of_the_ranks_sockets() {
     let Some(_c) = cluster() else { return };
     let _bg = Background::start(2, 2, &[]);
     for h in hosts(2) {
-        let on_host = |pattern: &str| -> Vec<u32> {
-            pids_matching(pattern)
-                .into_iter()
-                .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
-                .collect()
-        };
+        let on_host = |pattern: &str| pids_matching_on(&h, pattern);
         let rank = on_host("mpiswarm up");
         assert_eq!(rank.len(), 1, "one rank on {h}: {rank:?}");
         let mpi_sockets = sockets_of(rank[0]);
@@ -688,10 +680,7 @@ fn the_hosts_take_rank_0s_docker_release_instead_of_each_reading_it() {
         RUN_LIMIT,
     );
     for (i, h) in hosts(3).iter().enumerate() {
-        let guards: Vec<u32> = pids_matching("mpiswarm guard")
-            .into_iter()
-            .filter(|p| host_of_tree(*p).as_deref() == Some(h.as_str()))
-            .collect();
+        let guards = pids_matching_on(h, "mpiswarm guard");
         assert_eq!(guards.len(), 1, "one guard on {h}: {guards:?}");
         let argv = std::fs::read(format!("/proc/{}/cmdline", guards[0])).unwrap();
         let argv: Vec<String> = argv

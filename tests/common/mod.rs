@@ -555,6 +555,15 @@ pub fn host_of_tree(pid: u32) -> Option<String> {
     None
 }
 
+/// Pids of processes of the test user on simulated host `host` whose command line matches
+/// `pattern` (pgrep -f).
+pub fn pids_matching_on(host: &str, pattern: &str) -> Vec<u32> {
+    pids_matching(pattern)
+        .into_iter()
+        .filter(|p| host_of_tree(*p).as_deref() == Some(host))
+        .collect()
+}
+
 /// Pids of processes of the test user whose command line matches `pattern` (pgrep -f).
 pub fn pids_matching(pattern: &str) -> Vec<u32> {
     pgrep(&["-f", pattern])
