@@ -94,6 +94,7 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         // daemon started early is torn down as it is dropped.
         Role::Follower(follower) => {
             drop(early);
+            drop(release_probe);
             follower.wait_for_end()
         }
     };
