@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use curl::easy::{Easy, List, ReadError};
@@ -169,6 +169,7 @@ impl Engine {
     ) -> Result<(Response, Body)> {
         let mut body = Vec::new();
         let mut cut = false;
+        let started = Instant::now();
         let performed = {
             let mut transfer = easy.transfer();
             if let Some(source) = source {
@@ -201,6 +202,14 @@ impl Engine {
             Err(e) => return Err(self.failed(e, call)),
         };
         let status = easy.response_code()?;
+        // What each call cost, for -vv: a slow manager shows as the calls it was slow to answer.
+        tracing::trace!(
+            "{} {} on {}: {status} in {:.3} s",
+            call.method,
+            call.path,
+            self.host,
+            started.elapsed().as_secs_f64()
+        );
         Ok((Response { status, body }, ended))
     }
 
