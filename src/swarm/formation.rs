@@ -44,6 +44,16 @@ pub struct Invitations {
     pub manager: Invitation,
 }
 
+/// What `swarm init` leaves rank 0: the invitations, and the swarm as read right after.
+pub struct Founding {
+    pub invitations: Invitations,
+    pub swarm: Founded,
+}
+
+/// The swarm object (spec, version, both tokens) as read right after `swarm init`: where the
+/// seal starts, one read less on the manager at its busiest. No `Debug`: it holds the tokens.
+pub struct Founded(pub(crate) Value);
+
 /// Who sends invitations, for the errors of a bad one (never quoted: it holds a token).
 const FROM_RANK_0: crate::sys::frame::Peer = crate::sys::frame::Peer {
     name: "rank 0",
@@ -83,7 +93,7 @@ pub fn init(
     listen: &str,
     pool: (Ipv4Addr, u8),
     deadline: Deadline,
-) -> Result<Invitations> {
+) -> Result<Founding> {
     let body = json!({
         "ListenAddr": listen,
         "AdvertiseAddr": format!("{addr}:2377"),
@@ -93,7 +103,8 @@ pub fn init(
     engine
         .call("POST", "/swarm/init", Some(&body), deadline)
         .context("failed to initialize the swarm")?;
-    let swarm: Swarm = api::get(engine, "/swarm", deadline)?;
+    let read = engine.get_json("/swarm", deadline)?;
+    let swarm: Swarm = api::from_value(&read, "/swarm")?;
     let invitation = |role: JoinRole, kind: &str, token: Option<String>| {
         let token = token.with_context(|| format!("the daemon returned no {kind} join token"))?;
         Ok::<_, anyhow::Error>(Invitation {
@@ -103,9 +114,13 @@ pub fn init(
         })
     };
     let tokens = swarm.join_tokens;
-    Ok(Invitations {
+    let invitations = Invitations {
         worker: invitation(JoinRole::Worker, "Worker", tokens.worker)?,
         manager: invitation(JoinRole::Manager, "Manager", tokens.manager)?,
+    };
+    Ok(Founding {
+        invitations,
+        swarm: Founded(read),
     })
 }
 

@@ -9,13 +9,18 @@ use serde_json::Value;
 
 use crate::host::engine::Engine;
 use crate::swarm::api::{self, Swarm};
-use crate::swarm::formation::Node;
+use crate::swarm::formation::{Founded, Node};
 use crate::swarm::versioned::{self, Object};
 use crate::sys::deadline::Deadline;
 
-/// Rotates the worker and the manager join token (on a manager), and checks that the daemon no
-/// longer gives out the old ones. Nodes that already joined keep their certificates.
-pub fn rotate_tokens(engine: &Engine, deadline: Deadline) -> Result<()> {
+/// Rotates the worker and the manager join token (on a manager), starting from the swarm as
+/// `init` left it when known. Nodes that already joined keep their certificates. Returns the
+/// swarm as it was before, for `check_rotated`.
+pub fn rotate_tokens(
+    engine: &Engine,
+    founded: Option<Founded>,
+    deadline: Deadline,
+) -> Result<Before> {
     let write_path = |version: u64| {
         format!("/swarm/update?version={version}&rotateWorkerToken=true&rotateManagerToken=true")
     };
@@ -25,13 +30,17 @@ pub fn rotate_tokens(engine: &Engine, deadline: Deadline) -> Result<()> {
         write_path: &write_path,
     };
     // The spec goes back unchanged: the query asks for the rotation.
-    let before = versioned::update(engine, &object, |_| {}, deadline)?;
-    check_rotated(engine, &before, deadline)
+    let known = founded.map(|f| f.0);
+    let before = versioned::update_from(engine, &object, known, |_| {}, deadline)?;
+    Ok(Before(before))
 }
 
-/// The tokens the daemon gives out now are not those of `before`.
-fn check_rotated(engine: &Engine, before: &Value, deadline: Deadline) -> Result<()> {
-    let before: Swarm = api::from_value(before, "/swarm")?;
+/// The swarm object as it was before the rotation. No `Debug`: it holds the old tokens.
+pub struct Before(Value);
+
+/// Checks that the daemon no longer gives out the tokens of `before`.
+pub fn check_rotated(engine: &Engine, before: &Before, deadline: Deadline) -> Result<()> {
+    let before: Swarm = api::from_value(&before.0, "/swarm")?;
     let after: Swarm = api::get(engine, "/swarm", deadline)?;
     let (old, new) = (before.join_tokens, after.join_tokens);
     for (kind, old, new) in [

@@ -121,7 +121,7 @@ impl Run<'_> {
     pub(super) fn start_daemon(
         &mut self,
         early: Option<Result<Launched>>,
-    ) -> Result<(HostDaemon, Option<formation::Invitations>)> {
+    ) -> Result<(HostDaemon, Option<formation::Founding>)> {
         let outputs = if self.is_root() {
             crate::output::outputs::check(self.cfg)
         } else {

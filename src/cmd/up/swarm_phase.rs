@@ -21,11 +21,12 @@ impl Run<'_> {
     pub(super) fn with_swarm(
         &mut self,
         daemon: &HostDaemon,
-        join: Option<formation::Invitations>,
+        founding: Option<formation::Founding>,
         hosts: &[String],
         marks: &mut Milestones,
     ) -> Result<i32> {
-        let node_id = self.join(daemon, join, hosts)?;
+        let (invitations, founded) = founding.map(|f| (f.invitations, f.swarm)).unzip();
+        let node_id = self.join(daemon, invitations, hosts)?;
         let node_ids = self.leaders.gather_to_root(
             &node_id,
             "say their swarm node IDs",
@@ -34,10 +35,12 @@ impl Run<'_> {
         )?;
         let node_ids = node_ids.unwrap_or_default();
         let managers = self.managers(hosts.len());
+        let mut founded = founded;
         self.phase("confirm swarm membership", Some("membership"), |run| {
             if run.is_root() {
                 let guard = daemon.guard.pid() as i32;
-                run.confirm_members(&daemon.engine, guard, hosts, &node_ids, managers)?;
+                let founded = founded.take();
+                run.confirm_members(&daemon.engine, guard, hosts, &node_ids, managers, founded)?;
             }
             Ok(())
         })?;
@@ -157,16 +160,28 @@ impl Run<'_> {
         hosts: &[String],
         node_ids: &[String],
         managers: usize,
+        founded: Option<formation::Founded>,
     ) -> Result<()> {
         let until = self.own_deadline();
         if crate::sys::fault::injected("manager-stops") {
             crate::sys::fault::stop_program(guard_pid, "dockerd");
         }
         let t = Instant::now();
-        crate::swarm::seal::rotate_tokens(engine, until)?;
+        let before = crate::swarm::seal::rotate_tokens(engine, founded, until)?;
         let rotated = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let nodes = formation::wait_members(engine, hosts, node_ids, managers, until)?;
+        // Both only read the manager after its one write: side by side, on a manager that can
+        // take seconds per call at its busiest.
+        let (nodes, checked) = std::thread::scope(|s| {
+            let check = s.spawn(|| crate::swarm::seal::check_rotated(engine, &before, until));
+            let nodes = formation::wait_members(engine, hosts, node_ids, managers, until);
+            let checked = check
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (nodes, checked)
+        });
+        let nodes = nodes?;
+        checked?;
         self.tl.done("members-ready", t);
         self.tl.set_manager_join_cpu(
             crate::sys::procfs::program_cpu(guard_pid, "dockerd") - self.manager_cpu_at_join,
