@@ -179,7 +179,17 @@ fn a_cancelled_job_leaves_nothing() {
     assert!(launcher("scancel").arg(&job).status().unwrap().success());
     let _ = wait_output(child, Duration::from_secs(90));
     assert!(!ready.exists(), "ready file left behind");
-    assert_clean(Duration::from_secs(5));
+    assert_job_clean(&job, Duration::from_secs(5));
+}
+
+/// `assert_clean`, with the job's output in the failure: what its ranks said while they ended.
+fn assert_job_clean(job: &str, limit: Duration) {
+    if let Err(left) = wait_clean(limit) {
+        panic!(
+            "hosts not clean {limit:?} after job {job} ended:\n{left}\njob {job}'s output:\n{}",
+            job_output(job)
+        );
+    }
 }
 
 /// Slurm's warning before the time limit (`#SBATCH --signal=B:USR1@60` in the script) is SIGUSR1 to

@@ -522,6 +522,39 @@ fn cleanup_removes_orphans_and_spares_live_runs() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// `scancel` signals every process of the job at once (slurmstepd), not through mpirun, and no
+/// launcher kills the ranks a second later. A host clean after such a signal waits only briefly
+/// for the teardown agreement's answer and may leave without it; rank 0, whose agreement was
+/// answered, then waited for that host's timings until the teardown deadline (20 s): a
+/// fresh-clone run found the batch shell, mpirun and rank 0 still there 5 s after `scancel`. Here
+/// one host leaves so (fault hook), every rank gets SIGTERM as from slurmstepd, and the job must
+/// end within seconds, every host clean.
+#[test]
+fn a_host_leaving_before_its_timings_does_not_hold_rank_0() {
+    let Some(_c) = cluster() else { return };
+    let bg = Background::start_env_within(
+        3,
+        3,
+        &[("MPISWARM_TEST_FAULT", "leave-before-timings@msh2")],
+        &["--", "sleep", "60"],
+        Duration::from_secs(60),
+    );
+    let signalled = Instant::now();
+    for (pid, _, _) in ranks() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let out = bg.wait(Duration::from_secs(40));
+    let took = signalled.elapsed();
+    let stderr = text(&out).1;
+    assert!(
+        took < Duration::from_secs(8),
+        "the job took {took:?} to end after SIGTERM to every rank:\n{stderr}"
+    );
+    assert_clean(Duration::from_secs(3));
+}
+
 /// Slurm's warning before a time limit "may be sent up to 60 seconds earlier than specified"
 /// (sbatch(1)), so SIGUSR1 can reach a job whose swarm is still coming up (it did, in a
 /// fresh-clone run: the guard took rank 0's daemon down under `swarm init`, which was reported

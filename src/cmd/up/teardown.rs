@@ -16,6 +16,9 @@ use super::{Milestones, Run, TEARDOWN_DEADLINE};
 /// clean.
 const WORD_AFTER_A_SIGNAL: Duration = Duration::from_millis(300);
 const LEAST_WAIT_AFTER_A_SIGNAL: Duration = Duration::from_millis(100);
+/// After the launcher's signal, how long rank 0 waits for the clean hosts' timings: those that
+/// took the agreement's answer send them at once, and one that left without it never will.
+const TIMINGS_AFTER_A_SIGNAL: Duration = Duration::from_secs(1);
 
 impl Run<'_> {
     /// Tears this host down, agrees that every host is clean, and at rank 0 reports (with the
@@ -61,22 +64,53 @@ impl Run<'_> {
             // MPI can only be aborted now: this host is clean (or says why not), and that is all.
             return local;
         }
-        let deadline = Instant::now() + TEARDOWN_DEADLINE;
         if !self.agree_clean(local, t.elapsed())? {
             return Ok(());
         }
-        let times = self.tl.snapshot();
-        let per_host = self.leaders.gather_to_root(
-            &times,
-            "report their timings",
-            deadline,
-            Interrupt::Never,
-        )?;
-        self.leaders.drain();
-        let Some(per_host) = per_host else {
+        if crate::sys::fault::injected("leave-before-timings") {
+            // As a host whose short wait after the launcher's signal ended just before the
+            // agreement's answer reached it: it leaves, and sends no timings.
+            return Ok(());
+        }
+        let Some(per_host) = self.gather_timings()? else {
             return Ok(());
         };
         self.report(per_host, hosts, marks, collected.as_deref())
+    }
+
+    /// Every host's timings at rank 0 (`None` elsewhere, or when rank 0 leaves without them).
+    /// After the launcher's signal a host may have left as soon as it was clean (it waits only
+    /// briefly for the agreement's answer, see `wait_for_the_others`), so rank 0 waits as briefly
+    /// for its timings and leaves without the report rather than until the deadline.
+    fn gather_timings(&mut self) -> Result<Option<Vec<crate::output::report::HostTimes>>> {
+        let wait = if self.leaders.launcher_ends_job() {
+            TIMINGS_AFTER_A_SIGNAL
+        } else {
+            TEARDOWN_DEADLINE
+        };
+        let times = self.tl.snapshot();
+        let gathered = self.leaders.gather_to_root(
+            &times,
+            "report their timings",
+            Instant::now() + wait,
+            Interrupt::Never,
+        );
+        let per_host = match gathered {
+            Ok(per_host) => per_host,
+            Err(_) if self.leaders.abandoned() && self.leaders.launcher_ends_job() => {
+                if self.is_root() {
+                    info!(
+                        "every host is clean; not every host's timings came within {} ms, and \
+                         the launcher is ending the job: leaving without the report",
+                        wait.as_millis()
+                    );
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.leaders.drain();
+        Ok(per_host)
     }
 
     /// Agrees with the other hosts that every host is clean; `false` when this host, clean, left
