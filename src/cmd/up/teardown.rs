@@ -64,6 +64,7 @@ impl Run<'_> {
             // MPI can only be aborted now: this host is clean (or says why not), and that is all.
             return local;
         }
+        let deadline = Instant::now() + TEARDOWN_DEADLINE;
         if !self.agree_clean(local, t.elapsed())? {
             return Ok(());
         }
@@ -72,29 +73,29 @@ impl Run<'_> {
             // agreement's answer reached it: it leaves, and sends no timings.
             return Ok(());
         }
-        let Some(per_host) = self.gather_timings()? else {
+        let Some(per_host) = self.gather_timings(deadline)? else {
             return Ok(());
         };
         self.report(per_host, hosts, marks, collected.as_deref())
     }
 
-    /// Every host's timings at rank 0 (`None` elsewhere, or when rank 0 leaves without them).
-    /// After the launcher's signal a host may have left as soon as it was clean (it waits only
-    /// briefly for the agreement's answer, see `wait_for_the_others`), so rank 0 waits as briefly
-    /// for its timings and leaves without the report rather than until the deadline.
-    fn gather_timings(&mut self) -> Result<Option<Vec<crate::output::report::HostTimes>>> {
-        let wait = if self.leaders.launcher_ends_job() {
-            TIMINGS_AFTER_A_SIGNAL
+    /// Every host's timings at rank 0 by `deadline` (`None` elsewhere, or when rank 0 leaves
+    /// without them). After the launcher's signal a host may have left as soon as it was clean
+    /// (it waits only briefly for the agreement's answer, see `wait_for_the_others`), so rank 0
+    /// waits as briefly for its timings and leaves without the report rather than until then.
+    fn gather_timings(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<Vec<crate::output::report::HostTimes>>> {
+        let until = if self.leaders.launcher_ends_job() {
+            deadline.min(Instant::now() + TIMINGS_AFTER_A_SIGNAL)
         } else {
-            TEARDOWN_DEADLINE
+            deadline
         };
         let times = self.tl.snapshot();
-        let gathered = self.leaders.gather_to_root(
-            &times,
-            "report their timings",
-            Instant::now() + wait,
-            Interrupt::Never,
-        );
+        let gathered =
+            self.leaders
+                .gather_to_root(&times, "report their timings", until, Interrupt::Never);
         let per_host = match gathered {
             Ok(per_host) => per_host,
             Err(_) if self.leaders.abandoned() && self.leaders.launcher_ends_job() => {
@@ -102,7 +103,7 @@ impl Run<'_> {
                     info!(
                         "every host is clean; not every host's timings came within {} ms, and \
                          the launcher is ending the job: leaving without the report",
-                        wait.as_millis()
+                        TIMINGS_AFTER_A_SIGNAL.as_millis()
                     );
                 }
                 return Ok(None);
