@@ -552,6 +552,11 @@ fn a_host_leaving_before_its_timings_does_not_hold_rank_0() {
         took < Duration::from_secs(8),
         "the job took {took:?} to end after SIGTERM to every rank:\n{stderr}"
     );
+    // The fault struck: rank 0 went without msh2's timings.
+    assert!(
+        stderr.contains("leaving without the report"),
+        "rank 0 did not say it left without every host's timings:\n{stderr}"
+    );
     assert_clean(Duration::from_secs(3));
 }
 

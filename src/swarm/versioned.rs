@@ -197,16 +197,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_object_known_and_unmoved_is_written_without_a_read() {
-        let store = MovingStore::new(0);
-        let known = store
+    /// The node as read now, for `update_from`.
+    fn read_now(store: &MovingStore) -> Value {
+        store
             .read("/nodes/n1", Deadline::after(Duration::from_secs(1)))
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Adds a label to the node, starting from `known`; returns the node as read before the
+    /// write that succeeded.
+    fn label_from(store: &MovingStore, known: Value) -> Value {
         let write = |v: u64| format!("/nodes/n1/update?version={v}");
         let add = |spec: &mut Value| spec["Labels"]["mpiswarm.index"] = json!("29");
         let deadline = Deadline::after(Duration::from_secs(5));
-        update_from(&store, &node_object(&write), Some(known), add, deadline).unwrap();
+        update_from(store, &node_object(&write), Some(known), add, deadline).unwrap()
+    }
+
+    #[test]
+    fn an_object_known_and_unmoved_is_written_without_a_read() {
+        let store = MovingStore::new(0);
+        let known = read_now(&store);
+        label_from(&store, known);
         assert_eq!((*store.reads.borrow(), *store.writes.borrow()), (1, 1));
         assert_eq!(store.labels.borrow()["mpiswarm.index"], json!("29"));
     }
@@ -214,15 +225,10 @@ mod tests {
     #[test]
     fn an_object_known_but_moved_since_is_read_again_after_the_refusal() {
         let store = MovingStore::new(0);
-        let known = store
-            .read("/nodes/n1", Deadline::after(Duration::from_secs(1)))
-            .unwrap();
+        let known = read_now(&store);
         // Something else wrote it since (a node's status, another update).
         *store.version.borrow_mut() += 3;
-        let write = |v: u64| format!("/nodes/n1/update?version={v}");
-        let add = |spec: &mut Value| spec["Labels"]["mpiswarm.index"] = json!("29");
-        let deadline = Deadline::after(Duration::from_secs(5));
-        let before = update_from(&store, &node_object(&write), Some(known), add, deadline).unwrap();
+        let before = label_from(&store, known);
         assert_eq!((*store.reads.borrow(), *store.writes.borrow()), (2, 2));
         assert_eq!(before["Version"]["Index"], json!(134));
         assert_eq!(store.labels.borrow()["mpiswarm.index"], json!("29"));

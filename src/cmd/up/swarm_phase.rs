@@ -25,7 +25,7 @@ impl Run<'_> {
         hosts: &[String],
         marks: &mut Milestones,
     ) -> Result<i32> {
-        let (invitations, founded) = founding.map(|f| (f.invitations, f.swarm)).unzip();
+        let (invitations, mut founded) = founding.map(|f| (f.invitations, f.swarm)).unzip();
         let node_id = self.join(daemon, invitations, hosts)?;
         let node_ids = self.leaders.gather_to_root(
             &node_id,
@@ -35,7 +35,6 @@ impl Run<'_> {
         )?;
         let node_ids = node_ids.unwrap_or_default();
         let managers = self.managers(hosts.len());
-        let mut founded = founded;
         self.phase("confirm swarm membership", Some("membership"), |run| {
             if run.is_root() {
                 let guard = daemon.guard.pid() as i32;
