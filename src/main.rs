@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             // An error of this rank's own (MPI's start, a host-only problem) is said by every
             // rank that has it; one that every rank has (the flags) by rank 0 alone.
             if launcher_rank == 0 || e.downcast_ref::<exit::SameOnEveryRank>().is_none() {
-                print_error(&e);
+                logging::print_error(&identity::hostname(), &e);
             } else {
                 let_rank_0_speak_first();
             }
@@ -69,16 +69,6 @@ fn flag_error_code(e: &clap::Error) -> u8 {
     match e.exit_code() {
         0 => 0,
         _ => exit::FAILED as u8,
-    }
-}
-
-/// The error this process ends with, naming its host; one JSON line with `--log-format json`.
-fn print_error(e: &anyhow::Error) {
-    let host = identity::hostname();
-    if logging::is_json() {
-        tracing::error!("error on {host}: {e:#}");
-    } else {
-        eprintln!("mpiswarm: error on {host}: {e:#}");
     }
 }
 

@@ -297,6 +297,38 @@ fn a_manager_that_stops_answering_is_named_before_the_deadline() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// A rank that never reaches MPI (here msh2's, held before `MPI_Init` by a fault hook of debug
+/// builds) holds every other rank in `MPI_Init`, which has no deadline of its own: past the
+/// bring-up's deadline the waiting ranks say so, naming their hosts, and the job ends. Rank 0's
+/// daemon, started while MPI starts, is gone with it.
+#[test]
+fn a_rank_that_never_starts_mpi_ends_the_job_at_the_deadline() {
+    let Some(_c) = cluster() else { return };
+    let t = Instant::now();
+    let out = run_with_deadline(
+        mpirun_env(
+            2,
+            2,
+            &[("MPISWARM_TEST_FAULT", "mpi-start-late@msh2")],
+            &["up", "--timeout", "8s", "--", "true"],
+        ),
+        Duration::from_secs(60),
+    );
+    let took = t.elapsed();
+    check_failure(
+        &out,
+        &[
+            "error on msh1: failed to start MPI within 8 s (rank 0 to the launcher): MPI_Init did \
+             not return",
+            "a very large job may need a longer --timeout",
+        ],
+    );
+    assert!(
+        took < Duration::from_secs(8 + 12),
+        "the job took {took:?} with --timeout 8s"
+    );
+}
+
 fn child_take(child: &mut std::process::Child) -> std::process::Child {
     std::mem::replace(child, Command::new("true").spawn().unwrap())
 }

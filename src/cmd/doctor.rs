@@ -25,7 +25,12 @@ pub fn run(host_cfg: &HostConfig, network: Network, json: bool) -> Result<i32> {
     let host = crate::host::identity::hostname();
     let signals = crate::sys::signals::Signals::install()?;
     let job = crate::mpi::job::key();
-    let (cluster, mut role) = Cluster::init(host.clone(), signals, &host_cfg.state_base, &job)?;
+    let start = crate::mpi::start_deadline::StartLimit {
+        within: DEADLINE,
+        longer: None,
+    };
+    let (cluster, mut role) =
+        Cluster::init(host.clone(), signals, &host_cfg.state_base, &job, start)?;
     let code = match &mut role {
         Role::Leader(leaders) => match gather(leaders, host_cfg, network) {
             Ok(Some(reports)) => print_reports(&reports, json),

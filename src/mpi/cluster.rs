@@ -15,6 +15,7 @@ use crate::host::end_notice::protocol::{End, Greeting, MpiEnd};
 use crate::host::end_notice::{Announcer, EndWatch, Heard};
 use crate::mpi::collective::Leaders;
 use crate::mpi::messages::{EndNotice, InFlight, Message};
+use crate::mpi::start_deadline::{StartDeadline, StartLimit};
 use crate::sys::deadline::Backoff;
 use crate::sys::signals::Signals;
 
@@ -84,9 +85,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts MPI and elects one leader per host (ranks that share memory share a host); each
-    /// leader listens for its host's other ranks beside its state directory (`base`, `job`).
-    pub fn init(host: String, signals: Signals, base: &Path, job: &str) -> Result<(Cluster, Role)> {
+    /// Starts MPI within `start` (see `StartDeadline`) and elects one leader per host (ranks that
+    /// share memory share a host); each leader listens for its host's other ranks beside its
+    /// state directory (`base`, `job`).
+    pub fn init(
+        host: String,
+        signals: Signals,
+        base: &Path,
+        job: &str,
+        start: StartLimit,
+    ) -> Result<(Cluster, Role)> {
+        let started = StartDeadline::arm(&host, launcher_rank(), start);
+        if crate::sys::fault::injected("mpi-start-late") {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         let (universe, provided) = mpi::initialize_with_threading(Threading::Funneled)
             .ok_or_else(|| anyhow!("MPI was already initialized"))?;
         check_threading(provided)?;
@@ -155,6 +167,7 @@ impl Cluster {
             world,
             universe,
         };
+        drop(started);
         Ok((cluster, role))
     }
 

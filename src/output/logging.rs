@@ -49,6 +49,15 @@ pub fn is_json() -> bool {
         .is_some_and(|(_, f)| *f == crate::plan::cli::LogFormat::Json)
 }
 
+/// Says the error a process ends with, naming its host; one JSON line with `--log-format json`.
+pub fn print_error(host: &str, e: &anyhow::Error) {
+    if is_json() {
+        tracing::error!("error on {host}: {e:#}");
+    } else {
+        eprintln!("mpiswarm: error on {host}: {e:#}");
+    }
+}
+
 struct Prefixed;
 
 impl<S, N> FormatEvent<S, N> for Prefixed

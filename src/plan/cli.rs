@@ -199,7 +199,8 @@ pub struct UpOptions {
     #[arg(long, value_name = "DIR", help_heading = RESULTS)]
     pub collect: Option<PathBuf>,
 
-    /// One deadline for bring-up, in seconds (or with a unit: 90s, 2m).
+    /// One deadline for bring-up, in seconds (or with a unit: 90s, 2m); each rank's start of MPI
+    /// has the same.
     #[arg(long, value_name = "DURATION", default_value = "120s", help_heading = TIMEOUTS)]
     pub timeout: String,
 

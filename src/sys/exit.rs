@@ -65,6 +65,17 @@ impl fmt::Display for SameOnEveryRank {
 
 impl std::error::Error for SameOnEveryRank {}
 
+/// Ends the process from a side thread while the main thread may be stuck: what is written is
+/// flushed, then `_exit`, with no atexit handler or destructor, which may need a lock the stuck
+/// main thread holds (inside Open MPI or libcurl).
+pub fn leave_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; it touches no memory of ours and takes no lock.
+    unsafe { libc::_exit(code) }
+}
+
 /// Marks `e` as one that every rank has alike.
 pub fn same_on_every_rank(e: anyhow::Error) -> anyhow::Error {
     anyhow::Error::new(SameOnEveryRank(e))
@@ -169,6 +180,47 @@ fn not_executable(program: &str, host: &str, why: &str) -> CommandUnusable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// Run by `leaving_skips_atexit_handlers_and_flushes` in a process of its own.
+    #[test]
+    #[ignore = "leaves the process; run by leaving_skips_atexit_handlers_and_flushes"]
+    fn leave_with_a_hanging_atexit_handler() {
+        extern "C" fn hang() {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        // SAFETY: registers a plain function with no state; atexit is safe to call.
+        unsafe { libc::atexit(hang) };
+        print!("written before leaving");
+        leave_now(7);
+    }
+
+    #[test]
+    fn leaving_skips_atexit_handlers_and_flushes() {
+        let exe = std::env::current_exe().unwrap();
+        let child = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "sys::exit::tests::leave_with_a_hanging_atexit_handler",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = crate::sys::child_output::output_within(child, Duration::from_secs(10)).unwrap();
+        let code = out.status.and_then(|s| s.code());
+        assert_eq!(code, Some(7), "{:?}: {}", out.status, out.stdout_text());
+        assert!(
+            out.stdout_text().contains("written before leaving"),
+            "{}",
+            out.stdout_text()
+        );
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     fn why(program: &str, path: &str) -> Option<Unusable> {

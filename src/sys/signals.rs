@@ -237,7 +237,6 @@ pub fn launcher_ends_job(sig: i32) -> bool {
 /// host all the same; this waits for the guard's verdict, tells the host's other ranks, and
 /// leaves, instead of holding the launcher until it SIGKILLs the rank.
 pub mod stuck_watchdog {
-    use std::io::Write;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
@@ -352,7 +351,7 @@ pub mod stuck_watchdog {
             "the main thread is stuck (inside MPI, towards a dead rank?) after {}: leaving",
             super::Cause::Signal(sig)
         );
-        leave(code);
+        crate::sys::exit::leave_now(code);
     }
 
     /// Waits until the host's teardown is over, or `until`; returns when it stopped waiting.
@@ -361,16 +360,6 @@ pub mod stuck_watchdog {
             std::thread::sleep(Duration::from_millis(10));
         }
         Instant::now()
-    }
-
-    /// Ends the process from this side thread: what is written is flushed, then `_exit`, with no
-    /// atexit handler or destructor, which may need a lock the stuck main thread holds (inside
-    /// Open MPI or libcurl).
-    fn leave(code: i32) -> ! {
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-        // SAFETY: _exit ends the process at once; it touches no memory of ours and takes no lock.
-        unsafe { libc::_exit(code) }
     }
 
     #[cfg(test)]
@@ -400,46 +389,6 @@ pub mod stuck_watchdog {
             assert!(
                 waited >= Duration::from_millis(3300) && waited < Duration::from_secs(5),
                 "{waited:?}"
-            );
-        }
-
-        /// Run by `leaving_skips_atexit_handlers_and_flushes` in a process of its own.
-        #[test]
-        #[ignore = "leaves the process; run by leaving_skips_atexit_handlers_and_flushes"]
-        fn leave_with_a_hanging_atexit_handler() {
-            extern "C" fn hang() {
-                std::thread::sleep(Duration::from_secs(30));
-            }
-            // SAFETY: registers a plain function with no state; atexit is safe to call.
-            unsafe { libc::atexit(hang) };
-            print!("written before leaving");
-            leave(7);
-        }
-
-        #[test]
-        fn leaving_skips_atexit_handlers_and_flushes() {
-            let exe = std::env::current_exe().unwrap();
-            let child = std::process::Command::new(exe)
-                .args([
-                    "--exact",
-                    "sys::signals::stuck_watchdog::tests::leave_with_a_hanging_atexit_handler",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let out =
-                crate::sys::child_output::output_within(child, Duration::from_secs(10)).unwrap();
-            let code = out.status.and_then(|s| s.code());
-            assert_eq!(code, Some(7), "{:?}: {}", out.status, out.stdout_text());
-            assert!(
-                out.stdout_text().contains("written before leaving"),
-                "{}",
-                out.stdout_text()
             );
         }
     }

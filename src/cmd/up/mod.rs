@@ -63,8 +63,17 @@ pub fn run(cfg: &UpConfig, signals: Signals) -> Result<i32> {
         && !refused
         && !foreign)
         .then(crate::host::docker_version::Probe::start);
-    let (cluster, mut role) =
-        Cluster::init(host.clone(), signals.clone(), &cfg.host.state_base, &job)?;
+    let start = crate::mpi::start_deadline::StartLimit {
+        within: cfg.timeout,
+        longer: Some("a longer --timeout"),
+    };
+    let (cluster, mut role) = Cluster::init(
+        host.clone(),
+        signals.clone(),
+        &cfg.host.state_base,
+        &job,
+        start,
+    )?;
     crate::output::logging::set_origin(&host, cluster.rank);
     tl.set_rank(cluster.rank);
     // Held through MPI's end on every path but a clean agreement (see Run::watchdog).
