@@ -106,10 +106,64 @@ fn run_job_env(
     let mut args = vec!["--wait", "--parsable", "-N", "3", "-o", &output];
     args.extend_from_slice(flags);
     args.push(&script);
-    let out = run_with_deadline(sbatch(&args, env), Duration::from_secs(240));
+    let out = run_with_deadline_or(sbatch(&args, env), Duration::from_secs(240), cancel_jobs);
     let job = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let log = job_output(&job);
     (out, job, log)
+}
+
+/// Past a job's deadline: what Slurm saw of the test user's jobs (their output, the slurmd log
+/// errors about them), then every one of them cancelled, so that a hung job fails its own test
+/// and leaves none of its processes to the next.
+fn cancel_jobs() -> String {
+    let squeue = launcher("squeue")
+        .args(["-h", "-u", USER, "-o", "%i"])
+        .output()
+        .unwrap();
+    let jobs = String::from_utf8_lossy(&squeue.stdout).into_owned();
+    let mut said = String::new();
+    for job in jobs.split_whitespace() {
+        said += &format!("job {job}'s output:\n{}\n", job_output(job));
+        said += &format!("slurmd's errors on job {job}:\n{}\n", slurmd_errors(job));
+    }
+    let _ = launcher("scancel")
+        .args(["--full", "--quiet", &format!("--user={USER}")])
+        .status();
+    let gone = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < gone {
+        let left = launcher("squeue")
+            .args(["-h", "-u", USER, "-o", "%i"])
+            .output()
+            .unwrap();
+        if left.stdout.iter().all(u8::is_ascii_whitespace) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    said
+}
+
+/// The errors in every simulated host's slurmd log (its job steps' included) about `job`.
+fn slurmd_errors(job: &str) -> String {
+    let tag = format!("[{job}.");
+    let Ok(logs) = std::fs::read_dir("/run/mpiswarm-sim/slurm") else {
+        return "(no slurmd logs)".into();
+    };
+    let mut lines = String::new();
+    for log in logs.flatten() {
+        let name = log.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("slurmd-") && name.ends_with(".log")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains(&tag) && l.contains("error:"))
+        {
+            lines += &format!("{name}: {line}\n");
+        }
+    }
+    lines
 }
 
 #[test]
