@@ -339,6 +339,48 @@ fn published_swarm_ports_take_a_burst_of_connections() {
     assert_clean(Duration::from_secs(3));
 }
 
+/// The routing mesh's network is made once every host has joined (while it exists, the manager
+/// signs each joining node's certificate twice, one node at a time): the swarm's one ingress
+/// network is younger than every node, and rank 0's daemon lets the one `swarm init` made go.
+#[test]
+fn the_ingress_network_is_made_after_every_host_joined() {
+    let Some(_c) = cluster() else { return };
+    let script = "for i in $(seq 50); do \
+                    [ $(docker network ls -q --filter name=ingress | wc -l) = 1 ] && break; \
+                    sleep 0.1; done; \
+                  docker node ls -q | xargs docker node inspect --format 'node {{.CreatedAt.UnixNano}}'; \
+                  docker network ls -q --filter name=ingress \
+                    | xargs docker network inspect --format 'ingress {{.Created.UnixNano}} {{.Ingress}}'";
+    let out = run_with_deadline(mpirun(3, 3, &["up", "--", "sh", "-c", script]), RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "mpiswarm failed:\n{stderr}");
+    let times = |kind: &str| -> Vec<u128> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(kind))
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let nodes = times("node ");
+    let ingress = times("ingress ");
+    assert_eq!(nodes.len(), 3, "{stdout}");
+    assert_eq!(
+        ingress.len(),
+        1,
+        "one ingress network, as `swarm init` makes:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(" true\n"),
+        "it routes published ports:\n{stdout}"
+    );
+    let last_join = nodes.iter().max().unwrap();
+    assert!(
+        ingress[0] > *last_join,
+        "the ingress network ({}) is older than the last node ({last_join}):\n{stdout}",
+        ingress[0]
+    );
+}
+
 #[test]
 fn ready_file_can_be_sourced_for_docker_host() {
     let Some(_c) = cluster() else { return };

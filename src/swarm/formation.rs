@@ -48,6 +48,8 @@ pub struct Invitations {
 pub struct Founding {
     pub invitations: Invitations,
     pub swarm: Founded,
+    /// The ingress network, made again after the joins (`swarm::ingress`).
+    pub ingress: Option<crate::swarm::ingress::SetAside>,
 }
 
 /// The swarm object (spec, version, both tokens) as read right after `swarm init`: where the
@@ -103,6 +105,7 @@ pub fn init(
     engine
         .call("POST", "/swarm/init", Some(&body), deadline)
         .context("failed to initialize the swarm")?;
+    let ingress = crate::swarm::ingress::set_aside(engine, deadline)?;
     let read = engine.get_json("/swarm", deadline)?;
     let swarm: Swarm = api::from_value(&read, "/swarm")?;
     let invitation = |role: JoinRole, kind: &str, token: Option<String>| {
@@ -121,6 +124,7 @@ pub fn init(
     Ok(Founding {
         invitations,
         swarm: Founded(read),
+        ingress,
     })
 }
 

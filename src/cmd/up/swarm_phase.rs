@@ -25,7 +25,9 @@ impl Run<'_> {
         hosts: &[String],
         marks: &mut Milestones,
     ) -> Result<i32> {
-        let (invitations, mut founded) = founding.map(|f| (f.invitations, f.swarm)).unzip();
+        let (invitations, mut founded) = founding
+            .map(|f| (f.invitations, (f.swarm, f.ingress)))
+            .unzip();
         let node_id = self.join(daemon, invitations, hosts)?;
         let node_ids = self.leaders.gather_to_root(
             &node_id,
@@ -159,11 +161,17 @@ impl Run<'_> {
         hosts: &[String],
         node_ids: &[String],
         managers: usize,
-        founded: Option<formation::Founded>,
+        founded: Option<(formation::Founded, Option<crate::swarm::ingress::SetAside>)>,
     ) -> Result<()> {
         let until = self.own_deadline();
+        let (founded, ingress) = founded.unzip();
         if crate::sys::fault::injected("manager-stops") {
             crate::sys::fault::stop_program(guard_pid, "dockerd");
+        }
+        if let Some(ingress) = ingress.flatten() {
+            let t = Instant::now();
+            crate::swarm::ingress::restore(engine, ingress, until)?;
+            self.tl.done("ingress", t);
         }
         let t = Instant::now();
         let before = crate::swarm::seal::rotate_tokens(engine, founded, until)?;
