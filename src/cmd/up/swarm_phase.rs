@@ -165,13 +165,13 @@ impl Run<'_> {
     ) -> Result<()> {
         let until = self.own_deadline();
         let (founded, ingress) = founded.unzip();
-        if crate::sys::fault::injected("manager-stops") {
-            crate::sys::fault::stop_program(guard_pid, "dockerd");
-        }
         if let Some(ingress) = ingress.flatten() {
             let t = Instant::now();
             crate::swarm::ingress::restore(engine, ingress, until)?;
             self.tl.done("ingress", t);
+        }
+        if crate::sys::fault::injected("manager-stops") {
+            crate::sys::fault::stop_program(guard_pid, "dockerd");
         }
         let t = Instant::now();
         let before = crate::swarm::seal::rotate_tokens(engine, founded, until)?;
