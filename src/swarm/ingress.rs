@@ -46,13 +46,9 @@ pub fn set_aside(engine: &Engine, deadline: Deadline) -> Result<Option<SetAside>
 /// much to every bring-up of a few hosts, and a service publishing ports that starts meanwhile
 /// is served as soon as its node has the network.
 pub fn restore(engine: &Engine, aside: SetAside, deadline: Deadline) -> Result<()> {
-    create(engine, &aside.create, deadline)
-}
-
-/// `POST /networks/create`; a name the daemon still holds is asked for again.
-fn create(engine: &Engine, body: &Value, deadline: Deadline) -> Result<()> {
+    // A name the daemon still holds (409) is asked for again; any other answer is final.
     loop {
-        let refusal = match engine.call("POST", "/networks/create", Some(body), deadline) {
+        let refusal = match engine.call("POST", "/networks/create", Some(&aside.create), deadline) {
             Ok(_) => return Ok(()),
             Err(e) => match e.downcast::<EngineError>() {
                 Ok(refusal) if refusal.status == 409 => refusal,
